@@ -1,0 +1,549 @@
+"""
+evo's locked apparatus: data, tokenizer, dataloader and the val_bpb evaluator.
+
+Every candidate imports this file and is scored by `evaluate_bpb`; candidates never edit it,
+and the harness checks its hash before and after each evaluation.
+
+    python prepare.py --preset smoke                     # seconds, no network (tests)
+    python prepare.py --preset cpu                       # TinyStories, for CPUs and small GPUs
+    python prepare.py --preset gpu                       # autoresearch's exact setup (climbmix)
+    python prepare.py --preset cpu --text corpus.txt     # local files instead of a download
+
+The active preset comes from EVO_PRESET (default "gpu"); data and tokenizer live in
+EVO_CACHE_DIR (default ~/.cache/evo), one folder per preset. Nothing in the cache is a pickle:
+the BPE ranks are plain text and the tiktoken Encoding is rebuilt on load.
+
+The names an autoresearch train.py imports (MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, VOCAB_SIZE,
+Tokenizer, get_token_bytes, make_dataloader, evaluate_bpb) mean what they mean there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tiktoken
+import torch
+
+# ---------------------------------------------------------------------------
+# Presets (fixed: a candidate is compared only with candidates of the same preset)
+# ---------------------------------------------------------------------------
+
+PRESETS: dict[str, dict] = {
+    # autoresearch's setup exactly, so val_bpb compares with a user's greedy results.tsv
+    "gpu": dict(max_seq_len=2048, time_budget=300, eval_tokens=40 * 524288, vocab_size=8192,
+                source="climbmix"),
+    # CPUs, laptops, small GPUs; numbers measured on a 2-core CPU (docs/benchmarks.md)
+    "cpu": dict(max_seq_len=256, time_budget=120, eval_tokens=64 * 256 * 8, vocab_size=2048,
+                source="tinystories"),
+    # seconds end to end, no network: a generated corpus
+    "smoke": dict(max_seq_len=64, time_budget=8, eval_tokens=16 * 8 * 64, vocab_size=384,
+                  source="generated"),
+}
+
+PRESET = os.environ.get("EVO_PRESET", "gpu")
+if PRESET not in PRESETS:
+    raise SystemExit(f"prepare.py: unknown EVO_PRESET {PRESET!r}; choose one of {', '.join(PRESETS)}.")
+_P = PRESETS[PRESET]
+
+MAX_SEQ_LEN: int = _P["max_seq_len"]    # context length of evaluation rows
+TIME_BUDGET: int = _P["time_budget"]    # training wall-clock budget in seconds
+EVAL_TOKENS: int = _P["eval_tokens"]    # validation tokens scored by evaluate_bpb
+VOCAB_SIZE: int = _P["vocab_size"]      # BPE vocabulary including special tokens
+
+CACHE_ROOT = Path(os.environ.get("EVO_CACHE_DIR", Path.home() / ".cache" / "evo")).expanduser()
+CACHE_DIR = CACHE_ROOT / PRESET
+DATA_DIR = CACHE_DIR / "data"
+TOKENIZER_DIR = CACHE_DIR / "tokenizer"
+MANIFEST = CACHE_DIR / "manifest.json"
+
+# GPT-4 style split with \p{N}{1,2}, as autoresearch uses
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
+BOS_TOKEN = SPECIAL_TOKENS[0]
+
+# Remote sources; HF_ENDPOINT points them at a mirror, as huggingface_hub does
+HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+CLIMBMIX_URL = f"{HF_ENDPOINT}/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
+CLIMBMIX_MAX_SHARD = 6542
+CLIMBMIX_VAL_SHARD = CLIMBMIX_MAX_SHARD  # pinned validation shard, as upstream
+TINYSTORIES_URL = f"{HF_ENDPOINT}/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt"
+
+TOKENIZER_MAX_CHARS = 1_000_000_000  # text fed to BPE training (upstream's numbers)
+TOKENIZER_DOC_CAP = 10_000
+VAL_FRACTION = 0.1                    # tail of a local corpus held out for validation
+DOC_CHARS = 2_000                     # plain text is cut into documents of about this size
+ROWS_PER_GROUP = 1024                 # parquet row group size of shards we write
+
+# The harness sets these to receive the evaluator's own record of the score it produced.
+EVAL_RECORD_ENV = "EVO_EVAL_RECORD"
+EVAL_KEY_ENV = "EVO_EVAL_KEY"
+# Taken out of the environment at import so that code the candidate starts later cannot read it.
+_EVAL_KEY = os.environ.pop(EVAL_KEY_ENV, "")
+
+
+class PrepareError(Exception):
+    """A problem the user can fix; main() prints it as one sentence."""
+
+
+def get_device() -> torch.device:
+    """CUDA if present, else Apple MPS, else CPU; EVO_DEVICE overrides."""
+    if os.environ.get("EVO_DEVICE"):
+        return torch.device(os.environ["EVO_DEVICE"])
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------
+# Downloads: retried, resumed from partial files, one clear sentence when offline
+# ---------------------------------------------------------------------------
+
+def download_file(url: str, dest: Path, attempts: int = 5, backoff: float = 2.0, timeout: float = 30.0) -> None:
+    """Fetch url to dest. A partial file is resumed with an HTTP Range request."""
+    import requests
+
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    last_error: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
+                if response.status_code == 416:  # the part file already holds everything
+                    break
+                if response.status_code == 404:
+                    raise PrepareError(f"{url} does not exist (HTTP 404).")
+                response.raise_for_status()
+                if offset and response.status_code != 206:
+                    offset = 0  # the server ignored the Range header: start over
+                expected = response.headers.get("Content-Length")
+                expected_total = offset + int(expected) if expected is not None else None
+                with open(part, "ab" if offset else "wb") as f:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+            if expected_total is not None and part.stat().st_size != expected_total:
+                raise OSError(f"transfer ended at {part.stat().st_size} of {expected_total} bytes")
+            break
+        except PrepareError:
+            raise
+        except (requests.RequestException, OSError) as e:
+            last_error = e
+            print(f"  attempt {attempt}/{attempts} for {dest.name} failed: {e}", flush=True)
+            if attempt < attempts:
+                time.sleep(backoff * 2 ** (attempt - 1))
+    else:
+        host = re.sub(r"^(\w+://[^/]+).*$", r"\1", url)
+        raise PrepareError(
+            f"could not download {dest.name} from {host} after {attempts} attempts ({type(last_error).__name__}); "
+            f"without network, prepare from local files with --text PATH."
+        )
+    part.rename(dest)
+
+
+def _shard_name(index: int) -> str:
+    return f"shard_{index:05d}.parquet"
+
+
+def download_climbmix(num_shards: int, workers: int) -> tuple[list[Path], Path]:
+    ids = list(range(min(num_shards, CLIMBMIX_MAX_SHARD)))
+    val = DATA_DIR / _shard_name(CLIMBMIX_VAL_SHARD)
+    wanted = [DATA_DIR / _shard_name(i) for i in ids] + [val]
+    missing = [p for p in wanted if not p.exists()]
+    print(f"Data: {len(wanted) - len(missing)}/{len(wanted)} climbmix shards present, downloading {len(missing)}", flush=True)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(missing) or 1))) as pool:
+        list(pool.map(lambda p: download_file(f"{CLIMBMIX_URL}/{p.name}", p), missing))
+    return wanted[:-1], val
+
+
+# ---------------------------------------------------------------------------
+# Local corpora: plain text, JSONL ("text" field), parquet ("text" column)
+# ---------------------------------------------------------------------------
+
+def _split_plain_text(text: str) -> list[str]:
+    """TinyStories-style files separate documents with <|endoftext|>; other text is cut at blank
+    lines into documents of about DOC_CHARS, so a document keeps its local context."""
+    if "<|endoftext|>" in text:
+        return [d.strip() for d in text.split("<|endoftext|>") if d.strip()]
+    docs, current = [], ""
+    for para in re.split(r"\n\s*\n", text):
+        if not para.strip():
+            continue
+        current = f"{current}\n\n{para}" if current else para
+        if len(current) >= DOC_CHARS:
+            docs.append(current)
+            current = ""
+    if current:
+        docs.append(current)
+    return docs
+
+
+def read_documents(path: Path) -> list[str]:
+    if not path.is_file():
+        raise PrepareError(f"--text: {path} is not a readable file.")
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            table = pq.read_table(path)
+            if "text" not in table.column_names:
+                raise PrepareError(f"--text: {path} has no 'text' column.")
+            return [t for t in table.column("text").to_pylist() if t]
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, pa.ArrowException) as e:
+        raise PrepareError(f"--text: cannot read {path} ({type(e).__name__}: {e}).") from e
+    if name.endswith((".jsonl", ".ndjson")):
+        docs = []
+        for lineno, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PrepareError(f"--text: {path} line {lineno} is not JSON ({e.msg}).") from e
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise PrepareError(f"--text: {path} line {lineno} has no string 'text' field.")
+            if record["text"]:
+                docs.append(record["text"])
+        return docs
+    return _split_plain_text(raw)
+
+
+def split_documents(docs: list[str]) -> tuple[list[str], list[str]]:
+    """Deterministic split: the last VAL_FRACTION of documents (at least one) is validation.
+    A contiguous tail, not a random sample, so neighbouring paragraphs do not leak across."""
+    if len(docs) < 2:
+        raise PrepareError("the corpus needs at least 2 documents (one to train on, one to validate).")
+    n_val = max(1, int(len(docs) * VAL_FRACTION))
+    return docs[:-n_val], docs[-n_val:]
+
+
+def write_shard(docs: list[str], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": docs}), path, row_group_size=ROWS_PER_GROUP)
+
+
+def generated_corpus(num_docs: int = 1200, seed: int = 1234) -> list[str]:
+    """A small, learnable corpus of templated stories: the smoke preset needs no network and no files."""
+    rng = random.Random(seed)
+    names = ["Tom", "Mia", "Sam", "Lily", "Ben", "Anna", "Max", "Zoe"]
+    things = ["ball", "kite", "cat", "dog", "book", "cake", "hat", "boat"]
+    colours = ["red", "blue", "green", "yellow", "big", "small", "new", "old"]
+    places = ["park", "garden", "beach", "forest", "school", "shop", "river", "house"]
+    feelings = ["happy", "sad", "tired", "excited", "scared", "proud"]
+    docs = []
+    for _ in range(num_docs):
+        a, b = rng.sample(names, 2)
+        thing, colour, place, feeling = rng.choice(things), rng.choice(colours), rng.choice(places), rng.choice(feelings)
+        lines = [f"Once upon a time, {a} had a {colour} {thing}.",
+                 f"{a} took the {thing} to the {place}.",
+                 f"At the {place}, {a} met {b}.",
+                 rng.choice([f"{b} wanted to play with the {thing}.", f"{b} did not like the {thing}."]),
+                 f"{a} felt {feeling}.",
+                 rng.choice([f"They played until the sun went down.", f"Then {a} went home with the {thing}."]),
+                 "The end."]
+        docs.append(" ".join(lines))
+    return docs
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer: trained with rustbpe, stored as plain "base64(token) rank" lines
+# ---------------------------------------------------------------------------
+
+def _iter_training_text(files: list[Path], max_chars: int = TOKENIZER_MAX_CHARS, doc_cap: int = TOKENIZER_DOC_CAP) -> Iterator[str]:
+    nchars = 0
+    for path in files:
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.num_row_groups):
+            for text in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
+                doc = text[:doc_cap]
+                nchars += len(doc)
+                yield doc
+                if nchars >= max_chars:
+                    return
+
+
+def train_tokenizer(train_files: list[Path], vocab_size: int = VOCAB_SIZE) -> None:
+    import rustbpe
+
+    t0 = time.time()
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(_iter_training_text(train_files), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    ranks = sorted(((bytes(tok), rank) for tok, rank in bpe.get_mergeable_ranks()), key=lambda kv: kv[1])
+    TOKENIZER_DIR.mkdir(parents=True, exist_ok=True)
+    lines = [f"{base64.b64encode(tok).decode()} {rank}" for tok, rank in ranks]
+    (TOKENIZER_DIR / "ranks.tiktoken").write_text("\n".join(lines) + "\n")
+    (TOKENIZER_DIR / "tokenizer.json").write_text(json.dumps(
+        {"pattern": bpe.get_pattern(), "special_tokens": SPECIAL_TOKENS, "bos_token": BOS_TOKEN}, indent=1))
+    n_vocab = len(ranks) + len(SPECIAL_TOKENS)
+    note = "" if n_vocab == vocab_size else f" (asked for {vocab_size}: the corpus ran out of merges)"
+    print(f"Tokenizer: {n_vocab} tokens trained in {time.time() - t0:.1f}s{note}", flush=True)
+
+
+def _load_encoding(tokenizer_dir: Path) -> tiktoken.Encoding:
+    tokenizer_dir = Path(tokenizer_dir)
+    try:
+        meta = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+        ranks = {}
+        for line in (tokenizer_dir / "ranks.tiktoken").read_text().splitlines():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    except FileNotFoundError:
+        raise SystemExit(
+            f"prepare.py: no tokenizer in {tokenizer_dir}; run `python prepare.py --preset {PRESET}` first.") from None
+    specials = {name: len(ranks) + i for i, name in enumerate(meta["special_tokens"])}
+    return tiktoken.Encoding(name=f"evo-{PRESET}", pat_str=meta["pattern"], mergeable_ranks=ranks, special_tokens=specials)
+
+
+class Tokenizer:
+    """The BPE tokenizer candidates train with; same interface as autoresearch's."""
+
+    def __init__(self, enc: tiktoken.Encoding):
+        self.enc = enc
+        self.bos_token_id = enc.encode_single_token(BOS_TOKEN)
+
+    @classmethod
+    def from_directory(cls, tokenizer_dir: str | Path = TOKENIZER_DIR) -> "Tokenizer":
+        return cls(_load_encoding(Path(tokenizer_dir)))
+
+    def get_vocab_size(self) -> int:
+        return self.enc.n_vocab
+
+    def get_bos_token_id(self) -> int:
+        return self.bos_token_id
+
+    def encode(self, text: str | list[str], prepend: int | None = None, num_threads: int = 8):
+        if prepend is not None and not isinstance(prepend, int):
+            raise TypeError(f"prepend must be an int token id, got {type(prepend)}")
+        head = [prepend] if prepend is not None else []
+        if isinstance(text, str):
+            return head + self.enc.encode_ordinary(text)
+        if isinstance(text, list):
+            return [head + ids for ids in self.enc.encode_ordinary_batch(text, num_threads=num_threads)]
+        raise ValueError(f"Invalid input type: {type(text)}")
+
+    def decode(self, ids: list[int]) -> str:
+        return self.enc.decode(ids)
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        """Exact bytes, for tokens that are not valid UTF-8 on their own."""
+        return self.enc.decode_bytes(ids)
+
+
+_TOKEN_BYTES: torch.Tensor | None = None
+
+
+def get_token_bytes(device: str | torch.device = "cpu") -> torch.Tensor:
+    """Raw UTF-8 byte length of every token id (0 for special tokens).
+
+    Counted from the token's bytes themselves, never from its decoded string: a token holding part
+    of a multi-byte character would decode to U+FFFD (3 bytes) and make bpb look better than it is.
+    """
+    global _TOKEN_BYTES
+    if _TOKEN_BYTES is None:
+        enc = _load_encoding(TOKENIZER_DIR)
+        n_ranked = enc.n_vocab - len(enc.special_tokens_set)  # special tokens come last
+        lengths = [len(enc.decode_single_token_bytes(i)) if i < n_ranked else 0 for i in range(enc.n_vocab)]
+        _TOKEN_BYTES = torch.tensor(lengths, dtype=torch.int32)
+    return _TOKEN_BYTES.to(device)
+
+
+# ---------------------------------------------------------------------------
+# Dataloader: BOS-aligned rows with best-fit packing (no padding)
+# ---------------------------------------------------------------------------
+
+def _read_manifest() -> dict:
+    if not MANIFEST.exists():
+        raise SystemExit(f"prepare.py: preset {PRESET!r} is not prepared in {CACHE_DIR}; run `python prepare.py --preset {PRESET}` first.")
+    return json.loads(MANIFEST.read_text())
+
+
+def _document_batches(split: str, tokenizer_batch_size: int = 128) -> Iterator[tuple[list[str], int]]:
+    manifest = _read_manifest()
+    paths = [DATA_DIR / name for name in (manifest["train"] if split == "train" else [manifest["val"]])]
+    epoch = 1
+    while True:
+        for path in paths:
+            pf = pq.ParquetFile(path)
+            for rg in range(pf.num_row_groups):
+                docs = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+                for i in range(0, len(docs), tokenizer_batch_size):
+                    yield docs[i:i + tokenizer_batch_size], epoch
+        epoch += 1
+
+
+def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = 1000,
+                    device: str | torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Yields (inputs, targets, epoch): (B, T) long tensors on `device` (default get_device()).
+
+    Every row starts with BOS. Each slot of a row takes the longest buffered document that fits;
+    when none fits, the shortest is cropped to fill the row exactly, so nothing is padded.
+    """
+    assert split in ("train", "val"), split
+    device = torch.device(device) if device is not None else get_device()
+    row_capacity = T + 1
+    batches = _document_batches(split)
+    bos = tokenizer.get_bos_token_id()
+    doc_buffer: list[list[int]] = []
+    epoch = 1
+
+    pin = device.type == "cuda"  # pinned host memory exists only for CUDA copies
+    row_buffer = torch.empty((B, row_capacity), dtype=torch.long)
+    host = torch.empty(2 * B * T, dtype=torch.long, pin_memory=pin)
+    dev = host if device.type == "cpu" else torch.empty(2 * B * T, dtype=torch.long, device=device)
+    host_inputs, host_targets = host[:B * T].view(B, T), host[B * T:].view(B, T)
+    inputs, targets = dev[:B * T].view(B, T), dev[B * T:].view(B, T)
+
+    while True:
+        for row in range(B):
+            pos = 0
+            while pos < row_capacity:
+                while len(doc_buffer) < buffer_size:
+                    docs, epoch = next(batches)
+                    doc_buffer.extend(tokenizer.encode(docs, prepend=bos))
+                remaining = row_capacity - pos
+                best = max((i for i, d in enumerate(doc_buffer) if len(d) <= remaining),
+                           key=lambda i: len(doc_buffer[i]), default=-1)
+                if best < 0:
+                    best = min(range(len(doc_buffer)), key=lambda i: len(doc_buffer[i]))
+                doc = doc_buffer.pop(best)[:remaining]
+                row_buffer[row, pos:pos + len(doc)] = torch.tensor(doc, dtype=torch.long)
+                pos += len(doc)
+        host_inputs.copy_(row_buffer[:, :-1])
+        host_targets.copy_(row_buffer[:, 1:])
+        if dev is not host:
+            dev.copy_(host, non_blocking=pin)
+        yield inputs, targets, epoch
+
+
+# ---------------------------------------------------------------------------
+# Evaluation (the fixed metric)
+# ---------------------------------------------------------------------------
+
+def _record_evaluation(record: dict) -> None:
+    """Append the evaluator's own result where the harness asked for it, signed with the key
+    it passed, so a number the candidate prints can be checked against one the evaluator made."""
+    path = os.environ.get(EVAL_RECORD_ENV)
+    if not path:
+        return
+    payload = json.dumps(record, sort_keys=True)
+    signature = hmac.new(_EVAL_KEY.encode(), payload.encode(), hashlib.sha256).hexdigest()
+    with open(path, "a") as f:
+        f.write(json.dumps({"record": record, "hmac": signature}) + "\n")
+
+
+@torch.no_grad()
+def evaluate_bpb(model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int) -> float:
+    """Bits per byte on EVAL_TOKENS of the pinned validation split, at MAX_SEQ_LEN.
+
+    Sums per-token cross-entropy (nats) and the raw byte length of each target token; special
+    tokens (0 bytes) count in neither. Independent of vocabulary size, so tokenizers compare.
+    """
+    t0 = time.time()
+    device = next(model.parameters()).device
+    token_bytes = get_token_bytes(device)
+    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
+    steps = max(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN))
+    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    for _ in range(steps):
+        x, y, _ = next(loader)
+        loss = model(x, y, reduction="none").view(-1).double()
+        nbytes = token_bytes[y.view(-1)]
+        total_nats += (loss * (nbytes > 0)).sum()
+        total_bytes += nbytes.sum()
+    nats, nbytes = total_nats.item(), int(total_bytes.item())
+    bpb = nats / (math.log(2) * nbytes)
+    _record_evaluation({"val_bpb": bpb, "nats": nats, "bytes": nbytes, "tokens": steps * batch_size * MAX_SEQ_LEN,
+                        "preset": PRESET, "seconds": round(time.time() - t0, 3)})
+    return bpb
+
+
+# ---------------------------------------------------------------------------
+# Main: prepare a preset's data and tokenizer
+# ---------------------------------------------------------------------------
+
+def prepare(preset_source: str, text_paths: list[Path], num_shards: int, workers: int, force: bool) -> None:
+    source = "text:" + ",".join(str(p.resolve()) for p in text_paths) if text_paths else preset_source
+    if MANIFEST.exists() and not force:
+        manifest = json.loads(MANIFEST.read_text())
+        if manifest.get("source") == source:
+            print(f"Preset {PRESET!r} already prepared in {CACHE_DIR} ({source}); --force redoes it.")
+            return
+        print(f"Preset {PRESET!r} was prepared from {manifest.get('source')}; replacing it with {source}.")
+    if force or MANIFEST.exists():
+        MANIFEST.unlink(missing_ok=True)
+        shutil.rmtree(TOKENIZER_DIR, ignore_errors=True)
+        if source != "climbmix":  # downloaded shards are kept; written shards are redone
+            shutil.rmtree(DATA_DIR, ignore_errors=True)
+
+    print(f"Preparing preset {PRESET!r} in {CACHE_DIR}", flush=True)
+    if source == "climbmix":
+        train_files, val_file = download_climbmix(num_shards, workers)
+    else:
+        if text_paths:
+            docs = [doc for p in text_paths for doc in read_documents(p)]
+        elif source == "tinystories":
+            raw = CACHE_DIR / "downloads" / "TinyStoriesV2-GPT4-valid.txt"
+            download_file(TINYSTORIES_URL, raw)
+            docs = read_documents(raw)
+        else:
+            docs = generated_corpus()
+        train_docs, val_docs = split_documents(docs)
+        train_files, val_file = [DATA_DIR / _shard_name(0)], DATA_DIR / "val.parquet"
+        write_shard(train_docs, train_files[0])
+        write_shard(val_docs, val_file)
+        print(f"Data: {len(train_docs)} train / {len(val_docs)} val documents "
+              f"({sum(map(len, train_docs)):,} / {sum(map(len, val_docs)):,} characters)", flush=True)
+
+    train_tokenizer(train_files)
+    MANIFEST.write_text(json.dumps({"preset": PRESET, "source": source, "train": [p.name for p in train_files],
+                                    "val": val_file.name, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    print(f"Done: preset {PRESET!r} ready (EVO_PRESET={PRESET}).", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Prepare data and tokenizer for an evo preset.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="default: EVO_PRESET or 'gpu'")
+    parser.add_argument("--text", nargs="+", type=Path, default=[], metavar="PATH",
+                        help="prepare from local text, JSONL ('text' field) or parquet ('text' column) files")
+    parser.add_argument("--num-shards", type=int, default=10, help="gpu: training shards to download (-1 = all)")
+    parser.add_argument("--download-workers", type=int, default=8)
+    parser.add_argument("--force", action="store_true", help="prepare again even if the preset is ready")
+    args = parser.parse_args(argv)
+    if args.preset and args.preset != PRESET:
+        # The preset fixes module-level constants, so switch by re-running under its environment.
+        env = dict(os.environ, EVO_PRESET=args.preset)
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
+    num_shards = CLIMBMIX_MAX_SHARD if args.num_shards == -1 else args.num_shards
+    if num_shards < 1:
+        parser.error("--num-shards must be at least 1 (or -1 for all).")
+    try:
+        prepare(_P["source"], args.text, num_shards, args.download_workers, args.force)
+    except PrepareError as e:
+        print(f"prepare.py: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
