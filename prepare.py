@@ -140,7 +140,7 @@ def download_file(url: str, dest: Path, attempts: int = 5, backoff: float = 2.0,
                 expected = response.headers.get("Content-Length")
                 expected_total = offset + int(expected) if expected is not None else None
                 with open(part, "ab" if offset else "wb") as f:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
+                    for chunk in response.iter_content(chunk_size=1 << 16):
                         f.write(chunk)
             if expected_total is not None and part.stat().st_size != expected_total:
                 raise OSError(f"transfer ended at {part.stat().st_size} of {expected_total} bytes")

@@ -1,17 +1,43 @@
-"""The `evo` command line (typer + rich)."""
+"""The `evo` command line (typer + rich). Commands are thin: they parse, call the archive or the
+engine, and print. Bad input gets one sentence on stderr and exit status 2, never a traceback."""
 
 from __future__ import annotations
 
+import csv
+import difflib
+import io
+import json
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
 import typer
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
 
 from evo import __version__
+from evo.archive import COMPLETE, DEFAULT_STORAGE, FAIL, Archive, ArchiveError, Candidate, owner_id, seconds_since
+from evo.config import ConfigError, RunConfig, pyproject_defaults
 
 app = typer.Typer(
     name="evo",
     help="Overnight evolutionary search over LLM training scripts.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+
+Storage = Annotated[str, typer.Option("--storage", envvar="EVO_STORAGE", help="SQLAlchemy URL of the archive.")]
+RunName = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name (default: the most recent run).")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"evo: error: {message}", err=True)
+    return typer.Exit(code)
 
 
 def _version(value: bool) -> None:
@@ -22,6 +48,403 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     """Overnight evolutionary search over LLM training scripts."""
+    try:
+        defaults = pyproject_defaults()
+    except ConfigError as e:
+        raise fail(str(e))
+    if defaults:
+        known = {p.name for p in run_command_params()}
+        unknown = sorted(set(defaults) - known)
+        if unknown:
+            raise fail(f"[tool.evo] in pyproject.toml has unknown setting(s) {', '.join(unknown)}.")
+        ctx.default_map = {"run": defaults}
+
+
+def open_archive(storage: str, writer: bool = False) -> Archive:
+    try:
+        return Archive(storage, writer=writer)
+    except ArchiveError as e:
+        raise fail(str(e))
+
+
+# ---------------------------------------------------------------------------
+# evo run
+# ---------------------------------------------------------------------------
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Run name (default: run-YYYYmmdd-HHMMSS).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the named run exactly where it stopped.")] = False,
+    population: Annotated[int, typer.Option(help="Population size N.")] = 8,
+    temperature: Annotated[str, typer.Option(help="Initial temperature in val_bpb units, or 'auto' (2 σ).")] = "auto",
+    cooling: Annotated[str, typer.Option(help="Cooling schedule over the budget: exp, linear or none.")] = "exp",
+    replicates: Annotated[int, typer.Option(help="Evaluations of the seed, to measure noise σ.")] = 3,
+    confirm: Annotated[bool, typer.Option(help="Re-evaluate a would-be new best and judge it on its mean.")] = True,
+    hours: Annotated[Optional[float], typer.Option(help="Wall-clock budget of the run.")] = None,
+    max_candidates: Annotated[Optional[int], typer.Option(help="Budget in candidates (after the seed).")] = None,
+    operator: Annotated[str, typer.Option(help="How children are made: tweak.")] = "tweak",
+    preset: Annotated[Optional[str], typer.Option(envvar="EVO_PRESET", help="gpu, cpu or smoke.")] = "gpu",
+    seed_train: Annotated[Path, typer.Option(help="The population's starting train.py.")] = Path("seed_train.py"),
+    program: Annotated[Path, typer.Option(help="Research instructions for LLM operators.")] = Path("program.md"),
+    gpus: Annotated[Optional[str], typer.Option(help="GPUs to use, e.g. 0,1,2 (default: all visible).")] = None,
+    slots: Annotated[Optional[int], typer.Option(help="Parallel slots on a CPU machine (default 1).")] = None,
+    startup_allowance: Annotated[Optional[float], typer.Option(help="Seconds for start-up and compilation beyond the budget.")] = None,
+    eval_allowance: Annotated[Optional[float], typer.Option(help="Seconds for the final evaluation beyond the budget.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the search's own random choices.")] = 0,
+    prepare: Annotated[Path, typer.Option(help="The locked prepare.py.")] = Path("prepare.py"),
+    storage: Storage = DEFAULT_STORAGE,
+) -> None:
+    """Evolve train.py: evaluate the seed, then propose, train, score and select until the budget ends."""
+    from evo import apparatus
+    from evo.engine import Engine, EngineError
+    from evo.operators import OperatorError, make_operator
+    from evo.runner import detect_slots
+    from evo.view import RunView
+
+    archive = open_archive(storage, writer=True)
+    given = {p: ctx.get_parameter_source(p) not in (click.core.ParameterSource.DEFAULT, None) for p in ctx.params}
+    try:
+        if resume:
+            if not name:
+                raise ConfigError("--resume needs the --name of the run to continue.")
+            run_row = archive.find_run(name)
+            config = RunConfig.from_dict(json.loads(run_row.config))
+            for key in ("hours", "max_candidates", "gpus", "slots"):  # budgets and hardware may change on resume
+                if given.get(key):
+                    setattr(config, key, ctx.params[key])
+            config.validate()
+        else:
+            config = RunConfig(name=name or datetime.now().strftime("run-%Y%m%d-%H%M%S"), preset=preset or "gpu",
+                               population=population, temperature=temperature, cooling=cooling,
+                               replicates=replicates, confirm=confirm, hours=hours, max_candidates=max_candidates,
+                               operator=operator, seed_train=str(seed_train), program=str(program), gpus=gpus,
+                               slots=slots, startup_allowance=startup_allowance, eval_allowance=eval_allowance,
+                               seed=seed).validate()
+        op = make_operator(config.operator)
+        try:
+            seed_code = Path(config.seed_train).read_text()
+            compile(seed_code, config.seed_train, "exec")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read the seed file {config.seed_train} ({getattr(e, 'strerror', None) or e}).")
+        except SyntaxError as e:
+            raise ConfigError(f"the seed file {config.seed_train} is not valid Python ({e.msg}, line {e.lineno}).")
+        slot_list = detect_slots(config.gpus, config.slots)
+        app_ = apparatus.load(prepare, config.preset)
+        if not resume:
+            run_row = archive.create_run(config.name, config.to_dict())
+        archive.claim_run(run_row.id, owner_id(), stale_after=60.0)
+    except (ArchiveError, ConfigError, OperatorError, apparatus.ApparatusError, ValueError) as e:
+        raise fail(str(e))
+
+    view = RunView(config.name)
+    archive.listener = view.on_event
+    view.line(f"{'resuming' if resume else 'starting'} run {config.name!r}: preset {config.preset}, population "
+              f"{config.population}, temperature {config.temperature} ({config.cooling}), operator {config.operator}, "
+              f"{len(slot_list)} slot(s): {', '.join(s.name for s in slot_list)}")
+    try:
+        apparatus.ensure_prepared(app_, view.line)
+    except apparatus.ApparatusError as e:
+        archive.update_run(run_row.id, owner=None)
+        raise fail(str(e))
+
+    engine = Engine(archive, run_row, config, op, slot_list, app_, seed_code)
+    view.slots = engine.status
+    view.header = lambda: _header(archive, run_row.id, config.name)
+    presses = {"n": 0}
+
+    def on_signal(signum, _frame):
+        presses["n"] += 1
+        if signum == signal.SIGINT and presses["n"] == 1:
+            view.line("stopping: no new candidates; running evaluations will finish (Ctrl-C again kills them)")
+            engine.request_stop()
+        else:
+            view.line("killing running evaluations; they will be queued again on --resume")
+            engine.request_kill()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with view:
+            status = engine.execute()
+    except EngineError as e:
+        archive.update_run(run_row.id, owner=None)
+        raise fail(str(e))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    view.line(f"run {status.lower()}; `evo status --name {config.name}` and `evo best --name {config.name}` show the result")
+
+
+def _header(archive: Archive, run_id: int, name: str) -> str:
+    cands = archive.candidates(run_id)
+    best = _best(cands)
+    best_text = f"best #{best.number} {best.val_bpb:.6f}" if best else "best: none yet"
+    return f"evo run {name}: {len(cands)} candidates, {best_text}"
+
+
+def run_command_params() -> list[click.Parameter]:
+    return typer.main.get_command(app).commands["run"].params  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
+# Reading the archive
+# ---------------------------------------------------------------------------
+
+def _best(cands: list[Candidate]) -> Candidate | None:
+    pool = [c for c in cands if c.accepted and c.val_bpb is not None]
+    return min(pool, key=lambda c: (c.val_bpb, c.number), default=None)
+
+
+def _fmt_bpb(c: Candidate, sigma: float | None = None) -> str:
+    if c.val_bpb is None:
+        return "-"
+    spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
+    return f"{c.val_bpb:.6f} ± {spread:.6f} (n={c.n_evals})" if spread is not None else f"{c.val_bpb:.6f} (n={c.n_evals})"
+
+
+def _resolve(archive: Archive, run_id: int, which: str) -> Candidate:
+    if which == "best":
+        best = _best(archive.candidates(run_id))
+        if best is None:
+            raise ArchiveError("the run has no evaluated, accepted candidate yet.")
+        return best
+    try:
+        number = int(which)
+    except ValueError:
+        raise ArchiveError(f"{which!r} is not a candidate number or 'best'.") from None
+    return archive.candidate(run_id, number)
+
+
+def _diff(a_code: str, b_code: str, a_name: str, b_name: str) -> str:
+    return "".join(difflib.unified_diff(a_code.splitlines(keepends=True), b_code.splitlines(keepends=True),
+                                        fromfile=a_name, tofile=b_name))
+
+
+def _print_diff(text: str) -> None:
+    console = Console()
+    if not text:
+        console.print("(no change)")
+    elif console.is_terminal:
+        console.print(Syntax(text, "diff", theme="ansi_dark"))
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
+    """How a run is going; safe to call from another terminal while it runs."""
+    archive = open_archive(storage)
+    try:
+        r = archive.find_run(name)
+    except ArchiveError as e:
+        raise fail(str(e))
+    cands = archive.candidates(r.id)
+    by_state: dict[str, int] = {}
+    for c in cands:
+        by_state[c.state] = by_state.get(c.state, 0) + 1
+    config = json.loads(r.config)
+    best = _best(cands)
+    population = [c for c in cands if c.in_population]
+    beat = f", heartbeat {seconds_since(r.heartbeat_at):.0f}s ago" if r.heartbeat_at and r.owner else ""
+    lines = [
+        f"run {r.name}: {r.status}{' (' + r.owner + beat + ')' if r.owner else ''}",
+        f"preset {config['preset']}, population {len(population)}/{config['population']}, temperature "
+        f"{config['temperature']} ({config['cooling']}), operator {config['operator']}",
+        f"noise σ {r.sigma:.6f}, T0 {r.temperature0:.6f}" if r.sigma is not None and r.temperature0 is not None else "noise σ: not measured yet",
+        f"candidates {len(cands)}: " + ", ".join(f"{k} {v}" for k, v in sorted(by_state.items()))
+        + f"; accepted {sum(1 for c in cands if c.accepted)}",
+        f"active {r.active_seconds / 3600:.2f} h, LLM spend ${archive.cost(r.id):.2f}",
+        f"best: #{best.number} val_bpb {_fmt_bpb(best, r.sigma)}  {best.hypothesis}" if best else "best: none yet",
+    ]
+    typer.echo("\n".join(lines))
+    events = archive.events(r.id, limit=5)
+    if events:
+        typer.echo("recent:")
+        for ev in events:
+            typer.echo(f"  {ev.at:%H:%M:%S} {ev.kind}: {ev.message}")
+
+
+@app.command("list")
+def list_runs(storage: Storage = DEFAULT_STORAGE) -> None:
+    """Every run in the archive."""
+    archive = open_archive(storage)
+    table = Table("run", "status", "candidates", "best val_bpb", "created")
+    for r in archive.runs():
+        cands = archive.candidates(r.id)
+        best = _best(cands)
+        table.add_row(r.name, r.status, str(len(cands)), f"{best.val_bpb:.6f}" if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}")
+    Console().print(table)
+
+
+@app.command()
+def candidates(
+    name: RunName = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, json, or tsv (autoresearch's results.tsv).")] = "table",
+    storage: Storage = DEFAULT_STORAGE,
+) -> None:
+    """Every candidate of a run."""
+    if fmt not in ("table", "json", "tsv"):
+        raise fail(f"--format must be table, json or tsv, not {fmt!r}.")
+    archive = open_archive(storage)
+    try:
+        r = archive.find_run(name)
+    except ArchiveError as e:
+        raise fail(str(e))
+    cands = archive.candidates(r.id)
+    numbers = {c.id: c.number for c in cands}
+    if fmt == "json":
+        rows = []
+        for c in cands:
+            row = c.model_dump(mode="json")
+            row["parent"] = numbers.get(c.parent_id)
+            row["parent2"] = numbers.get(c.parent2_id)
+            rows.append(row)
+        typer.echo(json.dumps(rows, indent=1))
+    elif fmt == "tsv":
+        typer.echo(results_tsv(archive, r.id, cands), nl=False)
+    else:
+        table = Table("#", "parent", "operator", "state", "val_bpb", "accepted", "hypothesis")
+        for c in cands:
+            parents = ",".join(str(numbers[p]) for p in (c.parent_id, c.parent2_id) if p is not None) or "-"
+            state = c.state + (f"({c.fail_reason})" if c.fail_reason else "")
+            acc = "-" if c.accepted is None else ("yes" if c.accepted else "no") + (
+                f" p={c.accept_probability:.2f}" if c.accept_probability is not None and c.number else "")
+            table.add_row(str(c.number), parents, c.operator, state, f"{c.val_bpb:.6f}" if c.val_bpb is not None else "-",
+                          acc, c.hypothesis)
+        Console(width=200).print(table)
+
+
+def results_tsv(archive: Archive, run_id: int, cands: list[Candidate]) -> str:
+    """autoresearch's results.tsv: commit, val_bpb, memory_gb, status (keep/discard/crash), description."""
+    peak = {}
+    for ev in archive.evaluations(run_id):
+        if ev.peak_vram_mb is not None:
+            peak[ev.candidate_id] = max(peak.get(ev.candidate_id, 0.0), ev.peak_vram_mb)
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+    writer.writerow(["commit", "val_bpb", "memory_gb", "status", "description"])
+    for c in cands:
+        if c.state == FAIL:
+            status_, bpb = "crash", 0.0
+        elif c.state == COMPLETE:
+            status_, bpb = ("keep" if c.accepted else "discard"), c.val_bpb
+        else:
+            continue
+        description = (c.hypothesis or c.operator).replace("\t", " ").replace("\n", " ")
+        writer.writerow([c.code_hash[:7], f"{bpb:.6f}", f"{peak.get(c.id, 0.0) / 1024:.1f}", status_, description])
+    return out.getvalue()
+
+
+@app.command()
+def show(
+    number: Annotated[str, typer.Argument(help="Candidate number, or 'best'.")],
+    name: RunName = None,
+    storage: Storage = DEFAULT_STORAGE,
+) -> None:
+    """One candidate: metrics, hypothesis, acceptance, diff against its parent, log tail."""
+    archive = open_archive(storage)
+    try:
+        r = archive.find_run(name)
+        c = _resolve(archive, r.id, number)
+    except ArchiveError as e:
+        raise fail(str(e))
+    parent = archive.candidate_by_id(c.parent_id) if c.parent_id else None
+    parent2 = archive.candidate_by_id(c.parent2_id) if c.parent2_id else None
+    typer.echo(f"candidate {c.number} of run {r.name}: {c.operator}"
+               + (f" from #{parent.number}" if parent else "") + (f" and #{parent2.number}" if parent2 else ""))
+    typer.echo(f"hypothesis: {c.hypothesis}")
+    if c.rationale:
+        typer.echo(f"rationale: {c.rationale}")
+    typer.echo(f"state: {c.state}" + (f" ({c.fail_reason}: {c.fail_detail})" if c.fail_reason else ""))
+    typer.echo(f"val_bpb: {_fmt_bpb(c, r.sigma)}")
+    if parent and parent.val_bpb is not None and c.val_bpb is not None:
+        typer.echo(f"Δ vs parent #{parent.number}: {c.val_bpb - parent.val_bpb:+.6f}"
+                   + (f" (σ {r.sigma:.6f})" if r.sigma is not None else ""))
+    if c.accepted is not None:
+        verdict = "accepted" if c.accepted else "rejected"
+        extra = ""
+        if c.accept_temperature is not None and c.accept_probability is not None:
+            extra = f" at T {c.accept_temperature:.6f} with probability {c.accept_probability:.3f}"
+        typer.echo(f"decision: {verdict}{extra}" + (" (in population)" if c.in_population else ""))
+    cost = sum(call.cost_usd for call in archive.llm_calls(r.id) if call.candidate_id == c.id)
+    if c.model or cost:
+        typer.echo(f"model: {c.model or '-'}, LLM cost ${cost:.4f}")
+    evals = archive.evaluations(r.id, c.id)
+    for ev in evals:
+        metrics = (f"val_bpb {ev.val_bpb:.6f}, {ev.num_steps} steps, {ev.training_seconds:.1f}s training, "
+                   f"peak {ev.peak_vram_mb:.0f} MB, mfu {ev.mfu_percent:.1f}%") if ev.state == COMPLETE else \
+            f"{ev.fail_reason}: {ev.detail}" if ev.state == FAIL else ""
+        typer.echo(f"  evaluation {ev.replicate} (seed {ev.seed}, slot {ev.slot}): {ev.state} {metrics}")
+    if parent:
+        typer.echo("")
+        _print_diff(_diff(archive.code(parent.code_hash), archive.code(c.code_hash), f"#{parent.number}", f"#{c.number}"))
+    last = next((ev for ev in reversed(evals) if ev.log_tail), None)
+    if last:
+        typer.echo(f"\nlog tail (evaluation {last.replicate}):")
+        typer.echo("\n".join(last.log_tail.splitlines()[-30:]))
+
+
+@app.command()
+def diff(
+    a: Annotated[str, typer.Argument(help="Candidate number or 'best'.")],
+    b: Annotated[str, typer.Argument(help="Candidate number or 'best'.")],
+    name: RunName = None,
+    storage: Storage = DEFAULT_STORAGE,
+) -> None:
+    """Unified diff between two candidates' code."""
+    archive = open_archive(storage)
+    try:
+        r = archive.find_run(name)
+        ca, cb = _resolve(archive, r.id, a), _resolve(archive, r.id, b)
+    except ArchiveError as e:
+        raise fail(str(e))
+    _print_diff(_diff(archive.code(ca.code_hash), archive.code(cb.code_hash), f"#{ca.number}", f"#{cb.number}"))
+
+
+@app.command()
+def best(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
+    """The best candidate found, with the path of changes that led to it."""
+    archive = open_archive(storage)
+    try:
+        r = archive.find_run(name)
+        c = _resolve(archive, r.id, "best")
+    except ArchiveError as e:
+        raise fail(str(e))
+    typer.echo(f"best of run {r.name}: candidate {c.number}, val_bpb {_fmt_bpb(c, r.sigma)}")
+    typer.echo(f"hypothesis: {c.hypothesis}")
+    chain, node = [], c
+    while node is not None:
+        chain.append(node)
+        node = archive.candidate_by_id(node.parent_id) if node.parent_id else None
+    typer.echo("path from the seed:")
+    for node in reversed(chain):
+        bpb = f"{node.val_bpb:.6f}" if node.val_bpb is not None else "-"
+        typer.echo(f"  #{node.number:<5} {bpb}  {node.operator:<9} {node.hypothesis}")
+
+
+@app.command()
+def export(
+    which: Annotated[str, typer.Argument(help="Candidate number or 'best'.")],
+    to: Annotated[Path, typer.Option("--to", help="File to write the candidate's train.py to.")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    name: RunName = None,
+    storage: Storage = DEFAULT_STORAGE,
+) -> None:
+    """Write a candidate's code to a file."""
+    archive = open_archive(storage)
+    try:
+        r = archive.find_run(name)
+        c = _resolve(archive, r.id, which)
+    except ArchiveError as e:
+        raise fail(str(e))
+    if to.exists() and not force:
+        raise fail(f"{to} exists; pass --force to overwrite it.")
+    try:
+        to.write_text(archive.code(c.code_hash))
+    except OSError as e:
+        raise fail(f"cannot write {to} ({e.strerror}).")
+    typer.echo(f"wrote candidate {c.number} of run {r.name} to {to}")

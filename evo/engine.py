@@ -1,0 +1,326 @@
+"""The engine: a steady-state population evolved with annealing acceptance over parallel slots.
+
+One thread (the caller's) owns every decision and every archive write; evaluations run in one
+worker thread per slot (each waiting on its subprocess) and proposals in a small pool, so slots
+never wait on the operator when work is possible. The loop:
+
+    seed  ->  evaluated `replicates` times: σ measured, T0 resolved, the seed enters the population
+    loop  ->  draw parents (tournament) -> operator proposes a child -> dedupe by code hash
+          ->  evaluate in a free slot -> a would-be new best is re-evaluated (--confirm)
+          ->  Metropolis decision against its competitor at T(progress) -> population updated
+
+Every step is recorded in the archive before the next one depends on it, so `--resume` after a
+crash or Ctrl-C continues exactly: population, temperature position, RNG and counters.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from evo import acceptance, selection
+from evo.apparatus import Apparatus
+from evo.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, Archive, Candidate, Evaluation, Run, code_hash
+from evo.config import RunConfig
+from evo.operators import Operator, OperatorError, Parent, Proposal
+from evo.runner import EvalResult, Limits, Slot, run_evaluation
+
+HEARTBEAT_SECONDS = 10.0
+STALE_AFTER_SECONDS = 60.0
+MAX_OPERATOR_FAILURES = 20   # consecutive proposals that failed to produce code: stop proposing
+EVAL_SEED_BASE = 42          # replicate r of every candidate trains with seed 42 + r (common random numbers)
+SEED_NUMBER = 0
+
+
+class EngineError(Exception):
+    """The run cannot go on (the seed failed, the apparatus changed): one sentence."""
+
+
+@dataclass
+class _Pending:
+    evaluation_id: int
+    candidate_id: int
+    slot: Slot
+    started: float
+
+
+class Engine:
+    def __init__(self, archive: Archive, run: Run, config: RunConfig, operator: Operator, slots: list[Slot],
+                 apparatus: Apparatus, seed_code: str, seed_operator: str = "seed", seed_hypothesis: str = "seed"):
+        self.archive, self.run, self.config, self.operator = archive, run, config, operator
+        self.slots, self.apparatus = slots, apparatus
+        self.seed_code, self.seed_operator, self.seed_hypothesis = seed_code, seed_operator, seed_hypothesis
+        startup, evaluation = config.allowances
+        self.limits = Limits(apparatus.time_budget, startup, evaluation)
+        self.rng = random.Random(config.seed)
+        if run.rng_state:
+            self.rng.setstate(_rng_from_json(run.rng_state))
+        self.stop_proposing = threading.Event()  # first Ctrl-C
+        self.kill = threading.Event()            # second Ctrl-C: running evaluations die now
+        self._active_base = run.active_seconds
+        self._t_start = time.monotonic()
+        self._operator_failures = 0
+        self.user_stopped = False
+        self.status: dict[str, str] = {}          # slot name -> what it is doing, for the live view
+
+    # ----- budget and temperature --------------------------------------------------------------
+
+    @property
+    def active_seconds(self) -> float:
+        return self._active_base + time.monotonic() - self._t_start
+
+    def children_made(self) -> int:
+        return max(0, self.archive.run_by_id(self.run.id).next_number - 1)
+
+    def progress(self) -> float:
+        """Position on the cooling schedule: time spent, or children judged, against the budget."""
+        judged = sum(1 for c in self.archive.candidates(self.run.id) if c.number != SEED_NUMBER and c.accepted is not None)
+        return acceptance.progress(self.active_seconds, self.config.hours, judged, self.config.max_candidates)
+
+    def temperature(self) -> float:
+        t0 = self.archive.run_by_id(self.run.id).temperature0 or 0.0
+        return acceptance.temperature_at(t0, self.progress(), self.config.cooling)
+
+    def budget_left(self) -> bool:
+        if self.config.max_candidates is not None and self.children_made() >= self.config.max_candidates:
+            return False
+        return not (self.config.hours is not None and self.active_seconds >= self.config.hours * 3600)
+
+    # ----- population ------------------------------------------------------------------------------
+
+    def members(self) -> list[selection.Member]:
+        return [selection.Member(c.id, c.val_bpb) for c in self.archive.population(self.run.id) if c.val_bpb is not None]
+
+    # ----- the loop -----------------------------------------------------------------------------
+
+    def execute(self) -> str:
+        """Run until the budget is spent or a stop is asked for. Returns the run's final status."""
+        archive, run_id = self.archive, self.run.id
+        archive.recover(run_id)
+        for cand in archive.undecided(run_id):
+            self._decide(cand)
+        self._ensure_seed()
+
+        eval_pool = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="evo-slot")
+        propose_pool = ThreadPoolExecutor(max_workers=len(self.slots) + self.config.lookahead, thread_name_prefix="evo-propose")
+        running: dict[Future, _Pending] = {}
+        proposing: dict[Future, list[Parent]] = {}
+        last_beat = 0.0
+        try:
+            while True:
+                if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+                    archive.heartbeat(run_id, self.active_seconds)
+                    last_beat = time.monotonic()
+                self._dispatch(eval_pool, running)
+                queued = len(self.archive.waiting_evaluations(run_id)) if not self.stop_proposing.is_set() else 0
+                wanted = len(self.slots) - len(running) + self.config.lookahead - queued
+                while len(proposing) < wanted and self._may_propose():
+                    parents = self._draw_parents()
+                    fut = propose_pool.submit(self.operator.propose, parents, random.Random(self.rng.getrandbits(63)))
+                    proposing[fut] = parents
+                if not running and not proposing and (self.stop_proposing.is_set() or not self._work_possible()):
+                    break
+                done, _ = wait([*running, *proposing], timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut in running:
+                        self._finish(running.pop(fut), fut)
+                    else:
+                        self._admit(proposing.pop(fut), fut)
+        except BaseException:
+            self.kill.set()  # nothing may outlive a failed loop; interrupted evaluations re-queue on resume
+            raise
+        finally:
+            self.stop_proposing.set()
+            propose_pool.shutdown(wait=False, cancel_futures=True)
+            eval_pool.shutdown(wait=True)
+            for fut, pending in running.items():
+                if fut.done() and not fut.exception():
+                    self._record(pending, fut.result())
+        status = INTERRUPTED if self.user_stopped else FINISHED
+        archive.update_run(run_id, f"run {status.lower()}", status=status, active_seconds=self.active_seconds,
+                           owner=None)
+        return status
+
+    def request_stop(self) -> None:
+        """First Ctrl-C: no new proposals or evaluations; running evaluations finish."""
+        self.user_stopped = True
+        self.stop_proposing.set()
+
+    def request_kill(self) -> None:
+        """Second Ctrl-C: running evaluations are killed and recorded as FAIL(interrupted)."""
+        self.request_stop()
+        self.kill.set()
+
+    def _work_possible(self) -> bool:
+        return bool(self.archive.waiting_evaluations(self.run.id)) or self._may_propose()
+
+    def _may_propose(self) -> bool:
+        if self.stop_proposing.is_set() or not self.budget_left():
+            return False
+        if self._operator_failures >= MAX_OPERATOR_FAILURES:
+            return False
+        run = self.archive.run_by_id(self.run.id)
+        return run.temperature0 is not None and bool(self.members())
+
+    def _draw_parents(self) -> list[Parent]:
+        members = self.members()
+        chosen = selection.select_parents(members, self.operator.n_parents, self.rng)
+        parents = []
+        for m in chosen:
+            c = self.archive.candidate_by_id(m.id)
+            parents.append(Parent(c.id, c.number, self.archive.code(c.code_hash), c.hypothesis, c.val_bpb))
+        return parents
+
+    # ----- seed ---------------------------------------------------------------------------------
+
+    def _ensure_seed(self) -> None:
+        if self.archive.candidates(self.run.id):
+            return
+        seed = self.archive.add_candidate(self.run.id, code=self.seed_code, operator=self.seed_operator,
+                                          hypothesis=self.seed_hypothesis, rng_state=_rng_to_json(self.rng))
+        for r in range(self.config.replicates):
+            self.archive.queue_evaluation(self.run.id, seed.id, r, EVAL_SEED_BASE + r)
+
+    def _is_seed(self, cand: Candidate) -> bool:
+        return cand.number == SEED_NUMBER
+
+    # ----- evaluations -------------------------------------------------------------------------
+
+    def _dispatch(self, pool: ThreadPoolExecutor, running: dict[Future, _Pending]) -> None:
+        if self.stop_proposing.is_set():
+            return  # after Ctrl-C only what already runs may finish
+        busy = {p.slot.name for p in running.values()}
+        in_flight = {p.evaluation_id for p in running.values()}
+        free = [s for s in self.slots if s.name not in busy]
+        waiting = [e for e in self.archive.waiting_evaluations(self.run.id) if e.id not in in_flight]
+        for slot, ev in zip(free, waiting):
+            cand = self.archive.candidate_by_id(ev.candidate_id)
+            workdir = (self.archive.files / "runs" / self.run.name / f"c{cand.number:05d}" / f"r{ev.replicate}").resolve()
+            self.archive.start_evaluation(ev.id, slot.name, str(workdir))
+            code = self.archive.code(cand.code_hash)
+            fut = pool.submit(run_evaluation, code=code, workdir=workdir, prepare_src=self.apparatus.prepare_path,
+                              locked_hash=self.apparatus.locked_hash, slot=slot, seed=ev.seed, limits=self.limits,
+                              preset=self.apparatus.preset, stop=self.kill)
+            running[fut] = _Pending(ev.id, cand.id, slot, time.monotonic())
+            self.status[slot.name] = f"candidate {cand.number} r{ev.replicate}"
+
+    def _finish(self, pending: _Pending, fut: Future) -> None:
+        self.status.pop(pending.slot.name, None)
+        try:
+            result: EvalResult = fut.result()
+        except RuntimeError as e:  # the locked apparatus changed under us
+            self.stop_proposing.set()
+            self.archive.finish_evaluation(pending.evaluation_id, state=FAIL, fail_reason="invalid", detail=str(e),
+                                           metrics=None, curve=[], returncode=None, wall_seconds=0.0,
+                                           harness_seconds=0.0, log_tail="")
+            raise EngineError(str(e)) from None
+        self._record(pending, result)
+        cand = self.archive.candidate_by_id(pending.candidate_id)
+        if cand.state in (COMPLETE, FAIL) and cand.accepted is None and result.outcome.fail_reason != "interrupted":
+            self._decide(cand)
+
+    def _record(self, pending: _Pending, result: EvalResult) -> None:
+        o = result.outcome
+        self.archive.finish_evaluation(pending.evaluation_id, state=o.state, fail_reason=o.fail_reason, detail=o.detail,
+                                       metrics=o.summary, curve=result.curve, returncode=result.returncode,
+                                       wall_seconds=result.wall_seconds, harness_seconds=result.harness_seconds,
+                                       log_tail=result.log_tail)
+
+    # ----- proposals ----------------------------------------------------------------------------
+
+    def _admit(self, parents: list[Parent], fut: Future) -> None:
+        """Store what the operator proposed: a new candidate queued for evaluation, a duplicate
+        pruned at no slot cost, or an operator failure archived as FAIL(invalid)."""
+        parent_ids = [p.id for p in parents] + [None]
+        rng_state = _rng_to_json(self.rng)
+        try:
+            proposal: Proposal = fut.result()
+        except OperatorError as e:
+            self._operator_failures += 1
+            self.archive.add_candidate(self.run.id, code=parents[0].code, operator=self.operator.name,
+                                       parent_id=parent_ids[0], parent2_id=parent_ids[1], hypothesis="(no proposal)",
+                                       rng_state=rng_state, state=FAIL, fail_reason="invalid", fail_detail=str(e))
+            return
+        self._operator_failures = 0
+        common = dict(code=proposal.code, operator=self.operator.name, parent_id=parent_ids[0],
+                      parent2_id=parent_ids[1], hypothesis=proposal.hypothesis, rationale=proposal.rationale,
+                      model=proposal.model, rng_state=rng_state)
+        twin = self.archive.find_code(self.run.id, code_hash(proposal.code))
+        if twin is not None:
+            self.archive.add_candidate(self.run.id, **common, state=PRUNED, fail_reason="duplicate",
+                                       fail_detail=f"same code as candidate {twin.number}; its result stands")
+            return
+        cand = self.archive.add_candidate(self.run.id, **common)
+        self.archive.queue_evaluation(self.run.id, cand.id, 0, EVAL_SEED_BASE)
+
+    # ----- acceptance -------------------------------------------------------------------------
+
+    def _decide(self, cand: Candidate) -> None:
+        run_id = self.run.id
+        if cand.state == FAIL:
+            self.archive.decide(cand.id, accepted=False, temperature=None, probability=0.0, delta=None,
+                                competitor_id=None, leaving=[], reason=f"failed ({cand.fail_reason})")
+            if self._is_seed(cand):
+                raise EngineError(f"the seed failed ({cand.fail_reason}: {cand.fail_detail}); "
+                                  f"see `evo show {cand.number} --name {self.run.name}`.")
+            return
+        if self._is_seed(cand):
+            values = [e.val_bpb for e in self.archive.evaluations(run_id, cand.id) if e.state == COMPLETE]
+            sigma = acceptance.noise_sigma(values)
+            try:
+                t0 = acceptance.initial_temperature(self.config.temperature, sigma)
+            except ValueError:  # replicates all failed but one: fall back to greedy, say so
+                t0 = 0.0
+            self.archive.update_run(run_id, f"noise σ = {sigma if sigma is not None else float('nan'):.6f} from "
+                                    f"{len(values)} replicates; T0 = {t0:.6f}", sigma=sigma, temperature0=t0)
+            self.archive.decide(cand.id, accepted=True, temperature=t0, probability=1.0, delta=None,
+                                competitor_id=None, leaving=[], reason=f"seed, val_bpb {cand.val_bpb:.6f}")
+            return
+        members = self.members()
+        if not members:  # cannot happen once the seed is in; guard against a corrupted archive
+            raise EngineError("the population is empty; the archive may be damaged.")
+        elite = selection.best(members)
+        if self.config.confirm and cand.n_evals < 2 and cand.val_bpb < elite.score:
+            n = len(self.archive.evaluations(run_id, cand.id))
+            self.archive.queue_evaluation(run_id, cand.id, n, EVAL_SEED_BASE + n)
+            self.archive.update_run(run_id, f"candidate {cand.number} would be the new best "
+                                    f"({cand.val_bpb:.6f} < {elite.score:.6f}): confirming with another evaluation")
+            return
+        child = selection.Member(cand.id, cand.val_bpb)
+        rival = selection.competitor(members, cand.parent_id)
+        delta = child.score - rival.score
+        temperature = self.temperature()
+        ok, p = acceptance.accept(delta, temperature, self.rng.random())
+        leaving: list[int] = []
+        reason = f"Δ {delta:+.6f} vs candidate {self.archive.candidate_by_id(rival.id).number}, T {temperature:.6f}, p {p:.3f}"
+        if ok:
+            rep = selection.replacement(members, child, rival, self.config.population)
+            if rep.enters:
+                leaving = rep.leaving
+            else:
+                ok, reason = False, reason + "; the population's only member is the best, which never leaves"
+        if ok and child.score < elite.score:
+            reason += "; new best"
+        self.archive.decide(cand.id, accepted=ok, temperature=temperature, probability=p, delta=delta,
+                            competitor_id=rival.id, leaving=leaving, reason=reason, rng_state=_rng_to_json(self.rng))
+
+
+def _rng_to_json(rng: random.Random) -> str:
+    version, state, gauss = rng.getstate()
+    return json.dumps([version, list(state), gauss])
+
+
+def _rng_from_json(text: str) -> tuple:
+    version, state, gauss = json.loads(text)
+    return version, tuple(state), gauss
+
+
+def best_candidate(archive: Archive, run_id: int) -> Candidate | None:
+    """The best candidate by mean val_bpb among those ever accepted (confirmed where confirmation applied)."""
+    accepted = [c for c in archive.candidates(run_id) if c.accepted and c.val_bpb is not None]
+    return min(accepted, key=lambda c: (c.val_bpb, c.number), default=None)
+
