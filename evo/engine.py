@@ -65,6 +65,7 @@ class Engine:
         self._t_start = time.monotonic()
         self._operator_failures = 0
         self.user_stopped = False
+        self._proposing: dict[Future, list[Parent]] = {}
         self.status: dict[str, str] = {}          # slot name -> what it is doing, for the live view
 
     # ----- budget and temperature --------------------------------------------------------------
@@ -86,7 +87,8 @@ class Engine:
         return acceptance.temperature_at(t0, self.progress(), self.config.cooling)
 
     def budget_left(self) -> bool:
-        if self.config.max_candidates is not None and self.children_made() >= self.config.max_candidates:
+        made = self.children_made() + len(self._proposing)  # proposals in flight will become candidates
+        if self.config.max_candidates is not None and made >= self.config.max_candidates:
             return False
         return not (self.config.hours is not None and self.active_seconds >= self.config.hours * 3600)
 
@@ -108,7 +110,7 @@ class Engine:
         eval_pool = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="evo-slot")
         propose_pool = ThreadPoolExecutor(max_workers=len(self.slots) + self.config.lookahead, thread_name_prefix="evo-propose")
         running: dict[Future, _Pending] = {}
-        proposing: dict[Future, list[Parent]] = {}
+        proposing = self._proposing
         last_beat = 0.0
         try:
             while True:

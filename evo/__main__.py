@@ -1,0 +1,3 @@
+from evo.cli import app
+
+app(prog_name="evo")

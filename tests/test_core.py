@@ -1,0 +1,248 @@
+"""The functional core: acceptance, cooling, selection, the tweak operator, log parsing."""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+
+import pytest
+
+from evo import acceptance, selection
+from evo.logs import SummaryError, classify, parse_curve, parse_summary
+from evo.operators.base import OperatorError
+from evo.operators.tweak import find_constants, tweak
+
+# ----- acceptance -------------------------------------------------------------------------------
+
+def test_zero_temperature_never_accepts_worse_or_equal() -> None:
+    rng = random.Random(0)
+    for delta in (1e-9, 1e-4, 0.0, 1.0):
+        assert not any(acceptance.accept(delta, 0.0, rng.random())[0] for _ in range(1000))
+    assert acceptance.accept(-1e-9, 0.0, 0.999)[0]
+
+
+def test_better_is_always_accepted() -> None:
+    assert acceptance.acceptance_probability(-0.01, 0.001) == 1.0
+
+
+def test_huge_temperature_accepts_almost_everything() -> None:
+    rng = random.Random(1)
+    rate = sum(acceptance.accept(0.01, 1e3, rng.random())[0] for _ in range(2000)) / 2000
+    assert rate > 0.99
+
+
+@pytest.mark.parametrize("delta, temperature", [(0.001, 0.001), (0.0006, 0.0003), (0.002, 0.004)])
+def test_acceptance_frequency_matches_metropolis(delta: float, temperature: float) -> None:
+    rng = random.Random(42)
+    n = 20_000
+    hits = sum(acceptance.accept(delta, temperature, rng.random())[0] for _ in range(n))
+    p = math.exp(-delta / temperature)
+    assert abs(hits / n - p) < 4 * math.sqrt(p * (1 - p) / n)  # 4 standard errors
+
+
+def test_negative_temperature_rejected() -> None:
+    with pytest.raises(ValueError):
+        acceptance.acceptance_probability(0.1, -1.0)
+
+
+def test_cooling_schedules() -> None:
+    assert acceptance.temperature_at(1.0, 0.5, "none") == 1.0
+    assert acceptance.temperature_at(1.0, 0.0, "exp") == 1.0
+    assert acceptance.temperature_at(1.0, 1.0, "exp") == pytest.approx(acceptance.FINAL_FRACTION)
+    assert acceptance.temperature_at(2.0, 0.5, "linear") == pytest.approx(1.0)
+    assert acceptance.temperature_at(1.0, 1.7, "linear") == 0.0  # clamped
+    temps = [acceptance.temperature_at(1.0, p / 10, "exp") for p in range(11)]
+    assert temps == sorted(temps, reverse=True)
+    with pytest.raises(ValueError):
+        acceptance.temperature_at(1.0, 0.5, "bogus")
+
+
+def test_auto_temperature_is_calibrated_to_noise() -> None:
+    assert acceptance.initial_temperature("auto", 3e-4) == pytest.approx(acceptance.AUTO_SIGMAS * 3e-4)
+    assert acceptance.initial_temperature(0.002, None) == 0.002
+    with pytest.raises(ValueError):
+        acceptance.initial_temperature("auto", None)
+    assert acceptance.noise_sigma([1.0]) is None
+    assert acceptance.noise_sigma([1.0, 1.002]) == pytest.approx(math.sqrt(2e-6))
+
+
+def test_progress_takes_the_further_budget() -> None:
+    assert acceptance.progress(1800, 1.0, 10, 100) == 0.5
+    assert acceptance.progress(0, None, 75, 100) == 0.75
+    assert acceptance.progress(10, None, 5, None) == 0.0
+    assert acceptance.progress(7200, 1.0, 0, None) == 1.0
+
+
+# ----- selection -------------------------------------------------------------------------------
+
+M = selection.Member
+
+
+def test_tournament_prefers_lower_scores_statistically() -> None:
+    members = [M(i, 1.0 + i * 0.01) for i in range(8)]
+    rng = random.Random(3)
+    wins = [selection.tournament(members, rng).id for _ in range(4000)]
+    # with k=2, member i wins with probability ((n-i)^2 - (n-i-1)^2) / n^2
+    for i in (0, 3, 7):
+        expected = ((8 - i) ** 2 - (7 - i) ** 2) / 64
+        assert abs(wins.count(i) / 4000 - expected) < 0.03
+    assert selection.tournament([M(5, 2.0)], rng).id == 5
+
+
+def test_select_two_distinct_parents() -> None:
+    rng = random.Random(0)
+    members = [M(1, 1.0), M(2, 1.1), M(3, 1.2)]
+    for _ in range(100):
+        a, b = selection.select_parents(members, 2, rng)
+        assert a.id != b.id
+    assert [p.id for p in selection.select_parents([M(1, 1.0)], 2, rng)] == [1, 1]
+
+
+def test_competitor_is_parent_else_worst() -> None:
+    members = [M(1, 1.0), M(2, 1.3), M(3, 1.1)]
+    assert selection.competitor(members, 3).id == 3
+    assert selection.competitor(members, 99).id == 2
+
+
+def test_replacement_fills_then_replaces_rival() -> None:
+    members = [M(1, 1.0), M(2, 1.3)]
+    assert selection.replacement(members, M(9, 1.2), members[1], capacity=3) == selection.Replacement(True, [])
+    assert selection.replacement(members, M(9, 1.2), members[1], capacity=2) == selection.Replacement(True, [2])
+
+
+def test_elitism_best_never_leaves() -> None:
+    members = [M(1, 1.0), M(2, 1.3), M(3, 1.2)]
+    # a worse child accepted against the elite pushes out the worst other member instead
+    assert selection.replacement(members, M(9, 1.1), members[0], capacity=3).leaving == [2]
+    # a better child does replace the elite: it is the new best
+    assert selection.replacement(members, M(9, 0.9), members[0], capacity=3).leaving == [1]
+    # population 1 holding the best: a worse child cannot enter
+    assert not selection.replacement([M(1, 1.0)], M(9, 1.1), M(1, 1.0), capacity=1).enters
+
+
+# ----- tweak -------------------------------------------------------------------------------------
+
+SOURCE = '''"""doc"""
+import os
+DEPTH = 8              # layers
+MATRIX_LR = 0.04
+TOTAL_BATCH_SIZE = 2**19
+DEVICE_BATCH_SIZE = 128
+WARMDOWN_RATIO: float = 0.5
+NEG = -3
+EXIT_DIVERGED = 3
+SEED = 42
+lower_case = 1.0
+NAME = "text"
+BETAS = (0.8, 0.95)
+FLAG = True
+
+def f():
+    INNER = 5
+'''
+
+
+def test_find_constants_only_top_level_numeric_uppercase() -> None:
+    names = [c.name for c in find_constants(SOURCE)]
+    assert names == ["DEPTH", "MATRIX_LR", "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE", "WARMDOWN_RATIO", "NEG"]
+    powers = {c.name for c in find_constants(SOURCE) if c.power_of_two}
+    assert powers == {"DEPTH", "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE"}
+
+
+def test_tweak_keeps_types_powers_and_comments() -> None:
+    for seed in range(200):
+        code, changes = tweak(SOURCE, random.Random(seed))
+        assert 1 <= len(changes) <= 2
+        ast.parse(code)
+        assert "# layers" in code
+        values = {c.name: c.value for c in find_constants(code)}
+        for name, old, new in changes:
+            assert new != old and values[name] == new
+            if name in ("DEPTH", "TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE"):
+                assert new in (old * 2, old // 2) and isinstance(new, int)
+            if name == "NEG":
+                assert isinstance(new, int)
+            if name in ("MATRIX_LR", "WARMDOWN_RATIO"):
+                assert isinstance(new, float) and 0.4 <= new / old <= 2.5
+        unchanged = {n for n in values if n not in {c[0] for c in changes}}
+        original = {c.name: c.value for c in find_constants(SOURCE)}
+        assert all(values[n] == original[n] for n in unchanged)
+
+
+def test_tweak_writes_large_powers_as_powers() -> None:
+    code, changes = tweak("TOTAL_BATCH_SIZE = 2**19\n", random.Random(0), n=1)
+    assert code in ("TOTAL_BATCH_SIZE = 2**20\n", "TOTAL_BATCH_SIZE = 2**18\n")
+
+
+def test_tweak_without_constants_is_an_operator_error() -> None:
+    with pytest.raises(OperatorError):
+        tweak("x = 1\n", random.Random(0))
+    with pytest.raises(OperatorError):
+        tweak("def (:\n", random.Random(0))
+
+
+# ----- logs --------------------------------------------------------------------------------------
+
+SUMMARY = """step 00001 (1.0%) | elapsed: 1.5s | loss: 9.000000 | lrm: 1.00
+step 00002 (2.0%) | elapsed: 3.0s | loss: 8.500000 | lrm: 1.00
+---
+val_bpb:          0.997900
+training_seconds: 300.1
+total_seconds:    325.9
+peak_vram_mb:     45060.2
+mfu_percent:      39.80
+total_tokens_M:   499.6
+num_steps:        953
+num_params_M:     50.3
+depth:            8
+"""
+
+
+def test_parse_summary_and_curve() -> None:
+    s = parse_summary(SUMMARY)
+    assert s["val_bpb"] == 0.9979 and s["num_steps"] == 953 and s["depth"] == 8
+    assert parse_curve(SUMMARY) == [(1, 1.5, 9.0), (2, 3.0, 8.5)]
+
+
+def test_autoresearch_progress_lines_with_carriage_returns() -> None:
+    text = "\rstep 00010 (3.3%) | loss: 5.000000 | lrm: 1.00 | remaining: 290s    \rstep 00020 (6.7%) | loss: 4.000000 | remaining: 280s"
+    assert parse_curve(text, time_budget=300) == [(10, 10.0, 5.0), (20, 20.0, 4.0)]
+    assert parse_curve(text) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("no summary here", "no summary block"),
+    (SUMMARY.replace("depth:            8\n", ""), "lacks depth"),
+    (SUMMARY.replace("num_steps:        953", "num_steps:        many"), "not a number"),
+    (SUMMARY + "val_bpb:          0.5\n", "repeats"),
+])
+def test_bad_summaries(text: str, message: str) -> None:
+    with pytest.raises(SummaryError, match=message):
+        parse_summary(text)
+
+
+def test_last_summary_block_wins() -> None:
+    forged_first = SUMMARY.replace("0.997900", "0.100000") + "\n" + SUMMARY
+    assert parse_summary(forged_first)["val_bpb"] == 0.9979
+
+
+def _classify(output: str, rc: int = 0, **kw):
+    args = dict(timed_out=False, interrupted=False, time_budget=300, budget_slack=30, recorded_bpb=[0.9979],
+                prepare_changed=False)
+    args.update(kw)
+    return classify(rc, output, **args)
+
+
+def test_classify_outcomes() -> None:
+    assert _classify(SUMMARY).state == "COMPLETE"
+    assert _classify(SUMMARY, recorded_bpb=[0.99791]).fail_reason == "invalid"
+    assert _classify(SUMMARY, recorded_bpb=[]).fail_reason == "invalid"
+    assert _classify(SUMMARY, recorded_bpb=None).state == "COMPLETE"  # no record asked for
+    assert _classify(SUMMARY.replace("300.1", "400.0")).fail_reason == "invalid"
+    assert _classify("", rc=3).fail_reason == "nan"
+    assert _classify("Traceback...\ntorch.OutOfMemoryError: CUDA out of memory", rc=1).fail_reason == "oom"
+    assert _classify("Traceback\nKeyError: 'x'", rc=1).fail_reason == "crash"
+    assert _classify(SUMMARY, timed_out=True).fail_reason == "timeout"
+    assert _classify(SUMMARY, interrupted=True).fail_reason == "interrupted"
+    assert _classify(SUMMARY, prepare_changed=True).fail_reason == "invalid"

@@ -1,0 +1,261 @@
+"""The engine end to end with real subprocesses: the surrogate candidate (no torch) makes a
+100-candidate run take seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evo import apparatus
+from evo.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive
+from evo.config import RunConfig
+from evo.engine import Engine
+from evo.operators.base import Parent, Proposal
+from evo.runner import Slot
+
+ROOT = Path(__file__).resolve().parent.parent
+SURROGATE = ROOT / "tests" / "fixtures" / "surrogate"
+
+
+def evo(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evo", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "EVO_STORAGE": f"sqlite:///{tmp_path}/archive/evo.db"})
+
+
+def surrogate_run(tmp_path: Path, *args: str, **kw) -> subprocess.CompletedProcess:
+    return evo(tmp_path, "run", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(SURROGATE / "train.py"),
+               "--preset", "smoke", *args, **kw)
+
+
+def check_invariants(archive: Archive, run_id: int, population: int) -> None:
+    cands = archive.candidates(run_id)
+    assert [c.number for c in cands] == list(range(len(cands))), "numbers are dense and unique"
+    members = [c for c in cands if c.in_population]
+    assert 1 <= len(members) <= population
+    decided = [c for c in cands if c.accepted is not None]
+    best = min((c for c in decided if c.accepted and c.val_bpb is not None), key=lambda c: c.val_bpb)
+    assert best.in_population, "the best ever found never leaves the population"
+    for ev in archive.evaluations(run_id):
+        assert ev.state != RUNNING, "no orphan RUNNING evaluation"
+    keys = [(e.candidate_id, e.replicate) for e in archive.evaluations(run_id)]
+    assert len(keys) == len(set(keys)), "no evaluation duplicated"
+
+
+def test_hundred_candidate_run(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    result = surrogate_run(tmp_path, "--name", "s", "--population", "8", "--max-candidates", "100", "--slots", "2")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert time.monotonic() - t0 < 120
+    archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
+    run = archive.find_run("s")
+    assert run.status == FINISHED and run.sigma is not None and run.sigma > 0
+    assert run.temperature0 == pytest.approx(2 * run.sigma)
+    cands = archive.candidates(run.id)
+    assert len(cands) == 101
+    assert all(c.accepted is not None for c in cands)
+    check_invariants(archive, run.id, 8)
+    seed = cands[0]
+    best = min((c for c in cands if c.accepted), key=lambda c: c.val_bpb)
+    assert best.val_bpb < seed.val_bpb - 0.005, "search improves on the seed"
+    assert best.n_evals >= 2, "a new best is confirmed"
+    # the plain log is one line per event
+    assert "decide: candidate 100" in result.stdout or "candidate 100" in result.stdout
+
+    tsv = evo(tmp_path, "candidates", "--name", "s", "-f", "tsv").stdout.splitlines()
+    assert tsv[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert all(len(row.split("\t")) == 5 and row.split("\t")[3] in ("keep", "discard", "crash") for row in tsv[1:])
+    rows = json.loads(evo(tmp_path, "candidates", "--name", "s", "-f", "json").stdout)
+    assert len(rows) == 101 and rows[1]["parent"] == 0
+
+    shown = evo(tmp_path, "show", "best")
+    assert shown.returncode == 0 and "val_bpb:" in shown.stdout and "±" in shown.stdout
+    assert "evaluation 1" in shown.stdout
+    assert evo(tmp_path, "best").returncode == 0
+    status = evo(tmp_path, "status")
+    assert "FINISHED" in status.stdout and "best: #" in status.stdout
+    out = tmp_path / "best_train.py"
+    assert evo(tmp_path, "export", "best", "--to", str(out)).returncode == 0
+    assert out.read_text() == archive.code(best.code_hash)
+    diff = evo(tmp_path, "diff", "0", "best").stdout
+    assert diff.startswith("--- #0")
+
+
+def test_greedy_baseline_behaves_like_autoresearch(tmp_path: Path) -> None:
+    result = surrogate_run(tmp_path, "--name", "g", "--population", "1", "--temperature", "0", "--no-confirm",
+                           "--replicates", "1", "--max-candidates", "30")
+    assert result.returncode == 0, result.stderr
+    archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
+    run = archive.find_run("g")
+    current = None
+    for c in archive.candidates(run.id):  # one slot: decisions happen in candidate order
+        if c.state != COMPLETE:
+            continue
+        if current is None:
+            current = c.val_bpb
+            continue
+        assert c.accepted == (c.val_bpb < current), f"candidate {c.number}"
+        if c.accepted:
+            current = c.val_bpb
+    assert len(archive.population(run.id)) == 1
+
+
+class FixedOperator:
+    """Always proposes the same edit: the second proposal is a duplicate."""
+    name = "tweak"
+    n_parents = 1
+
+    def propose(self, parents: list[Parent], rng: random.Random) -> Proposal:
+        return Proposal(code=parents[0].code.replace("X1 = 1.0", "X1 = 2.0"), hypothesis="X1 to 2")
+
+
+def test_identical_code_is_never_trained_twice(tmp_path: Path) -> None:
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    config = RunConfig(name="d", preset="smoke", population=4, temperature=0.0, replicates=1, max_candidates=3,
+                       slots=1).validate()
+    run = archive.create_run("d", config.to_dict())
+    app = apparatus.load(SURROGATE / "prepare.py", "smoke")
+    engine = Engine(archive, run, config, FixedOperator(), [Slot("cpu")], app, (SURROGATE / "train.py").read_text())
+    assert engine.execute() == FINISHED
+    cands = archive.candidates(run.id)
+    assert [c.state for c in cands] == [COMPLETE, COMPLETE, PRUNED, PRUNED]
+    assert cands[2].fail_reason == "duplicate" and "candidate 1" in cands[2].fail_detail
+    assert len(archive.evaluations(run.id, cands[2].id)) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--population", "0"], "--population must be at least 1"),
+    (["--temperature", "-1"], "--temperature must be >= 0"),
+    (["--temperature", "hot"], "--temperature takes a number"),
+    (["--cooling", "fast"], "--cooling must be one of"),
+    (["--temperature", "auto", "--replicates", "1"], "--replicates 2 or more"),
+    (["--seed-train", "/nonexistent/train.py"], "cannot read the seed file"),
+    (["--operator", "magic"], "unknown operator"),
+    (["--gpus", "x"], "--gpus takes device numbers"),
+    (["--preset", "huge"], "unknown preset"),
+])
+def test_bad_run_flags_are_one_sentence(tmp_path: Path, args: list[str], message: str) -> None:
+    result = surrogate_run(tmp_path, "--name", "x", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_input_to_readers(tmp_path: Path) -> None:
+    assert surrogate_run(tmp_path, "--name", "r", "--max-candidates", "2", "--replicates", "2").returncode == 0
+    db = tmp_path / "archive" / "evo.db"
+    before = db.read_bytes()
+    for args, message in [
+        (["status", "--name", "nope"], "no run named 'nope'"),
+        (["show", "99"], "no candidate number 99"),
+        (["show", "abc"], "not a candidate number"),
+        (["candidates", "-f", "xml"], "--format must be"),
+        (["status", "--storage", "notaurl"], "not a valid SQLAlchemy URL"),
+        (["status", "--storage", f"sqlite:///{tmp_path}/missing/evo.db"], "no archive at"),
+        (["run", "--name", "r", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(SURROGATE / "train.py"),
+          "--preset", "smoke"], "already exists; pass --resume"),
+    ]:
+        result = evo(tmp_path, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+    archive = Archive(f"sqlite:///{db}", writer=False)
+    assert len(archive.candidates(archive.find_run("r").id)) == 3, "bad input leaves the archive as it was"
+
+
+def test_syntax_error_in_seed_is_one_sentence(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def broken(:\n")
+    result = evo(tmp_path, "run", "--name", "b", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(bad))
+    assert result.returncode == 2 and "not valid Python" in result.stderr
+
+
+def test_crashing_seed_is_one_sentence(tmp_path: Path) -> None:
+    bad = tmp_path / "crash.py"
+    bad.write_text("raise SystemExit('no GPU here')\n")
+    result = evo(tmp_path, "run", "--name", "c", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(bad),
+                 "--preset", "smoke", "--max-candidates", "2")
+    assert result.returncode == 2 and "the seed failed (crash" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def slow_surrogate(tmp_path: Path, seconds: float) -> Path:
+    path = tmp_path / "slow_train.py"
+    path.write_text((SURROGATE / "train.py").read_text().replace("t0 = time.time()", f"time.sleep({seconds})\nt0 = time.time()"))
+    return path
+
+
+def test_ctrl_c_once_finishes_running_then_resume(tmp_path: Path) -> None:
+    seed = slow_surrogate(tmp_path, 1.0)
+    cmd = [sys.executable, "-m", "evo", "run", "--name", "i", "--prepare", str(SURROGATE / "prepare.py"),
+           "--seed-train", str(seed), "--preset", "smoke", "--max-candidates", "6", "--replicates", "2"]
+    env = {**os.environ, "EVO_STORAGE": f"sqlite:///{tmp_path}/archive/evo.db"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(4.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopping: no new candidates" in out
+    archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
+    run = archive.find_run("i")
+    assert run.status == INTERRUPTED
+    assert all(e.state != RUNNING for e in archive.evaluations(run.id))
+    assert all(e.fail_reason != "interrupted" for e in archive.evaluations(run.id)), "the running one finished"
+    done_before = {(e.candidate_id, e.replicate) for e in archive.evaluations(run.id) if e.state == COMPLETE}
+
+    resumed = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    run = archive.find_run("i")
+    assert run.status == FINISHED
+    assert len(archive.candidates(run.id)) == 7
+    after = {(e.candidate_id, e.replicate) for e in archive.evaluations(run.id) if e.state == COMPLETE}
+    assert done_before <= after
+    check_invariants(archive, run.id, 8)
+
+
+def test_ctrl_c_twice_kills_and_resume_requeues(tmp_path: Path) -> None:
+    seed = slow_surrogate(tmp_path, 30.0)
+    cmd = [sys.executable, "-m", "evo", "run", "--name", "k", "--prepare", str(SURROGATE / "prepare.py"),
+           "--seed-train", str(seed), "--preset", "smoke", "--max-candidates", "1", "--replicates", "2",
+           "--startup-allowance", "60"]
+    env = {**os.environ, "EVO_STORAGE": f"sqlite:///{tmp_path}/archive/evo.db"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
+    run = archive.find_run("k")
+    evs = archive.evaluations(run.id)
+    assert run.status == INTERRUPTED, out
+    assert [e.fail_reason for e in evs if e.state == FAIL] == ["interrupted"]
+    writer = Archive(f"sqlite:///{tmp_path}/archive/evo.db")
+    assert writer.recover(run.id) and all(e.state in (WAITING, COMPLETE) for e in writer.evaluations(run.id))
+
+
+def test_status_while_running(tmp_path: Path) -> None:
+    seed = slow_surrogate(tmp_path, 0.3)
+    cmd = [sys.executable, "-m", "evo", "run", "--name", "live", "--prepare", str(SURROGATE / "prepare.py"),
+           "--seed-train", str(seed), "--preset", "smoke", "--max-candidates", "15", "--replicates", "2", "--slots", "2"]
+    env = {**os.environ, "EVO_STORAGE": f"sqlite:///{tmp_path}/archive/evo.db"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    polls = 0
+    try:
+        while proc.poll() is None:
+            result = evo(tmp_path, "status", "--name", "live")
+            if result.returncode == 0:
+                polls += 1
+                assert "run live:" in result.stdout
+            else:
+                assert "no archive" in result.stderr or "no run named" in result.stderr, result.stderr
+    finally:
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert polls >= 2
