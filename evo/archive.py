@@ -371,7 +371,7 @@ class Archive:
         """Mark this process as the run's owner; refuse when another live process holds it."""
         with self.session() as s:
             run = s.get(Run, run_id)
-            if run.owner and run.owner != owner and run.heartbeat_at is not None:
+            if run.owner and run.owner != owner and run.heartbeat_at is not None and owner_alive(run.owner):
                 age = seconds_since(run.heartbeat_at)
                 if age < stale_after:
                     raise ArchiveError(f"run {run.name!r} is being run by {run.owner} (heartbeat {age:.0f}s ago); "
@@ -567,3 +567,18 @@ def _delete_curve(evaluation_id: int):
 
 def owner_id() -> str:
     return f"{os.uname().nodename}:{os.getpid()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process named by an owner id may still run. On this host we can tell; on
+    another host only the heartbeat can."""
+    host, _, pid = owner.rpartition(":")
+    if host != os.uname().nodename or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

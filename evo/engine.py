@@ -21,13 +21,15 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 from evo import acceptance, selection
 from evo.apparatus import Apparatus
-from evo.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, Archive, Candidate, Evaluation, Run, code_hash
+from evo.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, RUNNING, Archive, Candidate, Run, code_hash
 from evo.config import RunConfig
 from evo.operators import Operator, OperatorError, Parent, Proposal
-from evo.runner import EvalResult, Limits, Slot, run_evaluation
+from evo.runner import EvalResult, Limits, Slot, kill_orphan, run_evaluation
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 60.0
@@ -50,10 +52,12 @@ class _Pending:
 
 class Engine:
     def __init__(self, archive: Archive, run: Run, config: RunConfig, operator: Operator, slots: list[Slot],
-                 apparatus: Apparatus, seed_code: str, seed_operator: str = "seed", seed_hypothesis: str = "seed"):
+                 apparatus: Apparatus, seed_code: str, seed_operator: str = "seed", seed_hypothesis: str = "seed",
+                 evaluate: Callable[..., EvalResult] = run_evaluation):
         self.archive, self.run, self.config, self.operator = archive, run, config, operator
         self.slots, self.apparatus = slots, apparatus
         self.seed_code, self.seed_operator, self.seed_hypothesis = seed_code, seed_operator, seed_hypothesis
+        self.evaluate = evaluate  # benchmarks swap in a simulated evaluation with run_evaluation's signature
         startup, evaluation = config.allowances
         self.limits = Limits(apparatus.time_budget, startup, evaluation)
         self.rng = random.Random(config.seed)
@@ -102,6 +106,9 @@ class Engine:
     def execute(self) -> str:
         """Run until the budget is spent or a stop is asked for. Returns the run's final status."""
         archive, run_id = self.archive, self.run.id
+        for ev in archive.evaluations(run_id):
+            if ev.state == RUNNING and ev.workdir and kill_orphan(Path(ev.workdir)):
+                archive.update_run(run_id, f"killed the orphaned process of evaluation {ev.id} left by a crash")
         archive.recover(run_id)
         for cand in archive.undecided(run_id):
             self._decide(cand)
@@ -204,7 +211,7 @@ class Engine:
             workdir = (self.archive.files / "runs" / self.run.name / f"c{cand.number:05d}" / f"r{ev.replicate}").resolve()
             self.archive.start_evaluation(ev.id, slot.name, str(workdir))
             code = self.archive.code(cand.code_hash)
-            fut = pool.submit(run_evaluation, code=code, workdir=workdir, prepare_src=self.apparatus.prepare_path,
+            fut = pool.submit(self.evaluate, code=code, workdir=workdir, prepare_src=self.apparatus.prepare_path,
                               locked_hash=self.apparatus.locked_hash, slot=slot, seed=ev.seed, limits=self.limits,
                               preset=self.apparatus.preset, stop=self.kill)
             running[fut] = _Pending(ev.id, cand.id, slot, time.monotonic())

@@ -27,6 +27,7 @@ from pathlib import Path
 from evo import logs
 
 LOG_TAIL_LINES = 200
+PID_FILE = "pid"
 MAX_CURVE_POINTS = 500
 
 # Environment variables a candidate may see. Everything else is dropped, and so is anything that
@@ -156,6 +157,22 @@ def kill_group(proc: subprocess.Popen, grace: float) -> None:
     proc.wait()
 
 
+def kill_orphan(workdir: Path) -> bool:
+    """Kill the process group of an evaluation whose harness died (kill -9, power loss on a
+    shared box). Returns whether one was still alive."""
+    try:
+        pgid = int((workdir / PID_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not _group_alive(pgid):
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -171,6 +188,7 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
                    python: str = sys.executable) -> EvalResult:
     """Train and score one candidate in `workdir`. `stop` set means: kill it now (second Ctrl-C)."""
     t0 = time.monotonic()
+    shutil.rmtree(workdir, ignore_errors=True)  # a re-queued evaluation starts clean
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "train.py").write_text(code)
     prepare = workdir / "prepare.py"
@@ -188,6 +206,7 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
         p0 = time.monotonic()
         proc = subprocess.Popen([python, "train.py"], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        (workdir / PID_FILE).write_text(str(proc.pid))  # lets a resumed run kill what a crash left behind
         deadline = p0 + limits.hard_timeout
         while True:
             try:

@@ -259,3 +259,46 @@ def test_status_while_running(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert polls >= 2
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
+    """kill -9 `evo run` 20 times at random moments, resuming each time: nothing COMPLETE is lost,
+    changed or duplicated, and the finished run is consistent."""
+    seed = slow_surrogate(tmp_path, 0.15)
+    db = f"sqlite:///{tmp_path}/archive/evo.db"
+    base = [sys.executable, "-m", "evo", "run", "--name", "crash", "--prepare", str(SURROGATE / "prepare.py"),
+            "--seed-train", str(seed), "--preset", "smoke", "--max-candidates", "40", "--replicates", "2",
+            "--slots", "2", "--population", "4"]
+    env = {**os.environ, "EVO_STORAGE": db}
+    rng = random.Random(7)
+    complete: dict[tuple[int, int], float] = {}
+    progress: list[int] = []
+    for i in range(20):
+        proc = subprocess.Popen(base + (["--resume"] if i else []), cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(2.5, 4.0) if i == 0 else rng.uniform(0.8, 2.5))  # the first must create the run
+        proc.kill()
+        proc.wait()
+        archive = Archive(db, writer=False)
+        run = archive.find_run("crash")
+        now = {(e.candidate_id, e.replicate): e.val_bpb for e in archive.evaluations(run.id) if e.state == COMPLETE}
+        for key, value in complete.items():
+            assert now.get(key) == value, f"kill {i}: COMPLETE evaluation {key} lost or changed"
+        complete = now
+        progress.append(len(now))
+        cands = archive.candidates(run.id)
+        assert [c.number for c in cands] == list(range(len(cands)))
+        archive.close()
+    print("COMPLETE evaluations at each kill:", progress)
+    assert progress[-1] > progress[0] and progress[-1] >= 10, f"the kills must land mid-run: {progress}"
+    final = subprocess.run(base + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    archive = Archive(db, writer=False)
+    run = archive.find_run("crash")
+    assert run.status == FINISHED
+    cands = archive.candidates(run.id)
+    assert len(cands) == 41 and all(c.accepted is not None for c in cands)
+    check_invariants(archive, run.id, 4)
+    now = {(e.candidate_id, e.replicate): e.val_bpb for e in archive.evaluations(run.id) if e.state == COMPLETE}
+    assert all(now[k] == v for k, v in complete.items())
