@@ -302,3 +302,17 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
     check_invariants(archive, run.id, 4)
     now = {(e.candidate_id, e.replicate): e.val_bpb for e in archive.evaluations(run.id) if e.state == COMPLETE}
     assert all(now[k] == v for k, v in complete.items())
+
+
+def test_pyproject_defaults_and_flags_win(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.evo]\npopulation = 3\ntemperature = "0.002"\nreplicates = 2\nmax-candidates = 2\n')
+    result = surrogate_run(tmp_path, "--name", "p", "--population", "5")
+    assert result.returncode == 0, result.stderr
+    archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
+    config = json.loads(archive.find_run("p").config)
+    assert (config["population"], config["temperature"], config["replicates"], config["max_candidates"]) == (5, 0.002, 2, 2)
+
+    (tmp_path / "pyproject.toml").write_text("[tool.evo]\npopulaton = 3\n")
+    bad = surrogate_run(tmp_path, "--name", "q")
+    assert bad.returncode == 2 and "unknown setting(s) populaton" in bad.stderr
