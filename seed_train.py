@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import contextlib
 import gc
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -122,7 +123,7 @@ if on_cuda:
         if capability[0] < 10:  # no FA3 build for Blackwell and later
             repo = "varunneal/flash-attention-3" if capability == (9, 0) else "kernels-community/flash-attn3"
             fa3 = get_kernel(repo).flash_attn_interface
-            probe = torch.randn(1, 256, 1, HEAD_DIM, device=device, dtype=torch.bfloat16)
+            probe = torch.zeros(1, 256, 1, HEAD_DIM, device=device, dtype=torch.bfloat16)  # leaves the RNG alone
             fa3.flash_attn_func(probe, probe, probe, causal=True, window_size=(128, 0))
     except Exception:
         fa3 = None
@@ -144,11 +145,12 @@ elif flex_attention is not None:
 else:
     attention_backend = "sdpa (boolean masks for windowed layers)"
 
-# Dense bf16 tensor-core peak FLOP/s by device-name substring, most specific first.
-# MFU is reported as 0 where the device is not listed (CPU, MPS, unknown GPUs).
+# Dense bf16 tensor-core peak FLOP/s, by a whole word of torch.cuda.get_device_name(); first match
+# wins. MFU is reported as 0 where the device is not listed (CPU, MPS, unknown GPUs).
 PEAK_BF16_FLOPS = [
     ("GB200", 2500e12), ("B200", 2250e12), ("B100", 1750e12),
-    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H800", 989e12), ("H200", 989e12), ("H20", 148e12),
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H800", 989e12),
+    ("GH200", 989e12), ("H200", 989e12), ("H20", 148e12),
     ("A100", 312e12), ("A800", 312e12), ("A10G", 70e12), ("A10", 125e12),
     ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12),
     ("RTX 5090", 209e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12),
@@ -160,7 +162,7 @@ def peak_flops():
         return 0.0
     name = torch.cuda.get_device_name(device)
     for key, flops in PEAK_BF16_FLOPS:
-        if key in name:
+        if re.search(rf"\b{re.escape(key)}\b", name):
             return flops
     return 0.0
 

@@ -107,6 +107,7 @@ def fake_tail(lines: int) -> str:
 
 
 def bench_archive(n: int, curve_points: int, tail_lines: int, root: Path) -> dict[str, list[float]]:
+    root.mkdir(parents=True, exist_ok=True)
     archive = Archive(f"sqlite:///{root}/bookkeeping.db")
     run = archive.create_run("bench", RunConfig(name="bench").to_dict())
     curve, tail = fake_curve(curve_points), fake_tail(tail_lines)
@@ -202,6 +203,9 @@ def main() -> None:
               f"Archive bookkeeping per evaluation (SQLite file, {args.curve_points}-point curve, "
               f"{args.tail_lines}-line log tail; queue = add_candidate + queue_evaluation)")
         book = summary(times["start+finish"])
+        bare_finish = summary(bench_archive(args.bookkeeping_n, 0, args.tail_lines, root / "nocurve")["finish"])
+        print(f"(for comparison: finish_evaluation with no curve: mean {fmt_ms(bare_finish['mean'])} ms, "
+              f"p95 {fmt_ms(bare_finish['p95'])} ms: the curve's {args.curve_points} rows are most of its cost)\n")
 
         gaps, n_evals, wall = bench_engine(args.engine_candidates, args.curve_points, args.tail_lines, root)
         q = max(1, len(gaps) // 4)

@@ -418,7 +418,8 @@ class Archive:
     def add_candidate(self, run_id: int, *, code: str, operator: str, parent_id: int | None = None,
                       parent2_id: int | None = None, hypothesis: str = "", rationale: str = "",
                       model: str | None = None, rng_state: str | None = None,
-                      state: str = WAITING, fail_reason: str | None = None, fail_detail: str | None = None) -> Candidate:
+                      state: str = WAITING, fail_reason: str | None = None, fail_detail: str | None = None,
+                      llm_calls: list[dict] = ()) -> Candidate:
         """Store a new candidate (and its code, once). The run's counter and RNG state advance in
         the same transaction, so a resume continues from exactly here."""
         h = code_hash(code)
@@ -437,6 +438,8 @@ class Archive:
             s.add(cand)
             s.add(run)
             s.flush()
+            for call in llm_calls:
+                s.add(LLMCall(run_id=run_id, candidate_id=cand.id, **call))
             what = f"candidate {cand.number} ({operator}): {hypothesis}" if hypothesis else f"candidate {cand.number} ({operator})"
             if state == WAITING:
                 self._event(s, run_id, "propose", what, cand.id)
@@ -540,9 +543,10 @@ class Archive:
                         accepted=accepted, temperature=temperature, probability=probability, delta=delta,
                         leaving=leaving)
 
-    def record_llm_call(self, call: LLMCall) -> None:
+    def record_llm_calls(self, run_id: int, calls: list[dict], candidate_id: int | None = None) -> None:
         with self.session() as s:
-            s.add(call)
+            for call in calls:
+                s.add(LLMCall(run_id=run_id, candidate_id=candidate_id, **call))
 
     def population(self, run_id: int) -> list[Candidate]:
         with self.session() as s:

@@ -4,7 +4,7 @@ Defaults may come from `[tool.evo]` in pyproject.toml; command-line flags win.""
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from evo.acceptance import COOLING_SCHEDULES
@@ -43,6 +43,8 @@ class RunConfig:
     eval_allowance: float | None = None
     lookahead: int = 1
     seed: int = 0
+    models: list[str] = field(default_factory=list)
+    max_cost: float | None = None
 
     def validate(self) -> "RunConfig":
         if not self.name or "/" in self.name:
@@ -74,6 +76,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, not {value}.")
+        if self.max_cost is not None and self.max_cost <= 0:
+            raise ConfigError(f"--max-cost must be a positive number of dollars, not {self.max_cost}.")
         if self.lookahead < 0:
             raise ConfigError(f"--lookahead must be >= 0, not {self.lookahead}.")
         return self

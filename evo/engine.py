@@ -28,7 +28,7 @@ from evo import acceptance, selection
 from evo.apparatus import Apparatus
 from evo.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, RUNNING, Archive, Candidate, Run, code_hash
 from evo.config import RunConfig
-from evo.operators import Operator, OperatorError, Parent, Proposal
+from evo.operators import Operator, OperatorError, OperatorUnavailable, Parent, Proposal
 from evo.runner import EvalResult, Limits, Slot, kill_orphan, run_evaluation
 
 HEARTBEAT_SECONDS = 10.0
@@ -36,6 +36,8 @@ STALE_AFTER_SECONDS = 60.0
 MAX_OPERATOR_FAILURES = 20   # consecutive proposals that failed to produce code: stop proposing
 EVAL_SEED_BASE = 42          # replicate r of every candidate trains with seed 42 + r (common random numbers)
 SEED_NUMBER = 0
+MAX_FIXES_PER_LINEAGE = 1    # repair proposals along one line of descent
+PAUSE_FIRST, PAUSE_MAX = 30.0, 600.0  # seconds proposals pause while the operator is unavailable
 
 
 class EngineError(Exception):
@@ -70,6 +72,10 @@ class Engine:
         self._operator_failures = 0
         self.user_stopped = False
         self._proposing: dict[Future, list[Parent]] = {}
+        self._fix_queue: list[int] = []           # crashed children waiting for a repair proposal
+        self._paused_until = 0.0
+        self._pause = PAUSE_FIRST
+        self._cost_capped = False
         self.status: dict[str, str] = {}          # slot name -> what it is doing, for the live view
 
     # ----- budget and temperature --------------------------------------------------------------
@@ -128,9 +134,15 @@ class Engine:
                 queued = len(self.archive.waiting_evaluations(run_id)) if not self.stop_proposing.is_set() else 0
                 wanted = len(self.slots) - len(running) + self.config.lookahead - queued
                 while len(proposing) < wanted and self._may_propose():
-                    parents = self._draw_parents()
-                    fut = propose_pool.submit(self.operator.propose, parents, random.Random(self.rng.getrandbits(63)))
-                    proposing[fut] = parents
+                    child_rng = random.Random(self.rng.getrandbits(63))
+                    if self._fix_queue:
+                        failed = self._as_parent(self.archive.candidate_by_id(self._fix_queue.pop(0)))
+                        fut = propose_pool.submit(self.operator.propose_fix, failed, child_rng)
+                        proposing[fut] = [failed]
+                    else:
+                        parents = self._draw_parents()
+                        fut = propose_pool.submit(self.operator.propose, parents, child_rng)
+                        proposing[fut] = parents
                 if not running and not proposing and (self.stop_proposing.is_set() or not self._work_possible()):
                     break
                 done, _ = wait([*running, *proposing], timeout=0.5, return_when=FIRST_COMPLETED)
@@ -164,25 +176,31 @@ class Engine:
         self.request_stop()
         self.kill.set()
 
-    def _work_possible(self) -> bool:
-        return bool(self.archive.waiting_evaluations(self.run.id)) or self._may_propose()
-
     def _may_propose(self) -> bool:
         if self.stop_proposing.is_set() or not self.budget_left():
             return False
-        if self._operator_failures >= MAX_OPERATOR_FAILURES:
+        if self._operator_failures >= MAX_OPERATOR_FAILURES or time.monotonic() < self._paused_until:
+            return False
+        if self.config.max_cost is not None and self.archive.cost(self.run.id) >= self.config.max_cost:
+            if not self._cost_capped:
+                self._cost_capped = True
+                self.archive.update_run(self.run.id, f"LLM spend reached --max-cost ${self.config.max_cost:.2f}: "
+                                        "no more proposals; running evaluations finish")
             return False
         run = self.archive.run_by_id(self.run.id)
         return run.temperature0 is not None and bool(self.members())
 
+    def _work_possible(self) -> bool:
+        # While proposals are paused for an unavailable operator the run waits, it does not end.
+        paused = time.monotonic() < self._paused_until and self.budget_left() and not self.stop_proposing.is_set()
+        return paused or bool(self.archive.waiting_evaluations(self.run.id)) or self._may_propose()
+
     def _draw_parents(self) -> list[Parent]:
-        members = self.members()
-        chosen = selection.select_parents(members, self.operator.n_parents, self.rng)
-        parents = []
-        for m in chosen:
-            c = self.archive.candidate_by_id(m.id)
-            parents.append(Parent(c.id, c.number, self.archive.code(c.code_hash), c.hypothesis, c.val_bpb))
-        return parents
+        chosen = selection.select_parents(self.members(), self.operator.n_parents, self.rng)
+        return [self._as_parent(self.archive.candidate_by_id(m.id)) for m in chosen]
+
+    def _as_parent(self, c: Candidate) -> Parent:
+        return Parent(c.id, c.number, self.archive.code(c.code_hash), c.hypothesis, c.val_bpb)
 
     # ----- seed ---------------------------------------------------------------------------------
 
@@ -243,21 +261,29 @@ class Engine:
 
     def _admit(self, parents: list[Parent], fut: Future) -> None:
         """Store what the operator proposed: a new candidate queued for evaluation, a duplicate
-        pruned at no slot cost, or an operator failure archived as FAIL(invalid)."""
-        parent_ids = [p.id for p in parents] + [None]
+        pruned at no slot cost, or an operator failure archived as FAIL(invalid). An unavailable
+        operator archives nothing and pauses proposals."""
         rng_state = _rng_to_json(self.rng)
         try:
             proposal: Proposal = fut.result()
+        except OperatorUnavailable as e:
+            self._pause_proposals(e)
+            return
         except OperatorError as e:
             self._operator_failures += 1
+            self._resume_proposals()
             self.archive.add_candidate(self.run.id, code=parents[0].code, operator=self.operator.name,
-                                       parent_id=parent_ids[0], parent2_id=parent_ids[1], hypothesis="(no proposal)",
-                                       rng_state=rng_state, state=FAIL, fail_reason="invalid", fail_detail=str(e))
+                                       parent_id=parents[0].id, parent2_id=parents[1].id if len(parents) > 1 else None,
+                                       hypothesis="(no proposal)", rng_state=rng_state, state=FAIL,
+                                       fail_reason="invalid", fail_detail=str(e), llm_calls=e.llm_calls)
             return
         self._operator_failures = 0
-        common = dict(code=proposal.code, operator=self.operator.name, parent_id=parent_ids[0],
-                      parent2_id=parent_ids[1], hypothesis=proposal.hypothesis, rationale=proposal.rationale,
-                      model=proposal.model, rng_state=rng_state)
+        self._resume_proposals()
+        extra = proposal.extra
+        second = parents[1].id if len(parents) > 1 and extra.get("parent2_used") else None
+        common = dict(code=proposal.code, operator=extra.get("operator", self.operator.name), parent_id=parents[0].id,
+                      parent2_id=second, hypothesis=proposal.hypothesis, rationale=proposal.rationale,
+                      model=proposal.model, rng_state=rng_state, llm_calls=extra.get("llm_calls", ()))
         twin = self.archive.find_code(self.run.id, code_hash(proposal.code))
         if twin is not None:
             self.archive.add_candidate(self.run.id, **common, state=PRUNED, fail_reason="duplicate",
@@ -266,6 +292,29 @@ class Engine:
         cand = self.archive.add_candidate(self.run.id, **common)
         self.archive.queue_evaluation(self.run.id, cand.id, 0, EVAL_SEED_BASE)
 
+    def _pause_proposals(self, error: OperatorUnavailable) -> None:
+        if error.llm_calls:
+            self.archive.record_llm_calls(self.run.id, error.llm_calls)
+        self._paused_until = time.monotonic() + self._pause
+        self.archive.update_run(self.run.id, f"operator unavailable ({error}); pausing proposals for "
+                                f"{self._pause:.0f}s, evaluations go on")
+        self._pause = min(PAUSE_MAX, self._pause * 2)
+
+    def _resume_proposals(self) -> None:
+        if self._pause > PAUSE_FIRST:
+            self.archive.update_run(self.run.id, "operator available again: proposals resumed")
+            self._pause = PAUSE_FIRST
+
+    def _wants_fix(self, cand: Candidate) -> bool:
+        """A crashed child may get one repair proposal, bounded per line of descent."""
+        if cand.fail_reason != "crash" or not hasattr(self.operator, "propose_fix") or self._is_seed(cand):
+            return False
+        fixes, node = 0, cand
+        while node is not None:
+            fixes += node.hypothesis.startswith("fix:")
+            node = self.archive.candidate_by_id(node.parent_id) if node.parent_id else None
+        return fixes < MAX_FIXES_PER_LINEAGE
+
     # ----- acceptance -------------------------------------------------------------------------
 
     def _decide(self, cand: Candidate) -> None:
@@ -273,6 +322,8 @@ class Engine:
         if cand.state == FAIL:
             self.archive.decide(cand.id, accepted=False, temperature=None, probability=0.0, delta=None,
                                 competitor_id=None, leaving=[], reason=f"failed ({cand.fail_reason})")
+            if self._wants_fix(cand):
+                self._fix_queue.append(cand.id)
             if self._is_seed(cand):
                 raise EngineError(f"the seed failed ({cand.fail_reason}: {cand.fail_detail}); "
                                   f"see `evo show {cand.number} --name {self.run.name}`.")

@@ -316,3 +316,74 @@ def test_pyproject_defaults_and_flags_win(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.evo]\npopulaton = 3\n")
     bad = surrogate_run(tmp_path, "--name", "q")
     assert bad.returncode == 2 and "unknown setting(s) populaton" in bad.stderr
+
+
+def engine_for(tmp_path: Path, operator, **config) -> tuple[Archive, Engine]:
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    cfg = RunConfig(name="t", preset="smoke", temperature=0.001, replicates=2, slots=1, **config).validate()
+    run = archive.create_run("t", cfg.to_dict())
+    app = apparatus.load(SURROGATE / "prepare.py", "smoke")
+    return archive, Engine(archive, run, cfg, operator, [Slot("cpu")], app, (SURROGATE / "train.py").read_text())
+
+
+class ScriptedOperator:
+    """Tweaks X1; optionally unavailable for the first proposals, costly, or crashing."""
+    name = "tweak"
+    n_parents = 1
+
+    def __init__(self, unavailable: int = 0, cost: float = 0.0, crash_first: bool = False):
+        self.unavailable, self.cost, self.crash_first, self.calls = unavailable, cost, crash_first, 0
+        self.lock = __import__("threading").Lock()  # proposals run concurrently
+
+    def propose(self, parents: list[Parent], rng: random.Random) -> Proposal:
+        from evo.operators import OperatorUnavailable
+        with self.lock:
+            self.calls += 1
+            calls = self.calls
+        call = {"model": "fake", "purpose": "mutate", "cost_usd": self.cost, "tokens_in": 10, "tokens_out": 5}
+        if calls <= self.unavailable:
+            error = OperatorUnavailable("API answered 503 five times")
+            error.llm_calls = [dict(call, error="503")]
+            raise error
+        code = __import__("re").sub(r"X1 = [0-9.]+", f"X1 = {1.0 + calls / 10}", parents[0].code)
+        if self.crash_first and calls == 1:
+            code += "\nraise RuntimeError('boom')\n"
+        return Proposal(code=code, hypothesis=f"X1 step {calls}", model="fake", extra={"llm_calls": [call]})
+
+    def propose_fix(self, failed: Parent, rng: random.Random) -> Proposal:
+        return Proposal(code=failed.code.replace("\nraise RuntimeError('boom')\n", "\n"), hypothesis="fix: drop the raise",
+                        extra={"operator": "mutate"})
+
+
+def test_unavailable_operator_pauses_then_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import evo.engine
+    monkeypatch.setattr(evo.engine, "PAUSE_FIRST", 0.3)
+    archive, engine = engine_for(tmp_path, ScriptedOperator(unavailable=2), max_candidates=3)
+    assert engine.execute() == FINISHED
+    messages = [e.message for e in archive.events(engine.run.id)]
+    assert sum("pausing proposals" in m for m in messages) == 2
+    assert any("proposals resumed" in m for m in messages)
+    cands = archive.candidates(engine.run.id)
+    assert len(cands) == 4, "an outage archives no candidate"
+    assert all(c.state == COMPLETE for c in cands), [(c.state, c.fail_reason, c.fail_detail) for c in cands]
+    failed_calls = [c for c in archive.llm_calls(engine.run.id) if c.error]
+    assert len(failed_calls) == 2 and all(c.candidate_id is None for c in failed_calls)
+
+
+def test_max_cost_stops_proposing(tmp_path: Path) -> None:
+    archive, engine = engine_for(tmp_path, ScriptedOperator(cost=0.4), max_candidates=20, max_cost=1.0)
+    assert engine.execute() == FINISHED
+    assert len(archive.candidates(engine.run.id)) == 1 + 3
+    assert archive.cost(engine.run.id) == pytest.approx(1.2)
+    assert any("--max-cost" in e.message for e in archive.events(engine.run.id))
+
+
+def test_crashed_child_gets_one_fix(tmp_path: Path) -> None:
+    archive, engine = engine_for(tmp_path, ScriptedOperator(crash_first=True), max_candidates=3)
+    engine.execute()
+    cands = archive.candidates(engine.run.id)
+    crashed = next(c for c in cands if c.state == FAIL)
+    assert crashed.fail_reason == "crash"
+    fixes = [c for c in cands if c.hypothesis.startswith("fix:")]
+    assert len(fixes) == 1 and fixes[0].parent_id == crashed.id and fixes[0].operator == "mutate"
+    assert fixes[0].state == COMPLETE

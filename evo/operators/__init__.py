@@ -1,7 +1,7 @@
 """Operators make candidates: `seed` and `import` bring code in; `tweak`, `mutate`, `crossover`
 and `merge` make children from parents. Each operator implements `Operator.propose`."""
 
-from evo.operators.base import Operator, OperatorError, Parent, Proposal
+from evo.operators.base import Operator, OperatorError, OperatorUnavailable, Parent, Proposal
 from evo.operators.tweak import TweakOperator
 
 OPERATORS = {"tweak": TweakOperator}
@@ -13,4 +13,4 @@ def make_operator(name: str) -> Operator:
     return OPERATORS[name]()
 
 
-__all__ = ["Operator", "OperatorError", "Parent", "Proposal", "TweakOperator", "make_operator", "OPERATORS"]
+__all__ = ["Operator", "OperatorError", "OperatorUnavailable", "Parent", "Proposal", "TweakOperator", "make_operator", "OPERATORS"]
