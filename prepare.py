@@ -413,7 +413,10 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     host_inputs, host_targets = host[:B * T].view(B, T), host[B * T:].view(B, T)
     inputs, targets = dev[:B * T].view(B, T), dev[B * T:].view(B, T)
 
+    copied: torch.cuda.Event | None = None  # the last host-to-device copy, on CUDA
     while True:
+        if copied is not None:
+            copied.synchronize()  # the pinned host buffer is still being read by the previous async copy
         for row in range(B):
             pos = 0
             while pos < row_capacity:
@@ -432,6 +435,9 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
         host_targets.copy_(row_buffer[:, 1:])
         if dev is not host:
             dev.copy_(host, non_blocking=pin)
+            if pin:
+                copied = torch.cuda.Event()
+                copied.record()
         yield inputs, targets, epoch
 
 

@@ -33,7 +33,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from _common import SURROGATE, header, table
+from _common import SURROGATE, header, seed_arg, seed_candidate_id, table
 
 from evo.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
@@ -92,7 +92,7 @@ def one_run(args, lookahead: int, rep: int, root: Path) -> dict:
                     time_budget=args.budget, manifest=Path("."))
     slots = [Slot(f"cpu{i}") for i in range(args.slots)]
     engine = Engine(archive, run, config, SlowTweak(args.propose_fraction * args.budget), slots, app,
-                    (SURROGATE / "train.py").read_text(), evaluate=make_evaluate(args.budget, args.jitter))
+                    seed_arg((SURROGATE / "train.py").read_text()), evaluate=make_evaluate(args.budget, args.jitter))
     t0 = time.monotonic()
     engine.execute()
     wall = time.monotonic() - t0
@@ -102,15 +102,33 @@ def one_run(args, lookahead: int, rep: int, root: Path) -> dict:
 
     evs = [e for e in archive.evaluations(run.id) if e.started_at and e.finished_at]
     intervals = [(ts(e.started_at), ts(e.finished_at)) for e in evs]
-    seed = archive.candidate(run.id, 0)
-    seed_end = max(ts(e.finished_at) for e in evs if e.candidate_id == seed.id)
+    seed_id = seed_candidate_id(archive, run.id)
+    seed_end = max(ts(e.finished_at) for e in evs if e.candidate_id == seed_id)
     first, last = min(s for s, _ in intervals), max(e for _, e in intervals)
     last_start = max(s for s, _ in intervals)
-    # per-slot idle gaps between one evaluation's end and the next start, after the seed
-    gaps = []
+    # When each evaluation became runnable: a child's first evaluation when the operator's proposal
+    # was stored (its candidate's "propose" event), a confirmation when the previous evaluation of
+    # the same candidate finished (the decision that queues it follows at once).
+    events = archive.events(run.id)
+    proposed = {e.candidate_id: ts(e.at) for e in events if e.kind == "propose"}
+    ends: dict[int, list[float]] = {}
+    for e in sorted(evs, key=lambda e: e.replicate):
+        ends.setdefault(e.candidate_id, []).append(ts(e.finished_at))
+    # Per-slot idle gaps after the seed, split into waiting for work to exist (the operator) and
+    # work waiting for the engine loop to dispatch it.
+    gaps, no_work, undispatched = [], 0.0, 0.0
     for name in {e.slot for e in evs}:
-        mine = sorted((ts(e.started_at), ts(e.finished_at)) for e in evs if e.slot == name)
-        gaps += [b[0] - a[1] for a, b in zip(mine, mine[1:]) if a[1] >= seed_end]
+        mine = sorted((e for e in evs if e.slot == name), key=lambda e: e.started_at)
+        for a, b in zip(mine, mine[1:]):
+            end, start = ts(a.finished_at), ts(b.started_at)
+            if start < seed_end:
+                continue
+            end = max(end, seed_end)
+            gaps.append(start - end)
+            ready = proposed.get(b.candidate_id) if b.replicate == 0 else ends[b.candidate_id][b.replicate - 1]
+            ready = min(max(ready, end), start) if ready is not None else end
+            no_work += ready - end
+            undispatched += start - ready
     cands = archive.candidates(run.id)
     out = {
         "lookahead": lookahead, "evaluations": len(evs), "candidates": len(cands) - 1,
@@ -121,6 +139,7 @@ def one_run(args, lookahead: int, rep: int, root: Path) -> dict:
         "core": utilisation(intervals, args.slots, seed_end, last_start),
         "gap_mean": statistics.fmean(gaps) if gaps else float("nan"),
         "gap_max": max(gaps) if gaps else float("nan"),
+        "no_work": no_work, "undispatched": undispatched,
         "seed_phase": seed_end - first, "drain": last - last_start,
     }
     archive.close()
@@ -133,7 +152,7 @@ def main() -> None:
     ap.add_argument("--budget", "-B", type=float, default=1.0, help="seconds per evaluation, B [1.0]")
     ap.add_argument("--propose-fraction", type=float, default=0.2, help="operator latency as a fraction of B [0.2]")
     ap.add_argument("--candidates", type=int, default=40, help="max_candidates of each run [40]")
-    ap.add_argument("--lookahead", type=int, nargs="+", default=[0, 1], help="RunConfig.lookahead values [0 1]")
+    ap.add_argument("--lookahead", type=int, nargs="+", default=[0, 1, 2], help="RunConfig.lookahead values [0 1 2]")
     ap.add_argument("--repeats", type=int, default=1, help="runs per lookahead (engine seeds 0..) [1]")
     ap.add_argument("--replicates", type=int, default=2, help="seed replicates [2]")
     ap.add_argument("--temperature", default="0.001", help="temperature (a number; or auto) [0.001]")
@@ -153,13 +172,16 @@ def main() -> None:
                 rows.append([la, rep, r["candidates"], r["pruned"], r["evaluations"], f"{r['wall']:.1f}",
                              f"{r['span']:.1f}", f"{r['seed_phase']:.2f}", f"{r['drain']:.2f}",
                              f"{100 * r['whole']:.1f}", f"{100 * r['steady']:.1f}", f"{100 * r['core']:.1f}",
-                             f"{1000 * r['gap_mean']:.0f}", f"{1000 * r['gap_max']:.0f}"])
+                             f"{1000 * r['gap_mean']:.0f}", f"{1000 * r['gap_max']:.0f}",
+                             f"{r['no_work']:.2f}", f"{r['undispatched']:.2f}"])
     table(["lookahead", "run", "candidates", "pruned", "evaluations", "wall s", "span s", "seed phase s",
            "drain s", "util whole %", "util steady %", "util steady, no drain %", "slot idle gap mean ms",
-           "gap max ms"], rows)
+           "gap max ms", "idle: no work s", "idle: queued s"], rows)
     print("util whole: first start .. last end; steady: seed decided .. last end; "
           "no drain: seed decided .. last evaluation start.\n"
-          "slot idle gap: on one slot, from an evaluation's end to that slot's next start (after the seed).")
+          "slot idle gap: on one slot, from an evaluation's end to that slot's next start (after the seed).\n"
+          "idle: no work = slot-seconds of those gaps before the next evaluation existed (waiting on the operator);\n"
+          "idle: queued = slot-seconds after it was queued until it started (the engine loop's dispatch latency).")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ class Run(SQLModel, table=True):
     temperature0: Optional[float] = None       # resolved initial temperature
     rng_state: Optional[str] = Field(default=None, sa_column=Column(Text))  # JSON of random.getstate()
     next_number: int = 0
+    seed_id: Optional[int] = None              # the candidate the population starts from
     active_seconds: float = 0.0                # wall time spent running, summed over resumes
     owner: Optional[str] = None                # host:pid of the process running it
     heartbeat_at: Optional[datetime] = None
@@ -99,6 +100,7 @@ class Candidate(SQLModel, table=True):
     fail_reason: Optional[str] = None
     fail_detail: Optional[str] = Field(default=None, sa_column=Column(Text))
     val_bpb: Optional[float] = None            # mean over COMPLETE evaluations
+    imported_val_bpb: Optional[float] = None   # what another machine measured (greedy results.tsv, another run)
     val_bpb_std: Optional[float] = None
     n_evals: int = 0
     accepted: Optional[bool] = None
@@ -419,7 +421,8 @@ class Archive:
                       parent2_id: int | None = None, hypothesis: str = "", rationale: str = "",
                       model: str | None = None, rng_state: str | None = None,
                       state: str = WAITING, fail_reason: str | None = None, fail_detail: str | None = None,
-                      llm_calls: list[dict] = ()) -> Candidate:
+                      llm_calls: list[dict] = (), accepted: bool | None = None,
+                      imported_val_bpb: float | None = None, is_seed: bool = False) -> Candidate:
         """Store a new candidate (and its code, once). The run's counter and RNG state advance in
         the same transaction, so a resume continues from exactly here."""
         h = code_hash(code)
@@ -431,7 +434,8 @@ class Archive:
                              operator=operator, code_hash=h, hypothesis=hypothesis, rationale=rationale, model=model,
                              state=state, fail_reason=fail_reason, fail_detail=fail_detail,
                              finished_at=utcnow() if state in (FAIL, PRUNED) else None,
-                             accepted=False if state in (FAIL, PRUNED) else None)
+                             accepted=accepted if accepted is not None else (False if state in (FAIL, PRUNED) else None),
+                             imported_val_bpb=imported_val_bpb)
             run.next_number += 1
             if rng_state is not None:
                 run.rng_state = rng_state
@@ -440,8 +444,13 @@ class Archive:
             s.flush()
             for call in llm_calls:
                 s.add(LLMCall(run_id=run_id, candidate_id=cand.id, **call))
+            if is_seed:
+                run.seed_id = cand.id
+                s.add(run)
             what = f"candidate {cand.number} ({operator}): {hypothesis}" if hypothesis else f"candidate {cand.number} ({operator})"
-            if state == WAITING:
+            if operator == "import" and not is_seed:
+                self._event(s, run_id, "import", what, cand.id)
+            elif state == WAITING:
                 self._event(s, run_id, "propose", what, cand.id)
             else:
                 self._event(s, run_id, "state", f"{what} -> {state}({fail_reason}): {fail_detail}", cand.id)

@@ -101,7 +101,7 @@ def run(
 ) -> None:
     """Evolve train.py: evaluate the seed, then propose, train, score and select until the budget ends."""
     from evo import apparatus
-    from evo.engine import Engine, EngineError
+    from evo.engine import Engine, EngineError, SeedPlan
     from evo.operators import OperatorError, make_operator
     from evo.runner import detect_slots
     from evo.view import RunView
@@ -152,7 +152,7 @@ def run(
         archive.update_run(run_row.id, owner=None)
         raise fail(str(e))
 
-    engine = Engine(archive, run_row, config, op, slot_list, app_, seed_code)
+    engine = Engine(archive, run_row, config, op, slot_list, app_, SeedPlan(seed_code))
     view.slots = engine.status
     view.header = lambda: _header(archive, run_row.id, config.name)
     presses = {"n": 0}

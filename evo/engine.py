@@ -35,9 +35,32 @@ HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 60.0
 MAX_OPERATOR_FAILURES = 20   # consecutive proposals that failed to produce code: stop proposing
 EVAL_SEED_BASE = 42          # replicate r of every candidate trains with seed 42 + r (common random numbers)
-SEED_NUMBER = 0
 MAX_FIXES_PER_LINEAGE = 1    # repair proposals along one line of descent
 PAUSE_FIRST, PAUSE_MAX = 30.0, 600.0  # seconds proposals pause while the operator is unavailable
+
+
+@dataclass(frozen=True)
+class Imported:
+    """A candidate brought in from elsewhere (a greedy run's commit, another evo run) as history:
+    archived with what was measured there, never evaluated here."""
+    key: str                      # identifies it among the imports (a commit hash)
+    parent_key: str | None
+    code: str
+    hypothesis: str
+    val_bpb: float | None         # as measured elsewhere
+    status: str                   # keep, discard or crash
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """Where a run starts: the seed's code (re-measured here `replicates` times) and the history
+    before it, oldest first."""
+    code: str
+    operator: str = "seed"
+    hypothesis: str = "seed"
+    imported_val_bpb: float | None = None
+    parent_key: str | None = None
+    history: tuple[Imported, ...] = ()
 
 
 class EngineError(Exception):
@@ -54,11 +77,10 @@ class _Pending:
 
 class Engine:
     def __init__(self, archive: Archive, run: Run, config: RunConfig, operator: Operator, slots: list[Slot],
-                 apparatus: Apparatus, seed_code: str, seed_operator: str = "seed", seed_hypothesis: str = "seed",
-                 evaluate: Callable[..., EvalResult] = run_evaluation):
+                 apparatus: Apparatus, seed: SeedPlan, evaluate: Callable[..., EvalResult] = run_evaluation):
         self.archive, self.run, self.config, self.operator = archive, run, config, operator
         self.slots, self.apparatus = slots, apparatus
-        self.seed_code, self.seed_operator, self.seed_hypothesis = seed_code, seed_operator, seed_hypothesis
+        self.seed = seed
         self.evaluate = evaluate  # benchmarks swap in a simulated evaluation with run_evaluation's signature
         startup, evaluation = config.allowances
         self.limits = Limits(apparatus.time_budget, startup, evaluation)
@@ -85,11 +107,15 @@ class Engine:
         return self._active_base + time.monotonic() - self._t_start
 
     def children_made(self) -> int:
-        return max(0, self.archive.run_by_id(self.run.id).next_number - 1)
+        run = self.archive.run_by_id(self.run.id)
+        seed = self.archive.candidate_by_id(run.seed_id) if run.seed_id else None
+        return run.next_number - seed.number - 1 if seed else 0
 
     def progress(self) -> float:
         """Position on the cooling schedule: time spent, or children judged, against the budget."""
-        judged = sum(1 for c in self.archive.candidates(self.run.id) if c.number != SEED_NUMBER and c.accepted is not None)
+        seed_id = self.archive.run_by_id(self.run.id).seed_id
+        judged = sum(1 for c in self.archive.candidates(self.run.id)
+                     if c.id != seed_id and c.operator != "import" and c.accepted is not None)
         return acceptance.progress(self.active_seconds, self.config.hours, judged, self.config.max_candidates)
 
     def temperature(self) -> float:
@@ -205,15 +231,25 @@ class Engine:
     # ----- seed ---------------------------------------------------------------------------------
 
     def _ensure_seed(self) -> None:
-        if self.archive.candidates(self.run.id):
+        if self.archive.run_by_id(self.run.id).seed_id is not None:
             return
-        seed = self.archive.add_candidate(self.run.id, code=self.seed_code, operator=self.seed_operator,
-                                          hypothesis=self.seed_hypothesis, rng_state=_rng_to_json(self.rng))
+        ids: dict[str, int] = {}
+        for item in self.seed.history:
+            cand = self.archive.add_candidate(
+                self.run.id, code=item.code, operator="import", parent_id=ids.get(item.parent_key),
+                hypothesis=item.hypothesis, state=FAIL if item.status == "crash" else COMPLETE,
+                fail_reason="crash" if item.status == "crash" else None, accepted=item.status == "keep",
+                imported_val_bpb=item.val_bpb)
+            ids[item.key] = cand.id
+        seed = self.archive.add_candidate(self.run.id, code=self.seed.code, operator=self.seed.operator,
+                                          parent_id=ids.get(self.seed.parent_key), hypothesis=self.seed.hypothesis,
+                                          imported_val_bpb=self.seed.imported_val_bpb, is_seed=True,
+                                          rng_state=_rng_to_json(self.rng))
         for r in range(self.config.replicates):
             self.archive.queue_evaluation(self.run.id, seed.id, r, EVAL_SEED_BASE + r)
 
     def _is_seed(self, cand: Candidate) -> bool:
-        return cand.number == SEED_NUMBER
+        return cand.id == self.archive.run_by_id(self.run.id).seed_id
 
     # ----- evaluations -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import pytest
 from evo import apparatus
 from evo.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive
 from evo.config import RunConfig
-from evo.engine import Engine
+from evo.engine import Engine, SeedPlan
 from evo.operators.base import Parent, Proposal
 from evo.runner import Slot
 
@@ -122,7 +122,7 @@ def test_identical_code_is_never_trained_twice(tmp_path: Path) -> None:
                        slots=1).validate()
     run = archive.create_run("d", config.to_dict())
     app = apparatus.load(SURROGATE / "prepare.py", "smoke")
-    engine = Engine(archive, run, config, FixedOperator(), [Slot("cpu")], app, (SURROGATE / "train.py").read_text())
+    engine = Engine(archive, run, config, FixedOperator(), [Slot("cpu")], app, SeedPlan((SURROGATE / "train.py").read_text()))
     assert engine.execute() == FINISHED
     cands = archive.candidates(run.id)
     assert [c.state for c in cands] == [COMPLETE, COMPLETE, PRUNED, PRUNED]
@@ -323,7 +323,7 @@ def engine_for(tmp_path: Path, operator, **config) -> tuple[Archive, Engine]:
     cfg = RunConfig(name="t", preset="smoke", temperature=0.001, replicates=2, slots=1, **config).validate()
     run = archive.create_run("t", cfg.to_dict())
     app = apparatus.load(SURROGATE / "prepare.py", "smoke")
-    return archive, Engine(archive, run, cfg, operator, [Slot("cpu")], app, (SURROGATE / "train.py").read_text())
+    return archive, Engine(archive, run, cfg, operator, [Slot("cpu")], app, SeedPlan((SURROGATE / "train.py").read_text()))
 
 
 class ScriptedOperator:

@@ -1,0 +1,300 @@
+"""Search quality: evo against greedy autoresearch and random search, at the same number of
+evaluations, on two surrogate landscapes with Gaussian noise.
+
+The candidate is a train.py-like file whose only content that matters is five UPPERCASE constants
+X1..X5, all 1.0 in the seed. The tweak operator moves one or two of them by a factor drawn from
+0.5, 0.7, 0.8, 1.25, 1.4, 2 (log2 steps ±1, ±0.51/0.49, ±0.32). Let u_i = log2(X_i) (the seed is
+u = 0) and σ the noise (--sigma, default 0.001 val_bpb). A measurement is
+
+    val_bpb = 1 + σ·F(u) + σ·ε,    ε ~ N(0, 1) seeded by (bench seed, evaluation seed, code hash)
+
+so the same code under the same evaluation seed measures the same value (common random numbers,
+as on a deterministic GPU). F is in units of σ:
+
+  smooth     F(u) = A · Σ_{i=1..5} (u_i - s_i)²,        A = 4,  s = (1, -1, 1.5, -0.5, 0.5)
+             one bowl; the seed is F = 19 (19σ) above the optimum, a 0.32 step near the
+             optimum costs 0.4σ, a factor-2 step 4σ.
+
+  deceptive  F(u) = g(u_1) + A · Σ_{i=2..5} (u_i - d_i)²,  A = 4,  d = (0.5, -0.5, 0.5, -0.5)
+             g(x) = min(L(x), G(x)), a double well along X1:
+               L(x) = K_L (x - l)²  for x <= l,   min(K_L (x - l)², H)  for x > l
+                      local optimum at x = l = 0.5 (X1 = 1.41, next to the seed), its right wall
+                      capped by a plateau of height H = 3σ (the barrier);
+               G(x) = K_G (x - r)² - D
+                      global optimum at x = r = 3.2 (X1 = 9.2), D = 10σ below the local one;
+             K_L = 4, K_G = 13: the local wall reaches the plateau at x = 1.37, the global well
+             starts below the plateau at x = 2.2. The global optimum is F = -10, the local -0 (0);
+             the seed is F = 5 (1σ from g, 4σ from the other constants).
+             No single tweak from the local basin's low part (g <= 2σ, x <= 1.2) reaches the
+             global basin, so a searcher that only accepts measured improvements must accept a
+             ≈ 3σ loss (onto the plateau) to cross; annealing at T ≈ 2σ accepts that with
+             probability e^{-3/2} ≈ 0.22, then one factor-2 (or two factor-1.4) steps of X1 from
+             the plateau drop into the global basin. Along a single tweak that also changes another
+             constant, the other term gains at most about 1σ here (the seed's other constants are
+             0.5 log2 units off), so a combined move cannot buy its way over the barrier either.
+
+Searchers (every evaluation counts, replicates and confirmations included):
+
+  evo     the real `evo.engine.Engine`: population 8, temperature auto (T0 = 2σ̂ from 3
+          replicates of the seed), cooling exp, confirm on, tweak operator, max_candidates M
+          (--evo-candidates); it uses E evaluations (counted in the archive);
+  greedy  the real Engine with population 1, temperature 0, confirm off, replicates 1: greedy
+          autoresearch. Stopped after exactly E evaluations (the same E as evo, per seed);
+  random  E evaluations, each a candidate with every constant log-uniform in [1/16, 16] (u in
+          [-4, 4], which holds both optima); returns the best measured. `random-tweak` (with
+          --random tweak or both): each evaluation a random tweak of the seed.
+
+Every searcher returns one candidate as its best (the Engine's `best_candidate`: lowest mean
+val_bpb among accepted candidates; random: lowest measurement); the score is that candidate's TRUE
+(noise-free) val_bpb. One slot; lookahead 0 so that with one slot each child is proposed after the
+previous decision (--lookahead to change); in-process evaluation (Engine's `evaluate=`), SQLite
+archives in a temporary folder.
+
+    python3 bench/search_quality.py                    # defaults: 20 seeds, 120 evaluations, ~4 min on 2 cores
+    python3 bench/search_quality.py --seeds 50 --evaluations 240 --jobs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import random
+import statistics
+import tempfile
+import time
+from hashlib import sha256
+from pathlib import Path
+
+from _common import SURROGATE, header, percentile, seed_arg, table
+
+from evo.apparatus import Apparatus
+from evo.archive import COMPLETE, Archive
+from evo.config import RunConfig
+from evo.engine import Engine, best_candidate
+from evo.logs import Outcome
+from evo.operators.tweak import TweakOperator, find_constants, tweak
+from evo.runner import EvalResult
+
+N_CONST = 5
+BASE = 1.0
+A = 4.0
+SMOOTH_TARGET = (1.0, -1.0, 1.5, -0.5, 0.5)
+DECEPTIVE_OTHER = (0.5, -0.5, 0.5, -0.5)
+K_L, L_OPT, H = 4.0, 0.5, 3.0
+K_G, G_OPT, D = 13.0, 3.2, 10.0
+RANDOM_BOX = 4.0  # log2 units either side of the seed
+
+SEED_CODE = '''"""Search-quality surrogate train.py: only the constants below matter."""
+
+X1 = 1.0
+X2 = 1.0
+X3 = 1.0
+X4 = 1.0
+X5 = 1.0
+
+print("---")
+'''
+
+SUMMARY_REST = {"training_seconds": 1.0, "total_seconds": 1.0, "peak_vram_mb": 0.0, "mfu_percent": 0.0,
+                "total_tokens_M": 0.0, "num_steps": 1, "num_params_M": 0.0, "depth": 1}
+
+
+# ----- landscapes (F in units of σ) ----------------------------------------------------------------
+
+def g_double_well(x: float) -> float:
+    left = K_L * (x - L_OPT) ** 2
+    if x > L_OPT:
+        left = min(left, H)
+    return min(left, K_G * (x - G_OPT) ** 2 - D)
+
+
+def f_smooth(u: list[float]) -> float:
+    return A * sum((ui - si) ** 2 for ui, si in zip(u, SMOOTH_TARGET))
+
+
+def f_deceptive(u: list[float]) -> float:
+    return g_double_well(u[0]) + A * sum((ui - di) ** 2 for ui, di in zip(u[1:], DECEPTIVE_OTHER))
+
+
+LANDSCAPES = {"deceptive": f_deceptive, "smooth": f_smooth}
+OPTIMUM = {"deceptive": -D, "smooth": 0.0}
+
+
+def coords(code: str) -> list[float]:
+    values = {c.name: float(c.value) for c in find_constants(code)}
+    return [math.log2(values[f"X{i + 1}"]) for i in range(N_CONST)]
+
+
+def true_bpb(landscape: str, code: str, sigma: float) -> float:
+    return BASE + sigma * LANDSCAPES[landscape](coords(code))
+
+
+def measure(landscape: str, code: str, sigma: float, bench_seed: int, eval_seed: int) -> float:
+    rng = random.Random(f"{bench_seed}:{eval_seed}:{sha256(code.encode()).hexdigest()}")
+    return true_bpb(landscape, code, sigma) + sigma * rng.gauss(0.0, 1.0)
+
+
+def in_global_basin(code: str) -> bool:
+    """Deceptive landscape: X1 past the plateau, where the global well is below it."""
+    x = coords(code)[0]
+    return K_G * (x - G_OPT) ** 2 - D < H and x > L_OPT + math.sqrt(H / K_L)
+
+
+# ----- searchers ---------------------------------------------------------------------------------
+
+def engine_search(landscape: str, bench_seed: int, sigma: float, root: Path, *, greedy: bool,
+                  max_candidates: int, eval_cap: int | None, lookahead: int) -> dict:
+    archive = Archive(f"sqlite:///{root}/{landscape}-{'greedy' if greedy else 'evo'}-{bench_seed}.db")
+    if greedy:
+        config = RunConfig(name="greedy", preset="smoke", population=1, temperature=0.0, replicates=1,
+                           confirm=False, cooling="exp", max_candidates=max_candidates, lookahead=lookahead,
+                           seed=bench_seed).validate()
+    else:
+        config = RunConfig(name="evo", preset="smoke", population=8, temperature="auto", replicates=3,
+                           confirm=True, cooling="exp", max_candidates=max_candidates, lookahead=lookahead,
+                           seed=bench_seed).validate()
+    run = archive.create_run(config.name, config.to_dict())
+    app = Apparatus(prepare_path=SURROGATE / "prepare.py", preset="smoke", locked_hash="x", time_budget=1.0,
+                    manifest=Path("."))
+    count = [0]
+    holder: list[Engine] = []
+
+    def evaluate(*, code, workdir, prepare_src, locked_hash, slot, seed, limits, preset, stop):
+        count[0] += 1
+        if eval_cap is not None and count[0] >= eval_cap:
+            holder[0].request_stop()  # this is the last evaluation: propose and dispatch nothing more
+        value = measure(landscape, code, sigma, bench_seed, seed)
+        return EvalResult(Outcome(COMPLETE, summary={"val_bpb": value, **SUMMARY_REST}), [], 0, 0.0, 0.0, "")
+
+    engine = Engine(archive, run, config, TweakOperator(), [_slot()], app, seed_arg(SEED_CODE), evaluate=evaluate)
+    holder.append(engine)
+    engine.execute()
+    evaluations = [e for e in archive.evaluations(run.id) if e.state == COMPLETE]
+    best = best_candidate(archive, run.id)
+    code = archive.code(best.code_hash)
+    run_row = archive.run_by_id(run.id)
+    cands = archive.candidates(run.id)
+    out = {"evaluations": len(evaluations), "true": true_bpb(landscape, code, sigma), "measured": best.val_bpb,
+           "global": in_global_basin(code), "candidates": len(cands) - 1,
+           "pruned": sum(1 for c in cands if c.state == "PRUNED"),
+           "sigma_hat": run_row.sigma, "t0": run_row.temperature0}
+    archive.close()
+    return out
+
+
+def _slot():
+    from evo.runner import Slot
+    return Slot("cpu")
+
+
+def random_search(landscape: str, bench_seed: int, sigma: float, evaluations: int, mode: str) -> dict:
+    rng = random.Random(f"random:{mode}:{landscape}:{bench_seed}")
+    best_code, best_value = None, math.inf
+    for _ in range(evaluations):
+        if mode == "box":
+            code = SEED_CODE
+            for i in range(N_CONST):
+                value = float(f"{2 ** rng.uniform(-RANDOM_BOX, RANDOM_BOX):.4g}")
+                code = code.replace(f"X{i + 1} = 1.0\n", f"X{i + 1} = {value}\n")
+        else:
+            code, _ = tweak(SEED_CODE, rng)
+        value = measure(landscape, code, sigma, bench_seed, 42)
+        if value < best_value:
+            best_code, best_value = code, value
+    return {"evaluations": evaluations, "true": true_bpb(landscape, best_code, sigma), "measured": best_value,
+            "global": in_global_basin(best_code)}
+
+
+def one_seed(task: tuple) -> dict:
+    """All searchers on one landscape and one bench seed (a worker process's unit of work)."""
+    landscape, bench_seed, args = task
+    out = {"landscape": landscape, "seed": bench_seed}
+    with tempfile.TemporaryDirectory(prefix="evo-bench-") as tmp:
+        root = Path(tmp)
+        t0 = time.monotonic()
+        evo = engine_search(landscape, bench_seed, args.sigma, root, greedy=False,
+                            max_candidates=args.evo_candidates, eval_cap=args.evaluations, lookahead=args.lookahead)
+        out["evo"] = evo
+        budget = evo["evaluations"]
+        out["greedy"] = engine_search(landscape, bench_seed, args.sigma, root, greedy=True,
+                                      max_candidates=10 * budget, eval_cap=budget, lookahead=args.lookahead)
+        for mode in (["box", "tweak"] if args.random == "both" else [args.random]):
+            out["random" if mode == "box" else "random-tweak"] = random_search(landscape, bench_seed, args.sigma,
+                                                                              budget, mode)
+        out["seconds"] = time.monotonic() - t0
+    return out
+
+
+# ----- report ------------------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=20, help="bench seeds per landscape [20]")
+    ap.add_argument("--first-seed", type=int, default=0, help="first bench seed [0]")
+    ap.add_argument("--evaluations", type=int, default=120,
+                    help="evaluation budget: evo is stopped there if it gets that far; greedy and random get "
+                         "exactly as many as evo used on the same seed [120]")
+    ap.add_argument("--evo-candidates", type=int, default=None,
+                    help="evo's max_candidates (its cooling schedule runs over these) [about 0.85 x (evaluations - 3)]")
+    ap.add_argument("--sigma", type=float, default=0.001, help="noise σ in val_bpb [0.001]")
+    ap.add_argument("--landscapes", nargs="+", default=list(LANDSCAPES), choices=list(LANDSCAPES))
+    ap.add_argument("--random", choices=("box", "tweak", "both"), default="both",
+                    help="random search: log-uniform box, random tweaks of the seed, or both [both]")
+    ap.add_argument("--lookahead", type=int, default=0, help="RunConfig.lookahead of the engine searchers [0]")
+    ap.add_argument("--jobs", type=int, default=min(2, mp.cpu_count() or 1), help="worker processes [2]")
+    ap.add_argument("--per-seed", action="store_true", help="also print every seed's result")
+    args = ap.parse_args()
+    if args.evo_candidates is None:
+        args.evo_candidates = round(0.85 * (args.evaluations - 3))
+    header("Search quality: evo vs greedy vs random at equal evaluations")
+    print(f"σ = {args.sigma:g}; {args.seeds} seeds ({args.first_seed}..{args.first_seed + args.seeds - 1}); "
+          f"evo: population 8, temperature auto, replicates 3, cooling exp, confirm on, max_candidates "
+          f"{args.evo_candidates}, stopped at {args.evaluations} evaluations; lookahead {args.lookahead}; "
+          f"{args.jobs} worker processes\n")
+
+    tasks = [(ls, s, args) for ls in args.landscapes for s in range(args.first_seed, args.first_seed + args.seeds)]
+    t0 = time.monotonic()
+    if args.jobs > 1:
+        with mp.get_context("fork").Pool(args.jobs) as pool:
+            results = pool.map(one_seed, tasks, chunksize=1)
+    else:
+        results = [one_seed(t) for t in tasks]
+    wall = time.monotonic() - t0
+
+    searchers = ["evo", "greedy"] + [k for k in ("random", "random-tweak") if k in results[0]]
+    rows, per_seed = [], []
+    for ls in args.landscapes:
+        rs = [r for r in results if r["landscape"] == ls]
+        for name in searchers:
+            true = [r[name]["true"] for r in rs]
+            gap = [(t - BASE) / args.sigma - OPTIMUM[ls] for t in true]
+            evs = [r[name]["evaluations"] for r in rs]
+            wins = sum(1 for r in rs if r[name]["true"] < r["greedy"]["true"] - 1e-12)
+            ties = sum(1 for r in rs if abs(r[name]["true"] - r["greedy"]["true"]) <= 1e-12)
+            q1, med, q3 = percentile(true, 25), percentile(true, 50), percentile(true, 75)
+            rows.append([ls, name, f"{med:.6f}", f"{q3 - q1:.6f}", f"{percentile(gap, 50):.2f}",
+                         f"{statistics.fmean(evs):.1f} ({min(evs)}-{max(evs)})",
+                         "-" if name == "greedy" else f"{wins}/{len(rs) - wins - ties}/{ties}",
+                         f"{sum(r[name]['global'] for r in rs)}/{len(rs)}" if ls == "deceptive" else "-"])
+        for r in rs:
+            per_seed.append([ls, r["seed"]] + [f"{(r[n]['true'] - BASE) / args.sigma:.2f}" for n in searchers]
+                            + [r["evo"]["evaluations"], r["evo"]["candidates"], r["evo"]["pruned"],
+                               f"{(r['evo']['sigma_hat'] or 0) / args.sigma:.2f}", f"{r['seconds']:.1f}"])
+    table(["landscape", "searcher", "median true val_bpb", "IQR", "median gap to optimum (σ)",
+           "evaluations used, mean (min-max)", "wins/losses/ties vs greedy", "ended in global basin"], rows,
+          "Final TRUE (noise-free) val_bpb of the candidate each searcher returns as its best (lower is better)")
+    if args.per_seed:
+        table(["landscape", "seed"] + [f"{n} F (σ)" for n in searchers]
+              + ["evo evals", "evo candidates", "evo pruned", "evo σ̂/σ", "seconds"], per_seed,
+              "Per seed: F = (true val_bpb - 1)/σ of each searcher's returned best")
+    sig = [r["evo"]["sigma_hat"] / args.sigma for r in results if r["evo"]["sigma_hat"]]
+    print(f"evo's measured noise σ̂/σ over runs: median {percentile(sig, 50):.2f}, "
+          f"range {min(sig):.2f}-{max(sig):.2f} (T0 = 2σ̂)")
+    print(f"optimum: smooth F = 0 (val_bpb {BASE:.6f}), deceptive F = {-D:g} (val_bpb {BASE - D * args.sigma:.6f}); "
+          f"deceptive local optimum F = 0")
+    print(f"wall time {wall:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
