@@ -20,7 +20,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from evo import __version__
-from evo.archive import COMPLETE, DEFAULT_STORAGE, FAIL, Archive, ArchiveError, Candidate, owner_id, seconds_since
+from evo.archive import COMPLETE, DEFAULT_STORAGE, FAIL, Archive, ArchiveError, Candidate, Run, owner_id, seconds_since
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 
 app = typer.Typer(
@@ -67,6 +67,16 @@ def main(
 def open_archive(storage: str, writer: bool = False) -> Archive:
     try:
         return Archive(storage, writer=writer)
+    except ArchiveError as e:
+        raise fail(str(e))
+
+
+def open_run(storage: str, name: str | None, *which: str) -> tuple[Archive, Run, list[Candidate]]:
+    """The archive (read-only), the run, and the candidates named by `which` (numbers or 'best')."""
+    archive = open_archive(storage)
+    try:
+        run_row = archive.find_run(name)
+        return archive, run_row, [_resolve(archive, run_row.id, w) for w in which]
     except ArchiveError as e:
         raise fail(str(e))
 
@@ -237,11 +247,7 @@ def _print_diff(text: str) -> None:
 @app.command()
 def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     """How a run is going; safe to call from another terminal while it runs."""
-    archive = open_archive(storage)
-    try:
-        r = archive.find_run(name)
-    except ArchiveError as e:
-        raise fail(str(e))
+    archive, r, _ = open_run(storage, name)
     cands = archive.candidates(r.id)
     by_state: dict[str, int] = {}
     for c in cands:
@@ -289,11 +295,7 @@ def candidates(
     """Every candidate of a run."""
     if fmt not in ("table", "json", "tsv"):
         raise fail(f"--format must be table, json or tsv, not {fmt!r}.")
-    archive = open_archive(storage)
-    try:
-        r = archive.find_run(name)
-    except ArchiveError as e:
-        raise fail(str(e))
+    archive, r, _ = open_run(storage, name)
     cands = archive.candidates(r.id)
     numbers = {c.id: c.number for c in cands}
     if fmt == "json":
@@ -346,12 +348,7 @@ def show(
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """One candidate: metrics, hypothesis, acceptance, diff against its parent, log tail."""
-    archive = open_archive(storage)
-    try:
-        r = archive.find_run(name)
-        c = _resolve(archive, r.id, number)
-    except ArchiveError as e:
-        raise fail(str(e))
+    archive, r, (c,) = open_run(storage, name, number)
     parent = archive.candidate_by_id(c.parent_id) if c.parent_id else None
     parent2 = archive.candidate_by_id(c.parent2_id) if c.parent2_id else None
     typer.echo(f"candidate {c.number} of run {r.name}: {c.operator}"
@@ -370,9 +367,10 @@ def show(
         if c.accept_temperature is not None and c.accept_probability is not None:
             extra = f" at T {c.accept_temperature:.6f} with probability {c.accept_probability:.3f}"
         typer.echo(f"decision: {verdict}{extra}" + (" (in population)" if c.in_population else ""))
-    cost = sum(call.cost_usd for call in archive.llm_calls(r.id) if call.candidate_id == c.id)
-    if c.model or cost:
-        typer.echo(f"model: {c.model or '-'}, LLM cost ${cost:.4f}")
+    calls = [call for call in archive.llm_calls(r.id) if call.candidate_id == c.id]
+    if c.model or calls:
+        typer.echo(f"model: {c.model or '-'}, {len(calls)} LLM call(s), tokens {sum(x.tokens_in for x in calls)} in / "
+                   f"{sum(x.tokens_out for x in calls)} out, cost ${sum(x.cost_usd for x in calls):.4f}")
     evals = archive.evaluations(r.id, c.id)
     for ev in evals:
         metrics = (f"val_bpb {ev.val_bpb:.6f}, {ev.num_steps} steps, {ev.training_seconds:.1f}s training, "
@@ -396,24 +394,14 @@ def diff(
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """Unified diff between two candidates' code."""
-    archive = open_archive(storage)
-    try:
-        r = archive.find_run(name)
-        ca, cb = _resolve(archive, r.id, a), _resolve(archive, r.id, b)
-    except ArchiveError as e:
-        raise fail(str(e))
+    archive, _, (ca, cb) = open_run(storage, name, a, b)
     _print_diff(_diff(archive.code(ca.code_hash), archive.code(cb.code_hash), f"#{ca.number}", f"#{cb.number}"))
 
 
 @app.command()
 def best(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     """The best candidate found, with the path of changes that led to it."""
-    archive = open_archive(storage)
-    try:
-        r = archive.find_run(name)
-        c = _resolve(archive, r.id, "best")
-    except ArchiveError as e:
-        raise fail(str(e))
+    archive, r, (c,) = open_run(storage, name, "best")
     typer.echo(f"best of run {r.name}: candidate {c.number}, val_bpb {_fmt_bpb(c, r.sigma)}")
     typer.echo(f"hypothesis: {c.hypothesis}")
     chain, node = [], c
@@ -435,12 +423,7 @@ def export(
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """Write a candidate's code to a file."""
-    archive = open_archive(storage)
-    try:
-        r = archive.find_run(name)
-        c = _resolve(archive, r.id, which)
-    except ArchiveError as e:
-        raise fail(str(e))
+    archive, r, (c,) = open_run(storage, name, which)
     if to.exists() and not force:
         raise fail(f"{to} exists; pass --force to overwrite it.")
     try:
