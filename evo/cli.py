@@ -100,6 +100,8 @@ def run(
     operator: Annotated[str, typer.Option(help="How children are made: tweak.")] = "tweak",
     preset: Annotated[Optional[str], typer.Option(envvar="EVO_PRESET", help="gpu, cpu or smoke.")] = "gpu",
     seed_train: Annotated[Path, typer.Option(help="The population's starting train.py.")] = Path("seed_train.py"),
+    seed_from: Annotated[Optional[str], typer.Option(
+        help="Start from a greedy autoresearch run's best commit (REPO[@REF]) or another evo run (evo:RUN[:N]).")] = None,
     program: Annotated[Path, typer.Option(help="Research instructions for LLM operators.")] = Path("program.md"),
     gpus: Annotated[Optional[str], typer.Option(help="GPUs to use, e.g. 0,1,2 (default: all visible).")] = None,
     slots: Annotated[Optional[int], typer.Option(help="Parallel slots on a CPU machine (default 1).")] = None,
@@ -111,7 +113,8 @@ def run(
 ) -> None:
     """Evolve train.py: evaluate the seed, then propose, train, score and select until the budget ends."""
     from evo import apparatus
-    from evo.engine import Engine, EngineError, SeedPlan
+    from evo.engine import Engine, EngineError
+    from evo.git import GitError, summarize_plan
     from evo.operators import OperatorError, make_operator
     from evo.runner import detect_slots
     from evo.view import RunView
@@ -132,23 +135,19 @@ def run(
             config = RunConfig(name=name or datetime.now().strftime("run-%Y%m%d-%H%M%S"), preset=preset or "gpu",
                                population=population, temperature=temperature, cooling=cooling,
                                replicates=replicates, confirm=confirm, hours=hours, max_candidates=max_candidates,
-                               operator=operator, seed_train=str(seed_train), program=str(program), gpus=gpus,
+                               operator=operator, seed_train=str(seed_train), seed_from=seed_from,
+                               program=str(program), gpus=gpus,
                                slots=slots, startup_allowance=startup_allowance, eval_allowance=eval_allowance,
                                seed=seed).validate()
         op = make_operator(config.operator)
-        try:
-            seed_code = Path(config.seed_train).read_text()
-            compile(seed_code, config.seed_train, "exec")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read the seed file {config.seed_train} ({getattr(e, 'strerror', None) or e}).")
-        except SyntaxError as e:
-            raise ConfigError(f"the seed file {config.seed_train} is not valid Python ({e.msg}, line {e.lineno}).")
+        # A resumed run already has its seed (unless it died before archiving it).
+        plan = None if resume and run_row.seed_id is not None else _seed_plan(config, archive)
         slot_list = detect_slots(config.gpus, config.slots)
         app_ = apparatus.load(prepare, config.preset)
         if not resume:
             run_row = archive.create_run(config.name, config.to_dict())
         archive.claim_run(run_row.id, owner_id(), stale_after=60.0)
-    except (ArchiveError, ConfigError, OperatorError, apparatus.ApparatusError, ValueError) as e:
+    except (ArchiveError, ConfigError, OperatorError, apparatus.ApparatusError, GitError, ValueError) as e:
         raise fail(str(e))
 
     view = RunView(config.name)
@@ -162,7 +161,9 @@ def run(
         archive.update_run(run_row.id, owner=None)
         raise fail(str(e))
 
-    engine = Engine(archive, run_row, config, op, slot_list, app_, SeedPlan(seed_code))
+    if plan is not None and config.seed_from:
+        view.line(summarize_plan(plan))
+    engine = Engine(archive, run_row, config, op, slot_list, app_, plan)
     view.slots = engine.status
     view.header = lambda: _header(archive, run_row.id, config.name)
     presses = {"n": 0}
@@ -187,6 +188,24 @@ def run(
         for s, handler in previous.items():
             signal.signal(s, handler)
     view.line(f"run {status.lower()}; `evo status --name {config.name}` and `evo best --name {config.name}` show the result")
+
+
+def _seed_plan(config: RunConfig, archive: Archive):
+    """The seed of a new run: a greedy run's best commit or another evo run's candidate (with their
+    history), else the --seed-train file."""
+    from evo.engine import SeedPlan
+    from evo.git import seed_from
+
+    if config.seed_from:
+        return seed_from(config.seed_from, archive)
+    try:
+        code = Path(config.seed_train).read_text()
+        compile(code, config.seed_train, "exec")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the seed file {config.seed_train} ({getattr(e, 'strerror', None) or e}).")
+    except SyntaxError as e:
+        raise ConfigError(f"the seed file {config.seed_train} is not valid Python ({e.msg}, line {e.lineno}).")
+    return SeedPlan(code)
 
 
 def _header(archive: Archive, run_id: int, name: str) -> str:
@@ -315,8 +334,9 @@ def candidates(
             state = c.state + (f"({c.fail_reason})" if c.fail_reason else "")
             acc = "-" if c.accepted is None else ("yes" if c.accepted else "no") + (
                 f" p={c.accept_probability:.2f}" if c.accept_probability is not None and c.number else "")
-            table.add_row(str(c.number), parents, c.operator, state, f"{c.val_bpb:.6f}" if c.val_bpb is not None else "-",
-                          acc, c.hypothesis)
+            bpb = f"{c.val_bpb:.6f}" if c.val_bpb is not None else \
+                f"({c.imported_val_bpb:.6f})" if c.imported_val_bpb is not None else "-"
+            table.add_row(str(c.number), parents, c.operator, state, bpb, acc, c.hypothesis)
         Console(width=200).print(table)
 
 
@@ -333,7 +353,8 @@ def results_tsv(archive: Archive, run_id: int, cands: list[Candidate]) -> str:
         if c.state == FAIL:
             status_, bpb = "crash", 0.0
         elif c.state == COMPLETE:
-            status_, bpb = ("keep" if c.accepted else "discard"), c.val_bpb
+            status_ = "keep" if c.accepted else "discard"
+            bpb = c.val_bpb if c.val_bpb is not None else c.imported_val_bpb or 0.0
         else:
             continue
         description = (c.hypothesis or c.operator).replace("\t", " ").replace("\n", " ")
@@ -416,13 +437,36 @@ def best(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
 
 @app.command()
 def export(
-    which: Annotated[str, typer.Argument(help="Candidate number or 'best'.")],
-    to: Annotated[Path, typer.Option("--to", help="File to write the candidate's train.py to.")],
-    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    which: Annotated[Optional[str], typer.Argument(help="Candidate number or 'best'.")] = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="Write the candidate's train.py to this file.")] = None,
+    branch: Annotated[Optional[str], typer.Option(help="Commit it as train.py on this new branch of --repo.")] = None,
+    lineage: Annotated[Optional[str], typer.Option(help="Write this run's whole lineage as git history in --repo.")] = None,
+    repo: Annotated[Path, typer.Option(help="Target git repository (default: the current folder).")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file or branch.")] = False,
     name: RunName = None,
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
-    """Write a candidate's code to a file."""
+    """Export a candidate to a file (--to) or a git branch (--branch), or a run's lineage to git (--lineage)."""
+    from evo.git import GitError, export_candidate, export_lineage
+
+    modes = sum(x is not None for x in (to, branch, lineage))
+    if modes != 1:
+        raise fail("choose one of --to PATH, --branch NAME, or --lineage RUN.")
+    if (lineage is None) == (which is None):
+        raise fail("give a candidate (a number or 'best') with --to or --branch, and none with --lineage.")
+    archive = open_archive(storage)
+    try:
+        if lineage is not None:
+            summary = export_lineage(archive, lineage, repo)
+            typer.echo(f"wrote {summary['commits']} commits of run {lineage} to {repo}: branch {summary['branch']} "
+                       f"at the best (candidate {summary['best']['number']}); `git log --graph --all` shows the search")
+            return
+        if branch is not None:
+            sha = export_candidate(archive, name, which, branch, repo, force)
+            typer.echo(f"committed candidate {which} as train.py on branch {branch} ({sha[:10]}) in {repo}")
+            return
+    except GitError as e:
+        raise fail(str(e))
     archive, r, (c,) = open_run(storage, name, which)
     if to.exists() and not force:
         raise fail(f"{to} exists; pass --force to overwrite it.")

@@ -36,6 +36,7 @@ class RunConfig:
     max_candidates: int | None = None
     operator: str = "tweak"
     seed_train: str = "seed_train.py"
+    seed_from: str | None = None        # REPO[@REF] of a greedy run, or evo:RUN[:NUMBER]
     program: str = "program.md"
     gpus: str | None = None
     slots: int | None = None
