@@ -56,6 +56,10 @@ def main(
         defaults = pyproject_defaults()
     except ConfigError as e:
         raise fail(str(e))
+    prices = defaults.pop("prices", {})
+    if not isinstance(prices, dict):
+        raise fail("[tool.evo.prices] in pyproject.toml must be a table of model = [input, output] USD per million tokens.")
+    ctx.obj = {"prices": prices}
     if defaults:
         known = {p.name for p in run_command_params()}
         unknown = sorted(set(defaults) - known)
@@ -97,7 +101,10 @@ def run(
     confirm: Annotated[bool, typer.Option(help="Re-evaluate a would-be new best and judge it on its mean.")] = True,
     hours: Annotated[Optional[float], typer.Option(help="Wall-clock budget of the run.")] = None,
     max_candidates: Annotated[Optional[int], typer.Option(help="Budget in candidates (after the seed).")] = None,
-    operator: Annotated[str, typer.Option(help="How children are made: tweak.")] = "tweak",
+    operator: Annotated[str, typer.Option(help="How children are made: llm (mutation and crossover by an LLM) or tweak (offline hyperparameter perturbation).")] = "llm",
+    model: Annotated[Optional[list[str]], typer.Option(
+        help="LLM as provider:model[@base_url], repeatable (default anthropic:claude-sonnet-4-5).")] = None,
+    max_cost: Annotated[Optional[float], typer.Option(help="Stop proposing once LLM spend reaches this many dollars.")] = None,
     preset: Annotated[Optional[str], typer.Option(envvar="EVO_PRESET", help="gpu, cpu or smoke.")] = "gpu",
     seed_train: Annotated[Path, typer.Option(help="The population's starting train.py.")] = Path("seed_train.py"),
     seed_from: Annotated[Optional[str], typer.Option(
@@ -115,8 +122,9 @@ def run(
     from evo import apparatus
     from evo.engine import Engine, EngineError
     from evo.git import GitError, summarize_plan
-    from evo.operators import OperatorError, make_operator
-    from evo.runner import detect_slots
+    from evo import operators
+    from evo.operators import OperatorError
+    from evo.runner import detect_slots, device_description
     from evo.view import RunView
 
     archive = open_archive(storage, writer=True)
@@ -127,7 +135,7 @@ def run(
                 raise ConfigError("--resume needs the --name of the run to continue.")
             run_row = archive.find_run(name)
             config = RunConfig.from_dict(json.loads(run_row.config))
-            for key in ("hours", "max_candidates", "gpus", "slots"):  # budgets and hardware may change on resume
+            for key in ("hours", "max_candidates", "max_cost", "gpus", "slots"):  # budgets and hardware may change
                 if given.get(key):
                     setattr(config, key, ctx.params[key])
             config.validate()
@@ -138,8 +146,9 @@ def run(
                                operator=operator, seed_train=str(seed_train), seed_from=seed_from,
                                program=str(program), gpus=gpus,
                                slots=slots, startup_allowance=startup_allowance, eval_allowance=eval_allowance,
-                               seed=seed).validate()
-        op = make_operator(config.operator)
+                               seed=seed, models=model or [], max_cost=max_cost,
+                               prices=(ctx.obj or {}).get("prices", {})).validate()
+        operators.check(config)
         # A resumed run already has its seed (unless it died before archiving it).
         plan = None if resume and run_row.seed_id is not None else _seed_plan(config, archive)
         slot_list = detect_slots(config.gpus, config.slots)
@@ -163,6 +172,13 @@ def run(
 
     if plan is not None and config.seed_from:
         view.line(summarize_plan(plan))
+    facts = {"preset": config.preset, "device": device_description(slot_list), "slots": str(len(slot_list)),
+             "TIME_BUDGET": f"{app_.time_budget:.0f} s of training per candidate"}
+    try:
+        op = operators.build(config, archive, run_row.id, facts)
+    except OperatorError as e:
+        archive.update_run(run_row.id, owner=None)
+        raise fail(str(e))
     engine = Engine(archive, run_row, config, op, slot_list, app_, plan)
     view.slots = engine.status
     view.header = lambda: _header(archive, run_row.id, config.name)

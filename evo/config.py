@@ -34,7 +34,7 @@ class RunConfig:
     confirm: bool = True
     hours: float | None = None
     max_candidates: int | None = None
-    operator: str = "tweak"
+    operator: str = "llm"
     seed_train: str = "seed_train.py"
     seed_from: str | None = None        # REPO[@REF] of a greedy run, or evo:RUN[:NUMBER]
     program: str = "program.md"
@@ -46,6 +46,7 @@ class RunConfig:
     seed: int = 0
     models: list[str] = field(default_factory=list)
     max_cost: float | None = None
+    prices: dict[str, list[float]] = field(default_factory=dict)  # USD per million tokens in/out, by model
 
     def validate(self) -> "RunConfig":
         if not self.name or "/" in self.name:

@@ -308,7 +308,8 @@ class Engine:
         except OperatorError as e:
             self._operator_failures += 1
             self._resume_proposals()
-            self.archive.add_candidate(self.run.id, code=parents[0].code, operator=self.operator.name,
+            self.archive.add_candidate(self.run.id, code=parents[0].code,
+                                       operator=getattr(e, "operator", None) or self.operator.name,
                                        parent_id=parents[0].id, parent2_id=parents[1].id if len(parents) > 1 else None,
                                        hypothesis="(no proposal)", rng_state=rng_state, state=FAIL,
                                        fail_reason="invalid", fail_detail=str(e), llm_calls=e.llm_calls)
@@ -403,6 +404,9 @@ class Engine:
             reason += "; new best"
         self.archive.decide(cand.id, accepted=ok, temperature=temperature, probability=p, delta=delta,
                             competitor_id=rival.id, leaving=leaving, reason=reason, rng_state=_rng_to_json(self.rng))
+        if cand.model and hasattr(self.operator, "record_outcome"):  # feeds the model bandit
+            spent = sum(c.cost_usd for c in self.archive.llm_calls(run_id) if c.candidate_id == cand.id)
+            self.operator.record_outcome(cand.model, delta < 0, spent)
 
 
 def _rng_to_json(rng: random.Random) -> str:

@@ -103,6 +103,18 @@ def _cuda_device_count() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+def device_description(slots: list[Slot]) -> str:
+    """What the candidates run on, in words, for the operator's prompt."""
+    if any(s.name.startswith("gpu") for s in slots):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+        except (OSError, subprocess.SubprocessError):
+            out = []
+        return f"{len(slots)} GPU slot(s): {out[0]}" if out else f"{len(slots)} GPU slot(s)"
+    return f"CPU, {os.cpu_count()} cores shared by {len(slots)} slot(s)"
+
+
 def scrub_env(environ: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in environ.items()
            if (k in _ENV_ALLOW or k.startswith(_ENV_ALLOW_PREFIX)) and not _SECRET.search(k)}

@@ -32,7 +32,7 @@ def evo(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.Complete
 
 def surrogate_run(tmp_path: Path, *args: str, **kw) -> subprocess.CompletedProcess:
     return evo(tmp_path, "run", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(SURROGATE / "train.py"),
-               "--preset", "smoke", *args, **kw)
+               "--preset", "smoke", "--operator", "tweak", *args, **kw)
 
 
 def check_invariants(archive: Archive, run_id: int, population: int) -> None:
@@ -160,7 +160,7 @@ def test_bad_input_to_readers(tmp_path: Path) -> None:
         (["status", "--storage", "notaurl"], "not a valid SQLAlchemy URL"),
         (["status", "--storage", f"sqlite:///{tmp_path}/missing/evo.db"], "no archive at"),
         (["run", "--name", "r", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(SURROGATE / "train.py"),
-          "--preset", "smoke"], "already exists; pass --resume"),
+          "--preset", "smoke", "--operator", "tweak"], "already exists; pass --resume"),
     ]:
         result = evo(tmp_path, *args)
         assert result.returncode == 2, (args, result.stderr)
@@ -172,7 +172,7 @@ def test_bad_input_to_readers(tmp_path: Path) -> None:
 def test_syntax_error_in_seed_is_one_sentence(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def broken(:\n")
-    result = evo(tmp_path, "run", "--name", "b", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(bad))
+    result = evo(tmp_path, "run", "--name", "b", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(bad), "--operator", "tweak")
     assert result.returncode == 2 and "not valid Python" in result.stderr
 
 
@@ -180,7 +180,7 @@ def test_crashing_seed_is_one_sentence(tmp_path: Path) -> None:
     bad = tmp_path / "crash.py"
     bad.write_text("raise SystemExit('no GPU here')\n")
     result = evo(tmp_path, "run", "--name", "c", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(bad),
-                 "--preset", "smoke", "--max-candidates", "2")
+                 "--preset", "smoke", "--operator", "tweak", "--max-candidates", "2")
     assert result.returncode == 2 and "the seed failed (crash" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -194,7 +194,7 @@ def slow_surrogate(tmp_path: Path, seconds: float) -> Path:
 def test_ctrl_c_once_finishes_running_then_resume(tmp_path: Path) -> None:
     seed = slow_surrogate(tmp_path, 1.0)
     cmd = [sys.executable, "-m", "evo", "run", "--name", "i", "--prepare", str(SURROGATE / "prepare.py"),
-           "--seed-train", str(seed), "--preset", "smoke", "--max-candidates", "6", "--replicates", "2"]
+           "--seed-train", str(seed), "--preset", "smoke", "--operator", "tweak", "--max-candidates", "6", "--replicates", "2"]
     env = {**os.environ, "EVO_STORAGE": f"sqlite:///{tmp_path}/archive/evo.db"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(4.5)
@@ -222,7 +222,7 @@ def test_ctrl_c_once_finishes_running_then_resume(tmp_path: Path) -> None:
 def test_ctrl_c_twice_kills_and_resume_requeues(tmp_path: Path) -> None:
     seed = slow_surrogate(tmp_path, 30.0)
     cmd = [sys.executable, "-m", "evo", "run", "--name", "k", "--prepare", str(SURROGATE / "prepare.py"),
-           "--seed-train", str(seed), "--preset", "smoke", "--max-candidates", "1", "--replicates", "2",
+           "--seed-train", str(seed), "--preset", "smoke", "--operator", "tweak", "--max-candidates", "1", "--replicates", "2",
            "--startup-allowance", "60"]
     env = {**os.environ, "EVO_STORAGE": f"sqlite:///{tmp_path}/archive/evo.db"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -243,7 +243,7 @@ def test_ctrl_c_twice_kills_and_resume_requeues(tmp_path: Path) -> None:
 def test_status_while_running(tmp_path: Path) -> None:
     seed = slow_surrogate(tmp_path, 0.3)
     cmd = [sys.executable, "-m", "evo", "run", "--name", "live", "--prepare", str(SURROGATE / "prepare.py"),
-           "--seed-train", str(seed), "--preset", "smoke", "--max-candidates", "15", "--replicates", "2", "--slots", "2"]
+           "--seed-train", str(seed), "--preset", "smoke", "--operator", "tweak", "--max-candidates", "15", "--replicates", "2", "--slots", "2"]
     env = {**os.environ, "EVO_STORAGE": f"sqlite:///{tmp_path}/archive/evo.db"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     polls = 0
@@ -268,7 +268,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path) -> None:
     seed = slow_surrogate(tmp_path, 0.15)
     db = f"sqlite:///{tmp_path}/archive/evo.db"
     base = [sys.executable, "-m", "evo", "run", "--name", "crash", "--prepare", str(SURROGATE / "prepare.py"),
-            "--seed-train", str(seed), "--preset", "smoke", "--max-candidates", "40", "--replicates", "2",
+            "--seed-train", str(seed), "--preset", "smoke", "--operator", "tweak", "--max-candidates", "40", "--replicates", "2",
             "--slots", "2", "--population", "4"]
     env = {**os.environ, "EVO_STORAGE": db}
     rng = random.Random(7)

@@ -473,7 +473,7 @@ def test_greedy_import_exports_as_a_lineage(tmp_path: Path) -> None:
 def test_a_greedy_repo_seeds_a_surrogate_run_and_its_result_goes_back_to_git(tmp_path: Path) -> None:
     """End to end with the engine and real (surrogate) evaluations: greedy repo -> evo run -> git."""
     from evo.archive import FINISHED
-    from evo.operators import make_operator
+    from evo.operators import TweakOperator
 
     src = (SURROGATE / "train.py").read_text()
     repo = new_repo(tmp_path / "ar")
@@ -488,7 +488,7 @@ def test_a_greedy_repo_seeds_a_surrogate_run_and_its_result_goes_back_to_git(tmp
     cfg = RunConfig(name="s", preset="smoke", temperature=0.001, replicates=2, slots=1, max_candidates=3,
                     population=2).validate()
     run = archive.create_run("s", cfg.to_dict())
-    engine = Engine(archive, run, cfg, make_operator("tweak"), [Slot("cpu")],
+    engine = Engine(archive, run, cfg, TweakOperator(), [Slot("cpu")],
                     apparatus.load(SURROGATE / "prepare.py", "smoke"), seed_from_repo(str(tmp_path / "ar")))
     assert engine.execute() == FINISHED
     cands = archive.candidates(run.id)
@@ -524,12 +524,13 @@ def test_cli_seed_from_greedy_repo_then_export(tmp_path: Path) -> None:
                               text=True, timeout=120)
 
     run = evo("run", "--name", "g", "--seed-from", str(tmp_path / "ar"), "--prepare", str(SURROGATE / "prepare.py"),
-              "--preset", "smoke", "--max-candidates", "3", "--replicates", "2")
+              "--preset", "smoke", "--operator", "tweak", "--max-candidates", "3", "--replicates", "2")
     assert run.returncode == 0, run.stderr
     assert "seed: imported" in run.stdout and "history: 2 kept" in run.stdout
     table = evo("candidates", "-f", "tsv").stdout.splitlines()
     assert table[1].split("\t")[1:4] == ["1.000000", "0.0", "keep"] and table[2].split("\t")[3] == "keep"
-    assert evo("run", "--name", "h", "--seed-from", str(tmp_path / "nope")).returncode == 2
+    bad = evo("run", "--name", "h", "--seed-from", str(tmp_path / "nope"), "--operator", "tweak")
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
 
     project = new_repo(tmp_path / "proj")
     commit_file(project, "prepare.py", "MAX_SEQ_LEN = 64\n", "prepare")

@@ -1,0 +1,122 @@
+"""`evo report`: one self-contained HTML file that shows what a run found, how it got there and
+what failed: header, progress, lineage DAG, candidate table, per-candidate details (diff vs the
+parent, rationale, log tail), the best path as a sequence of diffs, slot timeline, acceptance
+against temperature, failures over time and training curves.
+
+    from evo.report import write_report
+    path = write_report(Archive(url, writer=False), run_name=None, out=None, cdn=False)
+
+It only reads the archive (in one read transaction: a consistent snapshot, never a write lock),
+so it can run while `evo run` writes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from pathlib import Path
+
+from evo.archive import Archive, ArchiveError
+from evo.report import data, figures, html, load
+
+__all__ = ["ReportError", "write_report", "build_report", "default_path"]
+
+CHUNK_SIZE = 200   # candidates per compressed details chunk: one click inflates one chunk
+
+
+class ReportError(ArchiveError):
+    """The report cannot be written (its output path is unusable): one sentence. A subclass of
+    ArchiveError, so a caller that turns ArchiveError into exit status 2 covers it too."""
+
+
+@dataclass
+class Built:
+    html: str
+    candidates: int
+    seconds: dict[str, float]
+
+
+def default_path(run_name: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_.=+" else "_" for ch in run_name) or "run"
+    return Path("reports") / f"{safe}.html"
+
+
+def build_report(archive: Archive, run_name: str | None = None, *, cdn: bool = False, tz: tzinfo | None = None,
+                 now: datetime | None = None) -> Built:
+    """The report of a run (the most recent when `run_name` is None) as an HTML string. Raises
+    ArchiveError for an unknown run or an archive without runs."""
+    import time
+
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    run = archive.find_run(run_name)
+    tz = tz if tz is not None else datetime.now().astimezone().tzinfo
+    with load.reader(archive) as s:
+        snap = load.snapshot(s, run.id)
+        if now is not None:
+            snap.now = now
+        times["read"] = time.perf_counter() - t
+        t = time.perf_counter()
+        cands, evals, calls = snap.cands, snap.evals, snap.calls
+        lin = data.lineage(cands, snap.run.seed_id)
+        deltas = data.delta_vs_parent(cands, lin.parent)
+        meta = data.summary(snap.run, snap.config, cands, evals, calls, lin, snap.now)
+        prog = data.progress(cands, lin)
+        lay = data.layout(cands, lin)
+        timeline = data.timeline(evals, lin, snap.now)
+        bins = data.acceptance_bins(cands, lin)
+        fails = data.failures(cands)
+        points = load.curve_points(s, data.curve_evaluations(cands, lin, evals))
+        series = data.curves(cands, lin, points)
+        table = data.table(cands, lin, deltas, evals, calls)
+        numbers = table["number"]
+        hover = [data.hover(c, numbers[lin.parent[i]] if lin.parent[i] >= 0 else None, deltas[i], snap.run.sigma)
+                 for i, c in enumerate(cands)]
+        figs = {
+            "progress:time": figures.progress(cands, lin, prog, "time", tz),
+            "progress:number": figures.progress(cands, lin, prog, "number", tz),
+            "lineage:generation": figures.lineage(cands, lin, lay, "generation", tz),
+            "lineage:time": figures.lineage(cands, lin, lay, "time", tz),
+            "slots": figures.slots(cands, timeline, tz),
+            "acceptance": figures.acceptance(bins, snap.run.temperature0),
+            "failures": figures.failures(fails, tz),
+            "curves": figures.curves(cands, series),
+        }
+        times["figures"] = time.perf_counter() - t
+        t = time.perf_counter()
+        chunks = [html.compress(data.to_json(batch)) for batch in load.details(s, snap, lin, CHUNK_SIZE)]
+        times["details"] = time.perf_counter() - t
+    t = time.perf_counter()
+    payload = data.to_json({"meta": meta, "table": table, "hover": hover, "figures": figs, "path": lin.path,
+                            "best": lin.best, "seed": lin.seed, "chunk_size": CHUNK_SIZE})
+    text = html.page(meta, payload, chunks, cdn, tz)
+    times["page"] = time.perf_counter() - t
+    return Built(text, len(cands), times)
+
+
+def write_report(archive: Archive, run_name: str | None = None, out: Path | None = None, cdn: bool = False) -> Path:
+    """Write the report of a run (the most recent when `run_name` is None) to `out` (default
+    reports/<run>.html) and return the path. The file is replaced atomically, so a browser
+    reloading it never sees half a report. Raises ArchiveError for an unknown run (or an
+    archive without runs) and ReportError (an ArchiveError) when `out` cannot be written."""
+    run = archive.find_run(run_name)
+    target = Path(out) if out is not None else default_path(run.name)
+    if target.is_dir():
+        target = target / default_path(run.name).name
+    built = build_report(archive, run.name, cdn=cdn)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(built.html)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise ReportError(f"cannot write the report to {target} ({e.strerror or e}).") from None
+    return target

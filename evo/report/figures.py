@@ -1,0 +1,485 @@
+"""Plotly figures of the report, as plain figure dicts ({"data": [...], "layout": {...}}) that
+plotly.js draws. They are built as dicts rather than `plotly.graph_objects` so that a
+10,000-candidate run costs no validation time; the tests validate them with `go.Figure`.
+
+Per-candidate hover labels are not repeated in every figure: a trace whose `meta` is "hover"
+carries candidate positions in `customdata`, and the page fills its `text` from one shared list.
+Traces with more than GL_THRESHOLD points use WebGL (`scattergl`); the page falls back to SVG where
+the browser has no WebGL.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, tzinfo
+from typing import Any, Sequence
+
+from evo.report import data
+from evo.report.data import Lineage
+
+GL_THRESHOLD = 1500
+
+COLORS = {
+    "accepted": "#2a9d4b", "rejected": "#a8adb4", "failed": "#d1495b", "pruned": "#c9a227", "pending": "#3a7bd5",
+    "best": "#111827", "temperature": "#e07a1f", "path": "#f59e0b", "edge": "#c3c8cf", "edge2": "#8fb3e0",
+    "idle": "#f4b6bd", "running": "#3a7bd5",
+}
+REASON_COLORS = ["#d1495b", "#edae49", "#00798c", "#30638e", "#8d6a9f", "#66a182", "#c9a227", "#5c5c5c",
+                 "#e07a1f", "#4f6d7a"]
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
+
+
+def base_layout(**extra: Any) -> dict:
+    layout = {
+        "font": {"family": FONT, "size": 12, "color": "#1f2937"},
+        "paper_bgcolor": "#ffffff", "plot_bgcolor": "#ffffff",
+        "margin": {"l": 64, "r": 24, "t": 36, "b": 48},
+        "hovermode": "closest",
+        "hoverlabel": {"font": {"family": FONT, "size": 12}, "align": "left"},
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
+        "xaxis": {"gridcolor": "#eef0f3", "zeroline": False},
+        "yaxis": {"gridcolor": "#eef0f3", "zeroline": False},
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(layout.get(key), dict):
+            layout[key] = {**layout[key], **value}
+        else:
+            layout[key] = value
+    return layout
+
+
+def scatter_type(n: int) -> str:
+    return "scattergl" if n > GL_THRESHOLD else "scatter"
+
+
+def clock(moment: datetime | None, tz: tzinfo | None) -> str | None:
+    """A time as plotly reads it on a date axis, in the report's time zone."""
+    if moment is None:
+        return None
+    return data.utc(moment).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def empty(message: str, height: int = 220) -> dict:
+    return {"data": [], "layout": base_layout(
+        height=height, xaxis={"visible": False}, yaxis={"visible": False},
+        annotations=[{"text": message, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                      "font": {"size": 14, "color": "#6b7280"}}])}
+
+
+def value_range(values: Sequence[float], anchor: float | None = None, q: float = 0.9) -> tuple[float, float, bool]:
+    """A y range that shows the interesting part: from the lowest value to the q-quantile (or the
+    anchor, the seed, if higher). Returns (lo, hi, clipped)."""
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return 0.0, 1.0, False
+    lo = vals[0]
+    hi = vals[min(len(vals) - 1, int(q * (len(vals) - 1) + 0.999))]
+    if anchor is not None:
+        hi = max(hi, anchor)
+    if len(vals) < 20:
+        hi = vals[-1]
+    pad = (hi - lo) * 0.08 or max(abs(lo) * 1e-3, 1e-4)
+    return lo - pad, hi + pad, vals[-1] > hi + pad
+
+
+# ---------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------
+
+def progress(cands: Sequence[Any], lin: Lineage, prog: data.Progress, axis: str, tz: tzinfo | None,
+             max_labels: int = 25) -> dict:
+    """val_bpb of every evaluated candidate over wall time (axis="time") or candidate number
+    (axis="number"), with the running best, the temperature and labelled improvements."""
+    by_time = axis == "time"
+    x_of = (lambda i: clock(prog.when[i], tz)) if by_time else (lambda i: cands[i].number)
+    evaluated = [i for k in ("accepted", "rejected", "pending") for i in prog.points[k]]
+    if not evaluated and not prog.points["failed"]:
+        return empty("no candidate evaluated yet")
+    seed_value = cands[lin.seed].val_bpb if lin.seed >= 0 else None
+    lo, hi, clipped = value_range([cands[i].val_bpb for i in evaluated], seed_value)
+    lo -= (hi - lo) * 0.06  # room for the label under the lowest step
+    kind = scatter_type(len(evaluated) + len(prog.points["failed"]))
+    traces = []
+    styles = {
+        "rejected": {"color": COLORS["rejected"], "size": 6, "opacity": 0.65},
+        "pending": {"color": COLORS["pending"], "size": 7, "symbol": "circle-open"},
+        "accepted": {"color": COLORS["accepted"], "size": 8, "line": {"width": 0.5, "color": "#ffffff"}},
+    }
+    for key in ("rejected", "pending", "accepted"):
+        idx = [i for i in prog.points[key] if (prog.when[i] is not None or not by_time)]
+        if not idx:
+            continue
+        traces.append({"type": kind, "mode": "markers", "name": f"{key} ({len(idx)})", "meta": "hover",
+                       "x": [x_of(i) for i in idx], "y": [cands[i].val_bpb for i in idx], "customdata": idx,
+                       "marker": styles[key], "hovertemplate": "%{text}<extra></extra>"})
+    failed = [i for i in prog.points["failed"] if (prog.when[i] is not None or not by_time)]
+    if failed:
+        top = hi - (hi - lo) * 0.02
+        traces.append({"type": kind, "mode": "markers", "name": f"failed ({len(failed)})", "meta": "hover",
+                       "x": [x_of(i) for i in failed], "y": [top] * len(failed), "customdata": failed,
+                       "marker": {"color": COLORS["failed"], "symbol": "x-thin-open", "size": 7,
+                                  "line": {"width": 1.5, "color": COLORS["failed"]}},
+                       "hovertemplate": "%{text}<extra></extra>"})
+    steps = prog.best_time if by_time else prog.best_number
+    if steps:
+        xs = [clock(t, tz) if by_time else t for t, _, _ in steps]
+        ys = [v for _, v, _ in steps]
+        end = (clock(max(w for w in prog.when if w is not None), tz) if by_time
+               else max(c.number for c in cands))
+        traces.append({"type": "scatter", "mode": "lines", "name": "running best", "x": xs + [end],
+                       "y": ys + [ys[-1]], "line": {"shape": "hv", "color": COLORS["best"], "width": 2},
+                       "hoverinfo": "skip"})
+    temps = prog.temperature_time if by_time else prog.temperature_number
+    if temps and any(t > 0 for _, t in temps):
+        xs = [clock(t, tz) if by_time else t for t, _ in temps]
+        traces.append({"type": scatter_type(len(temps)), "mode": "lines", "name": "temperature T", "x": xs,
+                       "y": [t for _, t in temps], "yaxis": "y2",
+                       "line": {"color": COLORS["temperature"], "width": 1.5, "dash": "dot"},
+                       "hovertemplate": "T %{y:.6f}<extra></extra>"})
+    # Each improvement of the best, labelled with its hypothesis just under its step of the running
+    # best: the space below the staircase is empty (nothing accepted is below the best), so labels
+    # placed there without overlapping each other stay readable.
+    gains, previous = {}, None
+    for i in prog.improvements:
+        v = cands[i].val_bpb
+        gains[i] = (previous - v) if previous is not None else float("inf")
+        previous = v
+    xs_all = [x for t in traces if t.get("meta") == "hover" for x in t["x"]]
+    annotations = []
+    if xs_all and prog.improvements:
+        num = (lambda x: datetime.fromisoformat(x).timestamp()) if by_time else float
+        x_lo, x_hi = min(num(x) for x in xs_all), max(num(x) for x in xs_all)
+        items = []
+        for i in prog.improvements:
+            if by_time and prog.when[i] is None:
+                continue
+            text = "seed" if i == lin.seed else f"#{cands[i].number} {data.shorten(cands[i].hypothesis, 48)}"
+            items.append((i, num(x_of(i)), cands[i].val_bpb, text, gains[i]))
+        placed = place_labels(items, x_lo, x_hi, lo, hi, max_labels=max_labels)
+        for i, x, y, text, _ in items:
+            if i not in placed:
+                continue
+            side, row = placed[i]
+            annotations.append({"x": x_of(i), "y": y, "text": data.escape(text), "showarrow": False,
+                                "xanchor": side, "yanchor": "top", "xshift": 4 if side == "left" else -4,
+                                "yshift": -3 - 15 * row, "font": {"size": 10.5, "color": "#14532d"},
+                                "bgcolor": "rgba(255,255,255,0.7)", "captureevents": False})
+    layout = base_layout(
+        height=460, annotations=annotations,
+        xaxis={"title": {"text": "wall time" + (f" ({_tzname(tz)})" if by_time else "")} if by_time
+               else {"text": "candidate number"}},
+        yaxis={"title": {"text": "val_bpb (lower is better)"}, "range": [lo, hi]},
+        margin={"r": 70 if temps else 24},
+    )
+    if by_time:
+        layout["xaxis"]["type"] = "date"
+    if temps and any(t > 0 for _, t in temps):
+        layout["yaxis2"] = {"title": {"text": "temperature T", "font": {"color": COLORS["temperature"]}},
+                            "overlaying": "y", "side": "right", "showgrid": False, "rangemode": "tozero",
+                            "tickfont": {"color": COLORS["temperature"]}}
+    return {"data": traces, "layout": layout}
+
+
+def place_labels(items: Sequence[tuple[Any, float, float, str, float]], x_lo: float, x_hi: float, y_lo: float,
+                 y_hi: float, width: float = 1100.0, height: float = 340.0, char_w: float = 6.0,
+                 line_h: float = 15.0, max_labels: int = 25, rows: int = 3) -> dict[Any, tuple[str, int]]:
+    """Choose which labels to show, hanging under their point (in the first of `rows` rows that
+    is free), and on which side ("left": the text runs right from the point, "right": it ends at
+    the point), so that none overlaps another or leaves a nominal plot of `width` x `height`
+    pixels. Items are (key, x, y, text, priority); the highest priorities are placed first.
+    Returns {key: (side, row)}."""
+    sx = width / (x_hi - x_lo) if x_hi > x_lo else 0.0
+    sy = height / (y_hi - y_lo) if y_hi > y_lo else 0.0
+    boxes: list[tuple[float, float, float, float]] = []
+    chosen: dict[Any, str] = {}
+    for key, x, y, text, _ in sorted(items, key=lambda t: -t[4]):
+        if len(chosen) >= max_labels:
+            break
+        px = (x - x_lo) * sx if sx else width / 2
+        py = (y_hi - y) * sy + 3
+        w = len(text) * char_w + 6
+        for row in range(rows):
+            for side in ("left", "right"):
+                x0 = px + 4 if side == "left" else px - 4 - w
+                top = py + row * line_h
+                box = (x0, top, x0 + w, top + line_h)
+                if x0 < 0 or box[2] > width or box[3] > height + 4:
+                    continue
+                if all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in boxes):
+                    boxes.append(box)
+                    chosen[key] = (side, row)
+                    break
+            if key in chosen:
+                break
+    return chosen
+
+
+def _tzname(tz: tzinfo | None) -> str:
+    return datetime.now(tz).strftime("%Z") or "local"
+
+
+# ---------------------------------------------------------------------------
+# Lineage
+# ---------------------------------------------------------------------------
+
+def lineage(cands: Sequence[Any], lin: Lineage, lay: data.Layout, axis: str, tz: tzinfo | None) -> dict:
+    """The DAG of candidates: x is the generation (axis="generation") or the creation time
+    (axis="time"), y the tidy-tree row. Colour is val_bpb, the marker the operator (open when not
+    accepted), grey for failed and pruned; the path from the seed to the best is drawn over it."""
+    n = len(cands)
+    if n == 0:
+        return empty("no candidates yet", height=300)
+    by_time = axis == "time"
+    xs = [clock(c.created_at, tz) for c in cands] if by_time else list(lin.generation)
+    kind = scatter_type(n)
+
+    def edge_xy(pairs: Sequence[tuple[int, int]]) -> tuple[list, list]:
+        ex, ey = [], []
+        for a, b in pairs:
+            ex += [xs[a], xs[b], None]
+            ey += [lay.y[a], lay.y[b], None]
+        return ex, ey
+
+    traces = []
+    ex, ey = edge_xy(lay.edges)
+    if ex:
+        traces.append({"type": scatter_type(len(lay.edges)), "mode": "lines", "name": "parent → child", "x": ex,
+                       "y": ey, "line": {"color": COLORS["edge"], "width": 0.8}, "hoverinfo": "skip",
+                       "showlegend": False})
+    ex, ey = edge_xy(lay.edges2)
+    if ex:
+        many = len(lay.edges2) > 150
+        traces.append({"type": scatter_type(len(lay.edges2)), "mode": "lines",
+                       "name": f"second parent ({len(lay.edges2)}{', click to show' if many else ''})", "x": ex,
+                       "y": ey, "line": {"color": COLORS["edge2"], "width": 0.8, "dash": "dot"}, "opacity": 0.6,
+                       "hoverinfo": "skip", **({"visible": "legendonly"} if many else {})})
+    evaluated = [c.val_bpb for c in cands if c.val_bpb is not None]
+    seed_value = cands[lin.seed].val_bpb if lin.seed >= 0 else None
+    lo, hi, _ = value_range(evaluated, seed_value)
+    colorbar_shown = False
+    ops: dict[str, list[int]] = {}
+    grey: list[int] = []
+    for i, c in enumerate(cands):
+        if c.val_bpb is None:
+            grey.append(i)
+        else:
+            ops.setdefault(c.operator, []).append(i)
+    for op, idx in ops.items():
+        symbol = data.operator_symbol(op)
+        marker = {"color": [cands[i].val_bpb for i in idx], "colorscale": "Viridis", "reversescale": True,
+                  "cmin": lo, "cmax": hi, "size": 9 if n < 300 else 7 if n < 3000 else 5,
+                  "symbol": [symbol if cands[i].accepted else symbol + "-open" for i in idx],
+                  "line": {"width": 0.4, "color": "#4b5563"}}
+        if not colorbar_shown:
+            marker["showscale"] = True
+            marker["colorbar"] = {"title": {"text": "val_bpb"}, "thickness": 12, "len": 0.8}
+            colorbar_shown = True
+        traces.append({"type": kind, "mode": "markers", "name": op, "meta": "hover", "customdata": idx,
+                       "x": [xs[i] for i in idx], "y": [lay.y[i] for i in idx], "marker": marker,
+                       "hovertemplate": "%{text}<extra></extra>"})
+    if grey:
+        traces.append({"type": kind, "mode": "markers", "name": "failed / pruned / pending", "meta": "hover",
+                       "customdata": grey, "x": [xs[i] for i in grey], "y": [lay.y[i] for i in grey],
+                       "marker": {"color": [COLORS["failed"] if cands[i].state == data.FAIL else "#9ca3af"
+                                            for i in grey],
+                                  "symbol": [data.operator_symbol(cands[i].operator) + "-open" for i in grey],
+                                  "size": 7 if n < 3000 else 5, "line": {"width": 1}},
+                       "hovertemplate": "%{text}<extra></extra>"})
+    if len(lin.path) > 1:
+        ex, ey = edge_xy(lay.path_edges)
+        traces.append({"type": "scatter", "mode": "lines", "name": "path to the best", "x": ex, "y": ey,
+                       "line": {"color": COLORS["path"], "width": 3.5}, "hoverinfo": "skip"})
+    if lin.path:
+        traces.append({"type": "scatter", "mode": "markers", "name": "on the path", "meta": "hover",
+                       "customdata": list(lin.path), "x": [xs[i] for i in lin.path], "y": [lay.y[i] for i in lin.path],
+                       "marker": {"size": 13, "color": "rgba(0,0,0,0)", "symbol": "circle",
+                                  "line": {"width": 2.5, "color": COLORS["path"]}},
+                       "hovertemplate": "%{text}<extra></extra>", "showlegend": False})
+    annotations = []
+    if lin.best >= 0:
+        b = cands[lin.best]
+        annotations.append({"x": xs[lin.best], "y": lay.y[lin.best], "text": f"best #{b.number}", "showarrow": True,
+                            "arrowhead": 2, "ax": 30, "ay": -30, "font": {"size": 11, "color": "#92400e"},
+                            "bgcolor": "rgba(255,255,255,0.85)", "captureevents": False})
+    layout = base_layout(
+        height=620, annotations=annotations, dragmode="zoom",
+        xaxis={"title": {"text": f"creation time ({_tzname(tz)})" if by_time else "generation (depth from the seed)"},
+               **({"type": "date"} if by_time else {"dtick": _dtick(lin.generation)})},
+        yaxis={"title": {"text": ""}, "showticklabels": False, "showgrid": False},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "xanchor": "left"},
+    )
+    return {"data": traces, "layout": layout}
+
+
+def _dtick(generations: Sequence[int]) -> int | None:
+    span = (max(generations) - min(generations)) if generations else 0
+    return None if span > 30 else 1
+
+
+# ---------------------------------------------------------------------------
+# Slot timeline
+# ---------------------------------------------------------------------------
+
+def slots(cands: Sequence[Any], tl: data.Timeline, tz: tzinfo | None) -> dict:
+    """One row per slot, one bar per evaluation, coloured by outcome; idle gaps in pink."""
+    if not tl.segments:
+        return empty("no evaluation has started yet")
+    label = {s: f"{s} · {100 * tl.utilisation[s]:.0f}% busy" for s in tl.slots}
+    groups: dict[str, list[data.Segment]] = {}
+    for seg in tl.segments:
+        if seg.outcome == data.RUNNING:
+            key = "running"
+        elif seg.outcome == data.FAIL:
+            key = "failed"
+        else:
+            key = data.outcome(cands[seg.candidate]) if seg.candidate >= 0 else "pending"
+            key = key if key in ("accepted", "rejected") else "pending"
+        groups.setdefault(key, []).append(seg)
+    total = len(tl.segments)
+    width = 16 if len(tl.slots) <= 8 else 9 if len(tl.slots) <= 16 else 5
+    traces = []
+    if tl.idle:
+        ix, iy, it = [], [], []
+        for slot, a, b in tl.idle:
+            gap = (b - a).total_seconds()
+            ix += [clock(a, tz), clock(b, tz), None]
+            iy += [label[slot], label[slot], None]
+            it += [f"{slot} idle {gap / 60:.1f} min", f"{slot} idle {gap / 60:.1f} min", None]
+        idle_total = sum((b - a).total_seconds() for _, a, b in tl.idle)
+        traces.append({"type": scatter_type(len(tl.idle) * 2), "mode": "lines",
+                       "name": f"idle ({len(tl.idle)} gaps, {idle_total / 3600:.2f} slot-h)",
+                       "x": ix, "y": iy, "text": it, "hovertemplate": "%{text}<extra></extra>",
+                       "line": {"color": COLORS["idle"], "width": max(3, width // 3)}})
+    order = ("accepted", "rejected", "pending", "failed", "running")
+    for key in order:
+        segs = groups.get(key)
+        if not segs:
+            continue
+        sx, sy, cd = [], [], []
+        for seg in segs:
+            dur = (seg.end - seg.start).total_seconds()
+            # a hair of space between back-to-back evaluations, so each bar reads on its own
+            trim = min(dur * 0.02, 5.0)
+            end = seg.end - (seg.end - seg.start) * (trim / dur) if dur > 0 else seg.end
+            sx += [clock(seg.start, tz), clock(end, tz), None]
+            sy += [label[seg.slot], label[seg.slot], None]
+            cd += [seg.candidate, seg.candidate, -1]
+        traces.append({"type": scatter_type(total * 2), "mode": "lines", "name": f"{key} ({len(segs)})",
+                       "meta": "hover", "x": sx, "y": sy, "customdata": cd,
+                       "line": {"color": COLORS[key], "width": width}, "hovertemplate": "%{text}<extra></extra>"})
+    layout = base_layout(
+        height=max(220, 70 + 34 * len(tl.slots)),
+        xaxis={"type": "date", "title": {"text": f"wall time ({_tzname(tz)})"}},
+        yaxis={"type": "category", "categoryorder": "array", "categoryarray": [label[s] for s in reversed(tl.slots)],
+               "showgrid": False},
+        margin={"l": 130},
+    )
+    return {"data": traces, "layout": layout}
+
+
+# ---------------------------------------------------------------------------
+# Acceptance rate against temperature
+# ---------------------------------------------------------------------------
+
+def acceptance(bins: Sequence[data.AcceptanceBin], t0: float | None) -> dict:
+    if not bins:
+        return empty("no Metropolis decision yet (only children judged at a temperature count)")
+    labels = [f"{b.t_mid:.2g}" for b in bins]
+    ranges = [f"{b.t_lo:.3g}" if b.t_lo == b.t_hi else f"{b.t_lo:.3g} to {b.t_hi:.3g}" for b in bins]
+    traces = [
+        {"type": "bar", "name": "all judged children", "x": labels, "y": [b.rate for b in bins],
+         "marker": {"color": "#9ec5a8"},
+         "customdata": [[b.n, b.accepted, r] for b, r in zip(bins, ranges)],
+         "hovertemplate": "T %{customdata[2]}<br>accepted %{customdata[1]} of %{customdata[0]} (%{y:.0%})"
+                          "<extra></extra>"},
+        {"type": "bar", "name": "children worse than their competitor", "x": labels,
+         "y": [b.worse_rate for b in bins], "marker": {"color": COLORS["accepted"]},
+         "customdata": [[b.worse, b.worse_accepted, r] for b, r in zip(bins, ranges)],
+         "hovertemplate": "T %{customdata[2]}<br>worse children accepted %{customdata[1]} of %{customdata[0]} "
+                          "(%{y:.0%})<extra></extra>"},
+        {"type": "scatter", "mode": "lines+markers", "name": "expected for the worse: mean exp(−Δ/T)", "x": labels,
+         "y": [b.expected_worse for b in bins], "line": {"color": COLORS["temperature"], "dash": "dot"},
+         "hovertemplate": "expected %{y:.0%}<extra></extra>"},
+    ]
+    layout = base_layout(
+        height=380, barmode="group",
+        xaxis={"title": {"text": "temperature T: median of each bin (bins of equal count)"}, "type": "category",
+               "tickangle": 0},
+        yaxis={"title": {"text": "acceptance rate"}, "tickformat": ".0%", "range": [0, 1.05]},
+    )
+    return {"data": traces, "layout": layout}
+
+
+# ---------------------------------------------------------------------------
+# Failure reasons over time
+# ---------------------------------------------------------------------------
+
+def failures(f: data.Failures, tz: tzinfo | None) -> dict:
+    if not f.edges:
+        return empty("no candidate finished yet")
+    if not f.counts:
+        return empty("no failures: every finished candidate was evaluated")
+    mids = [clock(a + (b - a) / 2, tz) for a, b in zip(f.edges, f.edges[1:])]
+    width_ms = max((f.edges[1] - f.edges[0]).total_seconds() * 1000 * 0.9, 1.0) if len(f.edges) > 1 else None
+    traces = []
+    for k, (reason, counts) in enumerate(f.counts.items()):
+        trace = {"type": "bar", "name": f"{reason} ({sum(counts)})", "x": mids, "y": counts,
+                 "marker": {"color": REASON_COLORS[k % len(REASON_COLORS)]},
+                 "hovertemplate": f"{data.escape(reason)}: %{{y}}<extra></extra>"}
+        if width_ms:
+            trace["width"] = width_ms
+        traces.append(trace)
+    failed = [sum(c[j] for c in f.counts.values()) for j in range(len(f.totals))]
+    share = [failed[j] / f.totals[j] if f.totals[j] else None for j in range(len(f.totals))]
+    traces.append({"type": "scatter", "mode": "lines+markers", "name": "share of finished candidates",
+                   "x": mids, "y": share, "yaxis": "y2", "line": {"color": "#374151", "width": 1.5},
+                   "customdata": f.totals,
+                   "hovertemplate": "%{y:.0%} of %{customdata} finished<extra></extra>"})
+    layout = base_layout(
+        height=360, barmode="stack", bargap=0.05,
+        xaxis={"type": "date", "title": {"text": f"wall time ({_tzname(tz)})"}},
+        yaxis={"title": {"text": "failed or pruned candidates"}, "rangemode": "tozero", "tick0": 0,
+               "dtick": max(1, math.ceil(max(failed) / 5))},
+        yaxis2={"overlaying": "y", "side": "right", "tickformat": ".0%", "range": [0, 1.02], "showgrid": False,
+                "tick0": 0, "dtick": 0.25, "title": {"text": "share"}},
+        margin={"r": 60},
+    )
+    return {"data": traces, "layout": layout}
+
+
+# ---------------------------------------------------------------------------
+# Training curves
+# ---------------------------------------------------------------------------
+
+def curves(cands: Sequence[Any], series: Sequence[data.Curve]) -> dict:
+    if not series:
+        return empty("no training curve recorded yet")
+    path = [c for c in series if c.role == "path"]
+    traces = []
+    for k, c in enumerate(series):
+        cand = cands[c.position]
+        name = f"#{c.number} " + ("seed" if c.role == "seed" else data.escape(data.shorten(cand.hypothesis, 40)))
+        if c.role == "seed":
+            line = {"color": COLORS["best"], "width": 2, "dash": "dash"}
+        elif c.role == "best":
+            line = {"color": COLORS["path"], "width": 3}
+        else:
+            shade = 0.25 + 0.6 * (path.index(c) + 1) / (len(path) + 1)
+            line = {"color": f"rgba(58,123,213,{shade:.2f})", "width": 1.2}
+        traces.append({"type": scatter_type(len(c.elapsed)), "mode": "lines", "name": name, "x": c.elapsed,
+                       "y": c.loss, "line": line, "meta": "hover", "customdata": [c.position] * len(c.elapsed),
+                       "hovertemplate": f"#{c.number}: loss %{{y:.4f}} at %{{x:.0f}} s<extra></extra>"})
+    # Focus on where the curves differ: from the lowest loss up to the losses at a fifth of training.
+    all_loss = [v for c in series for v in c.loss]
+    later = [v for c in series for x, v in zip(c.elapsed, c.loss) if c.elapsed and x >= 0.2 * max(c.elapsed)]
+    yaxis = {"title": {"text": "training loss"}}
+    if later and all_loss:
+        lo, hi = min(all_loss), max(later)
+        if hi > lo:
+            pad = 0.05 * (hi - lo)
+            yaxis["range"] = [lo - pad, hi + pad]
+    layout = base_layout(height=420, xaxis={"title": {"text": "training seconds"}}, yaxis=yaxis,
+                         legend={"orientation": "v", "x": 1.01, "y": 1, "xanchor": "left", "yanchor": "top",
+                                 "font": {"size": 10}},
+                         margin={"r": 260})
+    return {"data": traces, "layout": layout}
