@@ -158,7 +158,9 @@ class Engine:
                     last_beat = time.monotonic()
                 self._dispatch(eval_pool, running)
                 queued = len(self.archive.waiting_evaluations(run_id)) if not self.stop_proposing.is_set() else 0
-                wanted = len(self.slots) - len(running) + self.config.lookahead - queued
+                # Keep a proposal ready for every slot (plus lookahead): slots that free up while the
+                # operator is still thinking would otherwise idle for a whole proposal latency.
+                wanted = len(self.slots) + self.config.lookahead - queued
                 while len(proposing) < wanted and self._may_propose():
                     child_rng = random.Random(self.rng.getrandbits(63))
                     if self._fix_queue:
