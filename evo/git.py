@@ -682,18 +682,24 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _measurements(c: Candidate, sigma: float | None) -> list[str]:
+    """val_bpb here (mean ± spread) and as imported, one line each, for commit messages."""
+    lines = []
+    if c.val_bpb is not None:
+        spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
+        lines.append(f"val_bpb {c.val_bpb:.6f}" + (f" ± {spread:.6f}" if spread is not None else "")
+                     + f" over {c.n_evals} evaluation(s)")
+    if c.imported_val_bpb is not None:
+        lines.append(f"imported val_bpb {c.imported_val_bpb:.6f} (measured elsewhere)")
+    return lines
+
+
 def candidate_message(archive: Archive, run_name: str, c: Candidate, sigma: float | None = None) -> str:
     """Subject: the hypothesis; body: metrics, rationale, lineage from the root; evo trailers."""
     subject = _one_line(c.hypothesis) or f"evo run {run_name} candidate {c.number} ({c.operator})"
     parts = [subject, ""]
     metrics = [f"evo run {run_name}, candidate #{c.number} ({c.operator}), state {c.state}"]
-    if c.val_bpb is not None:
-        spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
-        metrics.append(f"val_bpb {c.val_bpb:.6f}" + (f" ± {spread:.6f}" if spread is not None else "")
-                       + f" over {c.n_evals} evaluation(s)")
-    if c.imported_val_bpb is not None:
-        metrics.append(f"imported val_bpb {c.imported_val_bpb:.6f} (measured elsewhere)")
-    parts += metrics
+    parts += metrics + _measurements(c, sigma)
     if c.rationale.strip():
         parts += ["", c.rationale.strip()]
     chain = _ancestors(archive, c) + [c]
@@ -814,12 +820,7 @@ def _lineage_message(archive: Archive, run_name: str, c: Candidate, by_id: dict[
         body.append(f"{c.operator} of #{by_id[c.parent_id].number} and #{by_id[c.parent2_id].number}")
     elif c.parent_id is not None:
         body.append(f"child of #{by_id[c.parent_id].number}")
-    if c.val_bpb is not None:
-        spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
-        body.append(f"val_bpb {c.val_bpb:.6f}" + (f" ± {spread:.6f}" if spread is not None else "")
-                    + f" over {c.n_evals} evaluation(s)")
-    if c.imported_val_bpb is not None:
-        body.append(f"imported val_bpb {c.imported_val_bpb:.6f} (measured elsewhere)")
+    body += _measurements(c, sigma)
     if c.accept_probability is not None and c.accept_temperature is not None:
         body.append(f"accepted at T {c.accept_temperature:.6f} with probability {c.accept_probability:.3f}")
     if c.rationale.strip():
