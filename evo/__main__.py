@@ -1,3 +1,4 @@
 from evo.cli import app
 
-app(prog_name="evo")
+if __name__ == "__main__":
+    app(prog_name="evo")

@@ -19,7 +19,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, event
+from sqlalchemy import Column, Index, Text, UniqueConstraint, event, func
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -570,7 +570,22 @@ class Archive:
                 Candidate.state.in_([COMPLETE, FAIL])).order_by(Candidate.number)))
 
     def cost(self, run_id: int) -> float:
-        return sum(c.cost_usd for c in self.llm_calls(run_id))
+        with self.session() as s:
+            return float(s.exec(select(func.coalesce(func.sum(LLMCall.cost_usd), 0.0))
+                                .where(LLMCall.run_id == run_id)).one())
+
+    def count_candidates(self, run_id: int, *, after_number: int = -1, judged_only: bool = False,
+                         exclude_imports: bool = False) -> int:
+        """How many candidates a run has (numbered after `after_number`), counted in SQL: the engine
+        asks every loop iteration, and a night can hold many thousands."""
+        with self.session() as s:
+            q = select(func.count()).select_from(Candidate).where(Candidate.run_id == run_id,
+                                                                  Candidate.number > after_number)
+            if judged_only:
+                q = q.where(Candidate.accepted != None)  # noqa: E711
+            if exclude_imports:
+                q = q.where(Candidate.operator != "import")
+            return int(s.exec(q).one())
 
 
 def _delete_curve(evaluation_id: int):

@@ -491,3 +491,21 @@ def export(
     except OSError as e:
         raise fail(f"cannot write {to} ({e.strerror}).")
     typer.echo(f"wrote candidate {c.number} of run {r.name} to {to}")
+
+
+@app.command()
+def report(
+    name: RunName = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output file or folder (default reports/<run>.html).")] = None,
+    cdn: Annotated[bool, typer.Option("--cdn", help="Load plotly.js from its CDN: a small file that needs the network.")] = False,
+    storage: Storage = DEFAULT_STORAGE,
+) -> None:
+    """Write a self-contained HTML report of a run: progress, lineage, candidates, diffs. Works mid-run."""
+    from evo.report import write_report
+
+    archive = open_archive(storage)
+    try:
+        path = write_report(archive, name, out, cdn)
+    except ArchiveError as e:
+        raise fail(str(e))
+    typer.echo(f"wrote {path}")

@@ -106,16 +106,19 @@ class Engine:
     def active_seconds(self) -> float:
         return self._active_base + time.monotonic() - self._t_start
 
-    def children_made(self) -> int:
+    def _seed_number(self) -> int | None:
         run = self.archive.run_by_id(self.run.id)
-        seed = self.archive.candidate_by_id(run.seed_id) if run.seed_id else None
-        return run.next_number - seed.number - 1 if seed else 0
+        return self.archive.candidate_by_id(run.seed_id).number if run.seed_id else None
+
+    def children_made(self) -> int:
+        seed = self._seed_number()
+        return self.archive.count_candidates(self.run.id, after_number=seed) if seed is not None else 0
 
     def progress(self) -> float:
         """Position on the cooling schedule: time spent, or children judged, against the budget."""
-        seed_id = self.archive.run_by_id(self.run.id).seed_id
-        judged = sum(1 for c in self.archive.candidates(self.run.id)
-                     if c.id != seed_id and c.operator != "import" and c.accepted is not None)
+        seed = self._seed_number()
+        judged = 0 if seed is None else self.archive.count_candidates(self.run.id, after_number=seed, judged_only=True,
+                                                                      exclude_imports=True)
         return acceptance.progress(self.active_seconds, self.config.hours, judged, self.config.max_candidates)
 
     def temperature(self) -> float:

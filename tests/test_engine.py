@@ -86,6 +86,9 @@ def test_hundred_candidate_run(tmp_path: Path) -> None:
     assert out.read_text() == archive.code(best.code_hash)
     diff = evo(tmp_path, "diff", "0", "best").stdout
     assert diff.startswith("--- #0")
+    report = evo(tmp_path, "report")
+    assert report.returncode == 0 and (tmp_path / "reports" / "s.html").stat().st_size > 100_000
+    assert evo(tmp_path, "report", "--name", "nope").returncode == 2
 
 
 def test_greedy_baseline_behaves_like_autoresearch(tmp_path: Path) -> None:
@@ -379,7 +382,7 @@ def test_max_cost_stops_proposing(tmp_path: Path) -> None:
 
 
 def test_crashed_child_gets_one_fix(tmp_path: Path) -> None:
-    archive, engine = engine_for(tmp_path, ScriptedOperator(crash_first=True), max_candidates=3)
+    archive, engine = engine_for(tmp_path, ScriptedOperator(crash_first=True), max_candidates=6)
     engine.execute()
     cands = archive.candidates(engine.run.id)
     crashed = next(c for c in cands if c.state == FAIL)

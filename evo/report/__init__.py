@@ -34,6 +34,7 @@ class ReportError(ArchiveError):
 @dataclass
 class Built:
     html: str
+    run: str
     candidates: int
     seconds: dict[str, float]
 
@@ -44,56 +45,67 @@ def default_path(run_name: str) -> Path:
 
 
 def build_report(archive: Archive, run_name: str | None = None, *, cdn: bool = False, tz: tzinfo | None = None,
-                 now: datetime | None = None) -> Built:
+                 now: datetime | None = None, workers: int | None = None) -> Built:
     """The report of a run (the most recent when `run_name` is None) as an HTML string. Raises
-    ArchiveError for an unknown run or an archive without runs."""
+    ArchiveError for an unknown run or an archive without runs. `workers`: processes that make
+    the details (default: one per core, up to 4, for runs of 2,000 candidates or more)."""
     import time
 
     times: dict[str, float] = {}
     t = time.perf_counter()
-    run = archive.find_run(run_name)
     tz = tz if tz is not None else datetime.now().astimezone().tzinfo
-    with load.reader(archive) as s:
+    with load.reader(archive) as (view, s):
+        run = view.find_run(run_name)
         snap = load.snapshot(s, run.id)
         if now is not None:
             snap.now = now
         times["read"] = time.perf_counter() - t
         t = time.perf_counter()
-        cands, evals, calls = snap.cands, snap.evals, snap.calls
-        lin = data.lineage(cands, snap.run.seed_id)
-        deltas = data.delta_vs_parent(cands, lin.parent)
-        meta = data.summary(snap.run, snap.config, cands, evals, calls, lin, snap.now)
-        prog = data.progress(cands, lin)
-        lay = data.layout(cands, lin)
-        timeline = data.timeline(evals, lin, snap.now)
-        bins = data.acceptance_bins(cands, lin)
-        fails = data.failures(cands)
-        points = load.curve_points(s, data.curve_evaluations(cands, lin, evals))
-        series = data.curves(cands, lin, points)
-        table = data.table(cands, lin, deltas, evals, calls)
-        numbers = table["number"]
-        hover = [data.hover(c, numbers[lin.parent[i]] if lin.parent[i] >= 0 else None, deltas[i], snap.run.sigma)
-                 for i, c in enumerate(cands)]
-        figs = {
-            "progress:time": figures.progress(cands, lin, prog, "time", tz),
-            "progress:number": figures.progress(cands, lin, prog, "number", tz),
-            "lineage:generation": figures.lineage(cands, lin, lay, "generation", tz),
-            "lineage:time": figures.lineage(cands, lin, lay, "time", tz),
-            "slots": figures.slots(cands, timeline, tz),
-            "acceptance": figures.acceptance(bins, snap.run.temperature0),
-            "failures": figures.failures(fails, tz),
-            "curves": figures.curves(cands, series),
-        }
-        times["figures"] = time.perf_counter() - t
-        t = time.perf_counter()
-        chunks = [html.compress(data.to_json(batch)) for batch in load.details(s, snap, lin, CHUNK_SIZE)]
-        times["details"] = time.perf_counter() - t
+        details = load.Details(view, s, snap, CHUNK_SIZE, workers)   # helpers start on a big run's details now
+        try:
+            figs, meta, table, hover, lin = _figures(s, snap, tz)
+            times["figures"] = time.perf_counter() - t
+            t = time.perf_counter()
+            chunks = details.finish()
+            times["details"] = time.perf_counter() - t
+        finally:
+            details.close()
     t = time.perf_counter()
     payload = data.to_json({"meta": meta, "table": table, "hover": hover, "figures": figs, "path": lin.path,
                             "best": lin.best, "seed": lin.seed, "chunk_size": CHUNK_SIZE})
     text = html.page(meta, payload, chunks, cdn, tz)
     times["page"] = time.perf_counter() - t
-    return Built(text, len(cands), times)
+    return Built(text, snap.run.name, len(snap.cands), times)
+
+
+def _figures(s, snap: load.Snapshot, tz: tzinfo | None) -> tuple:
+    """Everything but the details: the figures, the header, the table and the hover labels."""
+    cands, evals, calls = snap.cands, snap.evals, snap.calls
+    lin = data.lineage(cands, snap.run.seed_id)
+    deltas = data.delta_vs_parent(cands, lin.parent)
+    meta = data.summary(snap.run, snap.config, cands, evals, calls, lin, snap.now)
+    prog = data.progress(cands, lin)
+    lay = data.layout(cands, lin)
+    timeline = data.timeline(evals, lin, snap.now)
+    bins = data.acceptance_bins(cands, lin)
+    fails = data.failures(cands)
+    points = load.curve_points(s, data.curve_evaluations(cands, lin, evals))
+    series = data.curves(cands, lin, points)
+    table = data.table(cands, lin, deltas, evals, calls)
+    numbers = table["number"]
+    hover = [data.hover(c, numbers[lin.parent[i]] if lin.parent[i] >= 0 else None, deltas[i], snap.run.sigma)
+             for i, c in enumerate(cands)]
+    figs = {
+        "progress:time": figures.progress(cands, lin, prog, "time", tz),
+        "progress:number": figures.progress(cands, lin, prog, "number", tz),
+        "lineage:generation": figures.lineage(cands, lin, lay, "generation", tz),
+        "lineage:time": figures.lineage(cands, lin, lay, "time", tz),
+        "slots": figures.slots(cands, timeline, tz),
+        "acceptance": figures.acceptance(bins, snap.run.temperature0),
+        "failures": figures.failures(fails, tz),
+        "curves": figures.curves(cands, series),
+    }
+    return figs, meta, table, hover, lin
 
 
 def write_report(archive: Archive, run_name: str | None = None, out: Path | None = None, cdn: bool = False) -> Path:
@@ -101,11 +113,10 @@ def write_report(archive: Archive, run_name: str | None = None, out: Path | None
     reports/<run>.html) and return the path. The file is replaced atomically, so a browser
     reloading it never sees half a report. Raises ArchiveError for an unknown run (or an
     archive without runs) and ReportError (an ArchiveError) when `out` cannot be written."""
-    run = archive.find_run(run_name)
-    target = Path(out) if out is not None else default_path(run.name)
+    built = build_report(archive, run_name, cdn=cdn)
+    target = Path(out) if out is not None else default_path(built.run)
     if target.is_dir():
-        target = target / default_path(run.name).name
-    built = build_report(archive, run.name, cdn=cdn)
+        target = target / default_path(built.run).name
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

@@ -12,10 +12,12 @@ values from the database are taken as UTC).
 
 from __future__ import annotations
 
+import base64
 import bisect
 import difflib
 import json
 import math
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -275,32 +277,67 @@ class Layout:
     path_edges: list[tuple[int, int]]    # the seed-to-best path
 
 
-def layout(cands: Sequence[Any], lin: Lineage) -> Layout:
-    """A tidy tree over primary parents: leaves get consecutive rows in depth-first order (children
-    by number), a parent sits midway between its first and last child. Subtrees stay together, so
-    the rejected children of a member fan out beside it. x is chosen by the figure (generation or
-    time)."""
+def layout(cands: Sequence[Any], lin: Lineage, fan: float = 0.42) -> Layout:
+    """Rows for the lineage, drawn along spines.
+
+    Candidates with children get rows of their own in a tree over primary parents: every such
+    node continues the row of its main child (the one on the path to the best, else the one with
+    the largest subtree) and its other children's subtrees are stacked half above and half below,
+    so the path from the seed to the best is one straight line. Childless candidates (most of
+    them: the rejected and failed) take no row: they fan out within ±`fan` of their parent's
+    row, leaving its centre to the main child. x is chosen by the figure (generation or time)."""
     n = len(cands)
     children: list[list[int]] = [[] for _ in range(n)]
     roots = []
     for i in range(n):
         p = lin.parent[i]
         (children[p] if 0 <= p < i else roots).append(i)
+    size = [1] * n
+    for i in range(n - 1, -1, -1):
+        p = lin.parent[i]
+        if 0 <= p < i:
+            size[p] += size[i]
+    on_path = {a: b for a, b in zip(lin.path, lin.path[1:])}
+    if lin.path and lin.path[0] in roots:   # the path's root first
+        roots.remove(lin.path[0])
+        roots.insert(0, lin.path[0])
     y = [0.0] * n
+    main = [-1] * n
     row = 0
-    # Iterative post-order (lineages can be thousands deep).
+    # Iterative (lineages can be thousands deep); a node's row is its main child's, known once
+    # the whole subtree is placed.
     stack: list[tuple[int, bool]] = [(r, False) for r in reversed(roots)]
     while stack:
-        node, expanded = stack.pop()
-        kids = children[node]
-        if not kids:
+        node, done = stack.pop()
+        if done:
+            y[node] = y[main[node]]
+            continue
+        inner = [k for k in children[node] if children[k] or on_path.get(node) == k]
+        if not inner:
             y[node] = float(row)
             row += 1
-        elif expanded:
-            y[node] = (y[kids[0]] + y[kids[-1]]) / 2.0
-        else:
-            stack.append((node, True))
-            stack.extend((k, False) for k in reversed(kids))
+            continue
+        m = on_path.get(node)
+        if m is None or m not in inner:
+            m = max(inner, key=lambda k: (size[k], -k))
+        main[node] = m
+        others = [k for k in inner if k != m]
+        half = len(others) // 2
+        stack.append((node, True))
+        stack.extend((k, False) for k in reversed(others[:half] + [m] + others[half:]))
+    for node in range(n):
+        leaves = [k for k in children[node] if not children[k] and on_path.get(node) != k]
+        if not leaves:
+            continue
+        if main[node] < 0:                  # only leaves: spread over the whole band
+            k = len(leaves)
+            offsets = [fan * (2 * (j + 0.5) / k - 1) if k > 1 else 0.0 for j in range(k)]
+        else:                               # keep clear of the main child on this row
+            per_side = (len(leaves) + 1) // 2
+            offsets = [(1 if j % 2 == 0 else -1) * (0.12 + (fan - 0.12) * ((j // 2) + 1) / per_side)
+                       for j in range(len(leaves))]
+        for leaf, off in zip(leaves, offsets):
+            y[leaf] = y[node] + off
     edges = [(lin.parent[i], i) for i in range(n) if lin.parent[i] >= 0]
     edges2 = [(lin.parent2[i], i) for i in range(n) if lin.parent2[i] >= 0]
     path_edges = list(zip(lin.path, lin.path[1:]))
@@ -309,14 +346,15 @@ def layout(cands: Sequence[Any], lin: Lineage) -> Layout:
 
 def hover(c: Any, parent_number: int | None, delta: float | None, sigma: float | None) -> str:
     """One candidate's hover label (plotly's HTML subset, escaped)."""
-    spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
     lines = [f"<b>#{c.number}</b> {escape(c.operator)}"
              + (f" of #{parent_number}" if parent_number is not None else "")
              + f" · {escape(outcome(c))}"]
     if c.hypothesis:
         lines.append(escape(shorten(c.hypothesis, 90)))
-    if c.val_bpb is not None:
-        lines.append(f"val_bpb {fmt_bpb(c.val_bpb, spread)} (n={c.n_evals})")
+    if c.val_bpb is not None and c.val_bpb_std is not None:
+        lines.append(f"val_bpb {fmt_bpb(c.val_bpb, c.val_bpb_std)} (n={c.n_evals})")
+    elif c.val_bpb is not None:
+        lines.append(f"val_bpb {c.val_bpb:.6f} (n={c.n_evals}" + (f"; noise σ {sigma:.6f})" if sigma else ")"))
     elif c.imported_val_bpb is not None:
         lines.append(f"val_bpb {c.imported_val_bpb:.6f} (imported)")
     if delta is not None:
@@ -465,9 +503,9 @@ class AcceptanceBin:
 def acceptance_bins(cands: Sequence[Any], lin: Lineage, bins: int = 10) -> list[AcceptanceBin]:
     """Metropolis decisions (children judged at a temperature, not failures, not the seed) in
     `bins` bins of equal count over temperature."""
-    rows = sorted((c.accept_temperature, c) for i, c in enumerate(cands)
-                  if i != lin.seed and c.operator != "import" and c.accept_temperature is not None
-                  and c.accept_delta is not None and c.accepted is not None)
+    rows = sorted(((c.accept_temperature, c) for i, c in enumerate(cands)
+                   if i != lin.seed and c.operator != "import" and c.accept_temperature is not None
+                   and c.accept_delta is not None and c.accepted is not None), key=lambda r: (r[0], r[1].number))
     if not rows:
         return []
     temps = [t for t, _ in rows]
@@ -577,12 +615,15 @@ def curves(cands: Sequence[Any], lin: Lineage, points: dict[int, Sequence[Any]],
 
 def detail(c: Any, parent: Any | None, parent2: Any | None, diff: str, evals: Sequence[Any],
            log_tail: str | None, log_replicate: int | None, calls: Sequence[Any] = (),
-           max_diff_chars: int = 200_000, max_log_chars: int = 20_000) -> dict:
+           max_diff_chars: int = 200_000, max_log_lines: int = 60, max_log_chars: int = 8_000) -> dict:
     """What the details panel shows for one candidate (stored compressed in the page)."""
     if len(diff) > max_diff_chars:
         diff = diff[:max_diff_chars] + f"\n… diff cut at {max_diff_chars} characters (`evo show {c.number}` has it all)\n"
-    if log_tail and len(log_tail) > max_log_chars:
-        log_tail = "…\n" + log_tail[-max_log_chars:]
+    if log_tail:
+        lines = log_tail.splitlines()
+        if len(lines) > max_log_lines or len(log_tail) > max_log_chars:
+            kept = "\n".join(lines[-max_log_lines:])[-max_log_chars:]
+            log_tail = f"… (the last {kept.count(chr(10)) + 1} lines; `evo show {c.number}` has more)\n{kept}"
     return {
         "diff": diff,
         "vs": parent.number if parent is not None else None,
@@ -602,9 +643,19 @@ def detail(c: Any, parent: Any | None, parent2: Any | None, diff: str, evals: Se
     }
 
 
+def compress(text: str, level: int = 6) -> str:
+    """zlib (deflate) and base64: how the page stores its data; the browser inflates it with
+    DecompressionStream("deflate")."""
+    return base64.b64encode(zlib.compress(text.encode("utf-8"), level)).decode("ascii")
+
+
 def to_json(value: Any) -> str:
-    """Compact JSON with NaN/inf as null (browsers reject NaN in JSON)."""
-    return json.dumps(_clean(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Compact JSON with NaN/inf as null (browsers reject NaN in JSON). The common case, no
+    such number, takes one pass of the C encoder; the rare one is cleaned first."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError):
+        return json.dumps(_clean(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _clean(value: Any) -> Any:

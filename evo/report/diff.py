@@ -23,14 +23,14 @@ from itertools import accumulate
 # (tag, a_line1, a_line2, b_line1, b_line2, a_char1, a_char2, b_char1, b_char2)
 Op = tuple
 
-SMALL = 60        # stretches with fewer lines than this (both sides together) go to SequenceMatcher
+SMALL = 120       # stretches with fewer lines than this (both sides together) go to SequenceMatcher
 TRIES = 24        # candidate anchor lines tried around the middle of a stretch
 
 
 def unified_diff(a: str, b: str, a_name: str = "a", b_name: str = "b", n: int = 3) -> str:
     if a == b:
         return ""
-    ops = _opcodes(a, b)
+    ops = _with_lines(a, b, _opcodes(a, b))
     out = [f"--- {a_name}\n", f"+++ {b_name}\n"]
     for group in _grouped(a, b, ops, n):
         first, last = group[0], group[-1]
@@ -55,17 +55,29 @@ def _range(start: int, stop: int) -> str:
 
 
 def _lines(text: str, c1: int, c2: int) -> int:
-    """Lines in text[c1:c2], which starts at a line start (the file's last line may lack '\\n')."""
+    """Lines in text[c1:c2], which starts at a line start (the file's last line may lack '\n')."""
     if c2 <= c1:
         return 0
     return text.count("\n", c1, c2) + (text[c2 - 1] != "\n")
 
 
 def _prefix(a: str, b: str, a1: int, a2: int, b1: int, b2: int) -> int:
-    lo, hi = 0, min(a2 - a1, b2 - b1)
+    """Length of the common prefix of a[a1:a2] and b[b1:b2]: galloping, then binary search, each
+    step one slice of b compared in place with str.startswith (short prefixes, the common case
+    inside a diff, cost little)."""
+    limit = min(a2 - a1, b2 - b1)
+    lo, step = 0, 64
+    while True:
+        hi = min(limit, lo + step)
+        if not a.startswith(b[b1 + lo:b1 + hi], a1 + lo):
+            break
+        if hi == limit:
+            return limit
+        lo, step = hi, step * 4
+    hi -= 1                        # the first difference is in [lo, hi]
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if a[a1 + lo:a1 + mid] == b[b1 + lo:b1 + mid]:
+        if a.startswith(b[b1 + lo:b1 + mid], a1 + lo):
             lo = mid
         else:
             hi = mid - 1
@@ -73,40 +85,48 @@ def _prefix(a: str, b: str, a1: int, a2: int, b1: int, b2: int) -> int:
 
 
 def _suffix(a: str, b: str, a1: int, a2: int, b1: int, b2: int) -> int:
-    lo, hi = 0, min(a2 - a1, b2 - b1)
+    limit = min(a2 - a1, b2 - b1)
+    lo, step = 0, 64
+    while True:
+        hi = min(limit, lo + step)
+        if not a.endswith(b[b2 - hi:b2 - lo], a1, a2 - lo):
+            break
+        if hi == limit:
+            return limit
+        lo, step = hi, step * 4
+    hi -= 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if a[a2 - mid:a2 - lo] == b[b2 - mid:b2 - lo]:
+        if a.endswith(b[b2 - mid:b2 - lo], a1, a2 - lo):
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
-def _opcodes(a: str, b: str) -> list[Op]:
+def _opcodes(a: str, b: str) -> list[list]:
+    """Opcodes as [tag, a_char1, a_char2, b_char1, b_char2], every boundary at a line start."""
     ops: list[list] = []
 
-    def add(tag: str, la1: int, la2: int, lb1: int, lb2: int, ca1: int, ca2: int, cb1: int, cb2: int) -> None:
+    def add(tag: str, ca1: int, ca2: int, cb1: int, cb2: int) -> None:
         if ca1 == ca2 and cb1 == cb2:
             return
         if ops and ops[-1][0] == tag == "equal":
-            ops[-1][2], ops[-1][4], ops[-1][6], ops[-1][8] = la2, lb2, ca2, cb2
+            ops[-1][2], ops[-1][4] = ca2, cb2
         else:
-            ops.append([tag, la1, la2, lb1, lb2, ca1, ca2, cb1, cb2])
+            ops.append([tag, ca1, ca2, cb1, cb2])
 
-    # Stretches still to align, as (a_char1, a_char2, a_line1, b_char1, b_char2, b_line1), each
-    # starting at a line start; popped left to right.
-    stack = [(0, len(a), 0, 0, len(b), 0)]
+    # Stretches still to align, each starting at a line start on both sides; popped left to right.
+    stack = [(0, len(a), 0, len(b))]
     while stack:
-        a1, a2, la, b1, b2, lb = stack.pop()
+        a1, a2, b1, b2 = stack.pop()
         # the common head, rounded down to whole lines
         p = _prefix(a, b, a1, a2, b1, b2)
-        if a1 + p < a2 or b1 + p < b2:
+        if p and (a1 + p < a2 or b1 + p < b2):
             nl = a.rfind("\n", a1, a1 + p)
             p = nl + 1 - a1 if nl != -1 else 0
-        k = _lines(a, a1, a1 + p)
-        add("equal", la, la + k, lb, lb + k, a1, a1 + p, b1, b1 + p)
-        a1, b1, la, lb = a1 + p, b1 + p, la + k, lb + k
+        add("equal", a1, a1 + p, b1, b1 + p)
+        a1, b1 = a1 + p, b1 + p
         if a1 == a2 and b1 == b2:
             continue
         # the common tail, rounded up to whole lines (it must start a line on both sides)
@@ -115,46 +135,60 @@ def _opcodes(a: str, b: str) -> list[Op]:
             cut = a.find("\n", a2 - s, a2)
             s = a2 - cut - 1 if cut != -1 else 0
         e1, e2 = a2 - s, b2 - s
-        na, nb = _lines(a, a1, e1), _lines(b, b1, e2)
-        tail = (e1, a2, la + na, e2, b2, lb + nb)
         if a1 == e1 or b1 == e2:
-            add("insert" if a1 == e1 else "delete", la, la + na, lb, lb + nb, a1, e1, b1, e2)
+            add("insert" if a1 == e1 else "delete", a1, e1, b1, e2)
         else:
-            anchor = _anchor(a, b, a1, e1, b1, e2) if na + nb > SMALL else None
+            anchor = None
+            if (e1 - a1) + (e2 - b1) > SMALL_CHARS and _more_lines_than(a, a1, e1, b, b1, e2, SMALL):
+                anchor = _anchor(a, b, a1, e1, b1, e2)
             if anchor is not None:
                 i, i_end, j, j_end = anchor
-                li, lj = la + a.count("\n", a1, i), lb + b.count("\n", b1, j)
-                stack.append(tail)
-                stack.append((i_end, e1, li + 1, j_end, e2, lj + 1))        # right of the anchor
-                stack.append((i, i_end, li, j, j_end, lj))                  # the anchor line: equal
-                stack.append((a1, i, la, b1, j, lb))                        # left of it: next
+                stack.append((e1, a2, e2, b2))            # the common tail
+                stack.append((i_end, e1, j_end, e2))      # right of the anchor
+                stack.append((i, i_end, j, j_end))        # the anchor line itself: equal
+                stack.append((a1, i, b1, j))              # left of it: next
                 continue
-            _match(a, b, a1, e1, la, b1, e2, lb, add)
-        if s:
-            add("equal", *_equal_coords(tail, a))
-    return [tuple(op) for op in ops]
+            _match(a, b, a1, e1, b1, e2, add)
+        add("equal", e1, a2, e2, b2)
+    return ops
 
 
-def _equal_coords(tail: tuple, a: str) -> tuple:
-    e1, a2, la, e2, b2, lb = tail
-    k = _lines(a, e1, a2)
-    return la, la + k, lb, lb + k, e1, a2, e2, b2
+SMALL_CHARS = 2000   # below this many characters a stretch is short whatever its line count
 
 
-def _match(a: str, b: str, a1: int, a2: int, la: int, b1: int, b2: int, lb: int, add) -> None:
-    """SequenceMatcher on a short stretch, split into lines."""
+def _more_lines_than(a: str, a1: int, a2: int, b: str, b1: int, b2: int, limit: int) -> bool:
+    """Whether the two stretches hold more than `limit` lines together."""
+    return a.count("\n", a1, a2) + b.count("\n", b1, b2) > limit
+
+
+def _with_lines(a: str, b: str, ops: list[list]) -> list[Op]:
+    """Add line numbers to character opcodes: counted through a once; b's follow from a's and
+    the (short) changed stretches, since equal stretches hold as many lines on both sides."""
+    out, la, lb = [], 0, 0
+    for tag, ca1, ca2, cb1, cb2 in ops:
+        na = _lines(a, ca1, ca2)
+        nb = na if tag == "equal" else _lines(b, cb1, cb2)
+        out.append((tag, la, la + na, lb, lb + nb, ca1, ca2, cb1, cb2))
+        la, lb = la + na, lb + nb
+    return out
+
+
+def _match(a: str, b: str, a1: int, a2: int, b1: int, b2: int, add) -> None:
+    """SequenceMatcher on a short stretch, split into lines. The stretch starts and ends with
+    lines that differ, so one or two lines a side are simply replaced (the usual edit)."""
+    if a.count("\n", a1, a2 - 1) < 2 and b.count("\n", b1, b2 - 1) < 2:
+        add("replace", a1, a2, b1, b2)
+        return
     xs, ys = a[a1:a2].splitlines(keepends=True), b[b1:b2].splitlines(keepends=True)
     ax = list(accumulate((len(x) for x in xs), initial=a1))   # where each line starts
     by = list(accumulate((len(y) for y in ys), initial=b1))
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, xs, ys, autojunk=False).get_opcodes():
-        add(tag, la + i1, la + i2, lb + j1, lb + j2, ax[i1], ax[i2], by[j1], by[j2])
+        add(tag, ax[i1], ax[i2], by[j1], by[j2])
 
 
 def _anchor(a: str, b: str, a1: int, a2: int, b1: int, b2: int) -> tuple[int, int, int, int] | None:
     """A whole line near the middle of a[a1:a2] that occurs exactly once in it and exactly once
     in b[b1:b2], both times as a whole line: its (start, end) in a and in b."""
-    ra, rb = a[a1:a2], b[b1:b2]
-    nb = "\n" + rb
 
     def line_start(pos: int) -> int:
         x = a.rfind("\n", a1, pos)
@@ -180,12 +214,15 @@ def _anchor(a: str, b: str, a1: int, a2: int, b1: int, b2: int) -> tuple[int, in
         if end == -1:
             continue                                    # the last line, without a newline
         line = a[start:end + 1]
-        if len(line.strip()) < 2 or ra.count(line) != 1 or rb.count(line) != 1:
+        if len(line) < 3 or line.isspace():
             continue
-        at = nb.find("\n" + line)                      # as a whole line in b, not inside one
-        if at < 0:
-            continue
-        return start, end + 1, b1 + at, b1 + at + len(line)
+        at = b.find(line, b1, b2)
+        if at == -1 or b.find(line, at + 1, b2) != -1 or a.find(line, a1, start) != -1 \
+                or a.find(line, start + 1, a2) != -1:
+            continue                                    # not exactly once on each side
+        if at != b1 and b[at - 1] != "\n":
+            continue                                    # only inside a longer line of b
+        return start, end + 1, at, at + len(line)
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, tzinfo
+from functools import lru_cache
 from typing import Any, Sequence
 
 from evo.report import data
@@ -52,8 +53,10 @@ def scatter_type(n: int) -> str:
     return "scattergl" if n > GL_THRESHOLD else "scatter"
 
 
+@lru_cache(maxsize=65536)
 def clock(moment: datetime | None, tz: tzinfo | None) -> str | None:
-    """A time as plotly reads it on a date axis, in the report's time zone."""
+    """A time as plotly reads it on a date axis, in the report's time zone (memoized: the same
+    moments appear in several figures)."""
     if moment is None:
         return None
     return data.utc(moment).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
@@ -265,6 +268,7 @@ def lineage(cands: Sequence[Any], lin: Lineage, lay: data.Layout, axis: str, tz:
         else:
             ops.setdefault(c.operator, []).append(i)
     for op, idx in ops.items():
+        idx.sort(key=lambda i: not cands[i].accepted)  # the legend shows the first point's symbol
         symbol = data.operator_symbol(op)
         marker = {"color": [cands[i].val_bpb for i in idx], "colorscale": "Viridis", "reversescale": True,
                   "cmin": lo, "cmax": hi, "size": 9 if n < 300 else 7 if n < 3000 else 5,
@@ -301,10 +305,12 @@ def lineage(cands: Sequence[Any], lin: Lineage, lay: data.Layout, axis: str, tz:
         annotations.append({"x": xs[lin.best], "y": lay.y[lin.best], "text": f"best #{b.number}", "showarrow": True,
                             "arrowhead": 2, "ax": 30, "ay": -30, "font": {"size": 11, "color": "#92400e"},
                             "bgcolor": "rgba(255,255,255,0.85)", "captureevents": False})
+    gens = lin.generation
     layout = base_layout(
-        height=620, annotations=annotations, dragmode="zoom",
+        height=620 if n < 2000 else 820, annotations=annotations, dragmode="zoom",
         xaxis={"title": {"text": f"creation time ({_tzname(tz)})" if by_time else "generation (depth from the seed)"},
-               **({"type": "date"} if by_time else {"dtick": _dtick(lin.generation)})},
+               **({"type": "date"} if by_time else {"dtick": _dtick(gens), "range": [min(gens) - 0.6, max(gens) + 0.6],
+                                                     "zeroline": False})},
         yaxis={"title": {"text": ""}, "showticklabels": False, "showgrid": False},
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "xanchor": "left"},
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import zlib
 from datetime import datetime, tzinfo
 from functools import lru_cache
 from html import escape
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evo import __version__
+from evo.report import data
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -35,15 +35,6 @@ def plotly_script(cdn: bool) -> str:
     url = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
     digest = base64.b64encode(hashlib.sha384(plotly_js().encode("utf-8")).digest()).decode()
     return f'<script charset="utf-8" src="{url}" integrity="sha384-{digest}" crossorigin="anonymous"></script>'
-
-
-def script_json(text: str) -> str:
-    """JSON made safe inside a <script> element ('<' only ever occurs inside JSON strings)."""
-    return text.replace("<", "\\u003c")
-
-
-def compress(text: str, level: int = 6) -> str:
-    return base64.b64encode(zlib.compress(text.encode("utf-8"), level)).decode("ascii")
 
 
 def _fmt(value: Any, spec: str = "", none: str = "–") -> str:
@@ -142,7 +133,8 @@ def tabs(name: str, options: list[tuple[str, str]]) -> str:
 
 
 def page(meta: dict, payload: str, chunks: list[str], cdn: bool, tz: tzinfo | None) -> str:
-    """The whole HTML document. `payload` is the JSON the page's script reads."""
+    """The whole HTML document. `payload` is the JSON the page's script reads (stored
+    compressed, as the chunks of details are)."""
     name = escape(meta["name"])
     nav = "".join(f'<a href="#{k}">{escape(t)}</a>' for k, t in SECTIONS)
     figure = lambda key, variant=None: (f'<div class="fig" data-fig="{key}"'  # noqa: E731
@@ -210,7 +202,7 @@ makes it again</footer>
 <button type="button" id="d-parent" title="parent">parent</button><button type="button" id="d-prev" title="previous (←)">←</button>
 <button type="button" id="d-next" title="next (→)">→</button><button type="button" id="d-close" title="close (Esc)">✕</button></div>
 <div class="dbody" id="d-body"></div></aside>
-<script type="application/json" id="evo-data">{script_json(payload)}</script>
+<script type="application/octet-stream" id="evo-data">{data.compress(payload)}</script>
 <script type="application/json" id="evo-chunks">{chunk_json}</script>
 <script>{(ASSETS / "report.js").read_text()}</script>
 </body></html>

@@ -188,12 +188,15 @@ def synthesize(archive: Archive, n: int, *, name: str = "synthetic", seed: int =
         new_vals = list(pval)
         new_edits = dict(pedits)
         if operator in ("crossover", "merge") and len(ids) > 1:
+            # the child keeps its first parent and takes a few of the other's ideas
             parent2 = rng.choice([m for m in ids if m != parent])
             other = members[parent2]
             for a in range(k):
-                if rng.random() < 0.5:
+                if other[1][a] != new_vals[a] and rng.random() < 0.3:
                     new_vals[a] = other[1][a]
-            new_edits.update({e: s for e, s in other[2].items() if rng.random() < 0.5})
+            theirs = sorted(e for e in other[2] if new_edits.get(e) != other[2][e])
+            for e in rng.sample(theirs, min(len(theirs), rng.choice((1, 2, 3)))):
+                new_edits[e] = other[2][e]
         elif operator in ("crossover", "merge"):
             operator = "mutate"
         changes = []

@@ -3,7 +3,28 @@
    zlib-compressed in chunks and inflated on demand with the browser's DecompressionStream. */
 (function () {
   "use strict";
-  var D = JSON.parse(document.getElementById("evo-data").textContent);
+  window.evoReady = false;
+  window.evoErrors = [];
+
+  // zlib (deflate) + base64, as html.py stores the data and each chunk of details
+  async function inflate(b64) {
+    if (typeof DecompressionStream === "undefined") throw new Error("this browser cannot inflate the report's data (it lacks DecompressionStream: use a browser from 2023 or later)");
+    var bin = atob(b64.trim()), bytes = new Uint8Array(bin.length);
+    for (var j = 0; j < bin.length; j++) bytes[j] = bin.charCodeAt(j);
+    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+    return JSON.parse(await new Response(stream).text());
+  }
+  function fatal(err) {
+    window.evoErrors.push(String(err && err.message || err));
+    var b = document.createElement("div");
+    b.className = "banner warn";
+    b.textContent = "The report cannot be shown: " + (err && err.message || err);
+    document.querySelector("main").prepend(b);
+    console.error(err);
+  }
+  inflate(document.getElementById("evo-data").textContent).then(report).catch(fatal);
+
+function report(D) {
   var C = D.table;                       // columns, one entry per candidate position
   var N = C.number.length;
   var byNumber = new Map();
@@ -15,9 +36,6 @@
     var p = posOf(C.parent[i]);
     if (p >= 0 && C.parent[i] !== null) children[p].push(i);
   }
-  window.evoReady = false;
-  window.evoErrors = [];
-
   // ----- small helpers ------------------------------------------------------------------------
   function el(tag, attrs, kids) {
     var e = document.createElement(tag);
@@ -56,14 +74,7 @@
   function chunk(k) {
     if (chunkCache[k]) return chunkCache[k];
     if (chunkText === null) chunkText = JSON.parse(document.getElementById("evo-chunks").textContent);
-    var b64 = chunkText[k];
-    chunkCache[k] = (async function () {
-      if (typeof DecompressionStream === "undefined") throw new Error("this browser cannot inflate the stored details (it lacks DecompressionStream: use a browser from 2023 or later)");
-      var bin = atob(b64), bytes = new Uint8Array(bin.length);
-      for (var j = 0; j < bin.length; j++) bytes[j] = bin.charCodeAt(j);
-      var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
-      return JSON.parse(await new Response(stream).text());
-    })();
+    chunkCache[k] = inflate(chunkText[k]);
     return chunkCache[k];
   }
   function details(i) {
@@ -187,7 +198,8 @@
     if (C.parent2[i] !== null) { parents.push(" and "); parents.push(candLink(C.parent2[i])); }
     var kids = children[i].slice(0, 40).reduce(function (acc, c, k) { if (k) acc.push(" "); acc.push(candLink(C.number[c])); return acc; }, []);
     if (children[i].length > 40) kids.push(" … " + (children[i].length - 40) + " more");
-    var valText = C.val_bpb[i] !== null ? f6(C.val_bpb[i]) + (spread !== null && spread !== undefined ? " ± " + f6(spread) : "") + "  (n=" + C.n_evals[i] + ")"
+    var valText = C.val_bpb[i] !== null ? f6(C.val_bpb[i]) + (C.std[i] !== null ? " ± " + f6(C.std[i]) + "  (n=" + C.n_evals[i] + ")"
+        : "  (n=" + C.n_evals[i] + (spread !== null && spread !== undefined ? "; noise σ of the run " + f6(spread) : "") + ")")
       : C.imported[i] !== null ? f6(C.imported[i]) + " (imported, measured elsewhere)" : "–";
     var deltaNode = el("span", {cls: cls(C.delta[i]), text: fd(C.delta[i])});
     dbody.appendChild(el("div", {cls: "hyp-title", text: C.hypothesis[i] || "(no hypothesis)"}));
@@ -400,7 +412,7 @@
       COLS.forEach(function (c) {
         var td = el("td", {cls: c.num ? "num" : ""});
         if (c.html) c.html(i, td); else td.textContent = c.fmt ? c.fmt(i) : String(C[c.key][i] === null ? "–" : C[c.key][i]);
-        if (c.key === "hypothesis") td.title = C.hypothesis[i];
+        if (c.key === "hypothesis" || c.key === "accepted" || c.key === "model" || c.key === "val_bpb") td.title = td.textContent;
         tr.appendChild(td);
       });
       tbody.appendChild(tr);
@@ -485,4 +497,5 @@
   }
   window.addEventListener("hashchange", fromHash);
   fromHash();
+}
 })();
