@@ -177,10 +177,15 @@ class Engine:
                 if not running and not proposing and (self.stop_proposing.is_set() or not self._work_possible()):
                     break
                 done, _ = wait([*running, *proposing], timeout=0.5, return_when=FIRST_COMPLETED)
+                finished = [(running.pop(fut), fut) for fut in done if fut in running]
+                for pending, _ in finished:
+                    self.status.pop(pending.slot.name, None)
+                if finished:
+                    self._dispatch(eval_pool, running)  # freed slots take queued work before the bookkeeping
+                for pending, fut in finished:
+                    self._finish(pending, fut)
                 for fut in done:
-                    if fut in running:
-                        self._finish(running.pop(fut), fut)
-                    else:
+                    if fut in proposing:
                         self._admit(proposing.pop(fut), fut)
         except BaseException:
             self.kill.set()  # nothing may outlive a failed loop; interrupted evaluations re-queue on resume
@@ -277,7 +282,6 @@ class Engine:
             self.status[slot.name] = f"candidate {cand.number} r{ev.replicate}"
 
     def _finish(self, pending: _Pending, fut: Future) -> None:
-        self.status.pop(pending.slot.name, None)
         try:
             result: EvalResult = fut.result()
         except RuntimeError as e:  # the locked apparatus changed under us
