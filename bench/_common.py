@@ -30,6 +30,10 @@ def header(title: str) -> None:
     print(f"machine: nproc={os.cpu_count()}, cpu={cpu_model()!r}, python={platform.python_version()}, "
           f"{platform.system()} {platform.release()}")
     try:
+        print("load average at start (1/5/15 min): " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    except OSError:
+        pass
+    try:
         import torch
         print(f"torch: {torch.__version__}")
     except ImportError:

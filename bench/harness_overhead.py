@@ -23,7 +23,7 @@ Three measurements, all with the real code:
 
 Total harness overhead = runner harness_seconds + archive start/finish bookkeeping.
 
-    python3 bench/harness_overhead.py                 # defaults: about 30 s on 2 cores
+    python3 bench/harness_overhead.py                 # defaults: about 1 minute on 2 cores
     python3 bench/harness_overhead.py -n 100 --engine-candidates 1000
 """
 

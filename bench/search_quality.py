@@ -2,9 +2,13 @@
 evaluations, on two surrogate landscapes with Gaussian noise.
 
 The candidate is a train.py-like file whose only content that matters is five UPPERCASE constants
-X1..X5, all 1.0 in the seed. The tweak operator moves one or two of them by a factor drawn from
-0.5, 0.7, 0.8, 1.25, 1.4, 2 (log2 steps ±1, ±0.51/0.49, ±0.32). Let u_i = log2(X_i) (the seed is
-u = 0) and σ the noise (--sigma, default 0.001 val_bpb). A measurement is
+X1..X5, all 1.1 in the seed (--seed-value). The tweak operator moves one or two of them by a
+factor drawn from 0.5, 0.7, 0.8, 1.25, 1.4, 2 (log2 steps ±1, -0.51/+0.49, ±0.32). Let
+u_i = log2(X_i / 1.1) (the seed is u = 0) and σ the noise (--sigma, default 0.001 val_bpb).
+(Why 1.1 and not 1.0: the tweak operator writes a float that lands on a whole number, e.g.
+0.8 x 1.25 = 1.0, as `1`, which it then treats as an integer constant: from 1 it can only go to 2,
+never down. From 1.1 no product of the factors is a small whole number. --seed-value 1.0 shows
+the effect.) A measurement is
 
     val_bpb = 1 + σ·F(u) + σ·ε,    ε ~ N(0, 1) seeded by (bench seed, evaluation seed, code hash)
 
@@ -18,13 +22,13 @@ as on a deterministic GPU). F is in units of σ:
   deceptive  F(u) = g(u_1) + A · Σ_{i=2..5} (u_i - d_i)²,  A = 4,  d = (0.5, -0.5, 0.5, -0.5)
              g(x) = min(L(x), G(x)), a double well along X1:
                L(x) = K_L (x - l)²  for x <= l,   min(K_L (x - l)², H)  for x > l
-                      local optimum at x = l = 0.5 (X1 = 1.41, next to the seed), its right wall
+                      local optimum at x = l = 0.5 (X1 = 1.56, next to the seed), its right wall
                       capped by a plateau of height H = 3σ (the barrier);
                G(x) = K_G (x - r)² - D
-                      global optimum at x = r = 3.2 (X1 = 9.2), D = 10σ below the local one;
+                      global optimum at x = r = 3.2 (X1 = 10.1), D = 10σ below the local one;
              K_L = 4, K_G = 13: the local wall reaches the plateau at x = 1.37, the global well
-             starts below the plateau at x = 2.2. The global optimum is F = -10, the local -0 (0);
-             the seed is F = 5 (1σ from g, 4σ from the other constants).
+             starts below the plateau at x = 2.2. The global optimum is F = -10, the local one
+             F = 0; the seed is F = 5 (1σ from g, 4σ from the other constants).
              No single tweak from the local basin's low part (g <= 2σ, x <= 1.2) reaches the
              global basin, so a searcher that only accepts measured improvements must accept a
              ≈ 3σ loss (onto the plateau) to cross; annealing at T ≈ 2σ accepts that with
@@ -37,21 +41,28 @@ Searchers (every evaluation counts, replicates and confirmations included):
 
   evo     the real `evo.engine.Engine`: population 8, temperature auto (T0 = 2σ̂ from 3
           replicates of the seed), cooling exp, confirm on, tweak operator, max_candidates M
-          (--evo-candidates); it uses E evaluations (counted in the archive);
+          (--evo-candidates); it uses E evaluations (counted in the archive; it is stopped at
+          --evaluations if it gets there first);
+  evo-T2σ a diagnostic (with --fixed-t): evo with the temperature given as exactly 2σ,
+          the value `auto` aims at, without the error of estimating σ from 3 replicates;
   greedy  the real Engine with population 1, temperature 0, confirm off, replicates 1: greedy
-          autoresearch. Stopped after exactly E evaluations (the same E as evo, per seed);
-  random  E evaluations, each a candidate with every constant log-uniform in [1/16, 16] (u in
-          [-4, 4], which holds both optima); returns the best measured. `random-tweak` (with
+          autoresearch (up to the stale parent noted below). Stopped after exactly E evaluations (the same E as evo, per seed), or
+          earlier if its 10·E candidates run out first (a converged greedy proposes mostly
+          duplicates, which the engine prunes without evaluating);
+  random  E evaluations, each a candidate with every constant log-uniform in 1.1·[1/16, 16] (u
+          in [-4, 4], which holds both optima); returns the best measured. `random-tweak` (with
           --random tweak or both): each evaluation a random tweak of the seed.
 
 Every searcher returns one candidate as its best (the Engine's `best_candidate`: lowest mean
 val_bpb among accepted candidates; random: lowest measurement); the score is that candidate's TRUE
-(noise-free) val_bpb. One slot; lookahead 0 so that with one slot each child is proposed after the
-previous decision (--lookahead to change); in-process evaluation (Engine's `evaluate=`), SQLite
-archives in a temporary folder.
+(noise-free) val_bpb. One slot, lookahead 0 (--lookahead to change). The engine keeps a proposal
+ready for every slot, so even then the next child is drawn while the previous one evaluates: its
+parent can be one decision stale (greedy's child is then a tweak of the previous incumbent, judged
+against the current one), and because proposal and evaluation threads race, a rerun can differ
+slightly. In-process evaluation (Engine's `evaluate=`), SQLite archives in a temporary folder.
 
-    python3 bench/search_quality.py                    # defaults: 20 seeds, 120 evaluations, ~4 min on 2 cores
-    python3 bench/search_quality.py --seeds 50 --evaluations 240 --jobs 4
+    python3 bench/search_quality.py                    # defaults: 20 seeds, 120 evaluations, ~3 min on 2 idle cores
+    python3 bench/search_quality.py --fixed-t --per-seed --seeds 50 --evaluations 400 --jobs 4
 """
 
 from __future__ import annotations
@@ -85,16 +96,14 @@ K_L, L_OPT, H = 4.0, 0.5, 3.0
 K_G, G_OPT, D = 13.0, 3.2, 10.0
 RANDOM_BOX = 4.0  # log2 units either side of the seed
 
-SEED_CODE = '''"""Search-quality surrogate train.py: only the constants below matter."""
+SEED_VALUE = 1.1  # see the module docstring: 1.0 would let tweaks land on integers
 
-X1 = 1.0
-X2 = 1.0
-X3 = 1.0
-X4 = 1.0
-X5 = 1.0
 
-print("---")
-'''
+def make_code(values: list[float]) -> str:
+    lines = ['"""Search-quality surrogate train.py: only the constants below matter."""', ""]
+    lines += [f"X{i + 1} = {v!r}" for i, v in enumerate(values)]
+    return "\n".join(lines + ["", 'print("---")', ""])
+
 
 SUMMARY_REST = {"training_seconds": 1.0, "total_seconds": 1.0, "peak_vram_mb": 0.0, "mfu_percent": 0.0,
                 "total_tokens_M": 0.0, "num_steps": 1, "num_params_M": 0.0, "depth": 1}
@@ -123,7 +132,7 @@ OPTIMUM = {"deceptive": -D, "smooth": 0.0}
 
 def coords(code: str) -> list[float]:
     values = {c.name: float(c.value) for c in find_constants(code)}
-    return [math.log2(values[f"X{i + 1}"]) for i in range(N_CONST)]
+    return [math.log2(values[f"X{i + 1}"] / SEED_VALUE) for i in range(N_CONST)]
 
 
 def true_bpb(landscape: str, code: str, sigma: float) -> float:
@@ -143,16 +152,20 @@ def in_global_basin(code: str) -> bool:
 
 # ----- searchers ---------------------------------------------------------------------------------
 
-def engine_search(landscape: str, bench_seed: int, sigma: float, root: Path, *, greedy: bool,
-                  max_candidates: int, eval_cap: int | None, lookahead: int) -> dict:
-    archive = Archive(f"sqlite:///{root}/{landscape}-{'greedy' if greedy else 'evo'}-{bench_seed}.db")
-    if greedy:
+def engine_search(landscape: str, bench_seed: int, sigma: float, root: Path, *, kind: str,
+                  max_candidates: int, eval_cap: int | None, lookahead: int, population: int = 8,
+                  cooling: str = "exp") -> dict:
+    """kind: 'evo' (temperature auto), 'evo-T2σ' (temperature given as exactly 2σ: the calibration
+    `auto` aims at, without the error of estimating σ from 3 replicates), or 'greedy'."""
+    archive = Archive(f"sqlite:///{root}/{landscape}-{kind}-{bench_seed}.db")
+    if kind == "greedy":
         config = RunConfig(name="greedy", preset="smoke", population=1, temperature=0.0, replicates=1,
                            confirm=False, cooling="exp", max_candidates=max_candidates, lookahead=lookahead,
                            seed=bench_seed).validate()
     else:
-        config = RunConfig(name="evo", preset="smoke", population=8, temperature="auto", replicates=3,
-                           confirm=True, cooling="exp", max_candidates=max_candidates, lookahead=lookahead,
+        temperature = "auto" if kind == "evo" else 2.0 * sigma
+        config = RunConfig(name="evo", preset="smoke", population=population, temperature=temperature,
+                           replicates=3, confirm=True, cooling=cooling, max_candidates=max_candidates, lookahead=lookahead,
                            seed=bench_seed).validate()
     run = archive.create_run(config.name, config.to_dict())
     app = Apparatus(prepare_path=SURROGATE / "prepare.py", preset="smoke", locked_hash="x", time_budget=1.0,
@@ -167,7 +180,7 @@ def engine_search(landscape: str, bench_seed: int, sigma: float, root: Path, *, 
         value = measure(landscape, code, sigma, bench_seed, seed)
         return EvalResult(Outcome(COMPLETE, summary={"val_bpb": value, **SUMMARY_REST}), [], 0, 0.0, 0.0, "")
 
-    engine = Engine(archive, run, config, TweakOperator(), [_slot()], app, seed_arg(SEED_CODE), evaluate=evaluate)
+    engine = Engine(archive, run, config, TweakOperator(), [_slot()], app, seed_arg(make_code([SEED_VALUE] * N_CONST)), evaluate=evaluate)
     holder.append(engine)
     engine.execute()
     evaluations = [e for e in archive.evaluations(run.id) if e.state == COMPLETE]
@@ -193,12 +206,10 @@ def random_search(landscape: str, bench_seed: int, sigma: float, evaluations: in
     best_code, best_value = None, math.inf
     for _ in range(evaluations):
         if mode == "box":
-            code = SEED_CODE
-            for i in range(N_CONST):
-                value = float(f"{2 ** rng.uniform(-RANDOM_BOX, RANDOM_BOX):.4g}")
-                code = code.replace(f"X{i + 1} = 1.0\n", f"X{i + 1} = {value}\n")
+            code = make_code([float(f"{SEED_VALUE * 2 ** rng.uniform(-RANDOM_BOX, RANDOM_BOX):.4g}")
+                              for _ in range(N_CONST)])
         else:
-            code, _ = tweak(SEED_CODE, rng)
+            code, _ = tweak(make_code([SEED_VALUE] * N_CONST), rng)
         value = measure(landscape, code, sigma, bench_seed, 42)
         if value < best_value:
             best_code, best_value = code, value
@@ -209,15 +220,23 @@ def random_search(landscape: str, bench_seed: int, sigma: float, evaluations: in
 def one_seed(task: tuple) -> dict:
     """All searchers on one landscape and one bench seed (a worker process's unit of work)."""
     landscape, bench_seed, args = task
+    global SEED_VALUE
+    SEED_VALUE = args.seed_value
     out = {"landscape": landscape, "seed": bench_seed}
     with tempfile.TemporaryDirectory(prefix="evo-bench-") as tmp:
         root = Path(tmp)
         t0 = time.monotonic()
-        evo = engine_search(landscape, bench_seed, args.sigma, root, greedy=False,
-                            max_candidates=args.evo_candidates, eval_cap=args.evaluations, lookahead=args.lookahead)
+        evo = engine_search(landscape, bench_seed, args.sigma, root, kind="evo",
+                            max_candidates=args.evo_candidates, eval_cap=args.evaluations, lookahead=args.lookahead,
+                            population=args.evo_population, cooling=args.evo_cooling)
         out["evo"] = evo
         budget = evo["evaluations"]
-        out["greedy"] = engine_search(landscape, bench_seed, args.sigma, root, greedy=True,
+        if args.fixed_t:
+            out["evo-T2σ"] = engine_search(landscape, bench_seed, args.sigma, root, kind="evo-T2σ",
+                                           max_candidates=args.evo_candidates, eval_cap=budget,
+                                           lookahead=args.lookahead, population=args.evo_population,
+                                           cooling=args.evo_cooling)
+        out["greedy"] = engine_search(landscape, bench_seed, args.sigma, root, kind="greedy",
                                       max_candidates=10 * budget, eval_cap=budget, lookahead=args.lookahead)
         for mode in (["box", "tweak"] if args.random == "both" else [args.random]):
             out["random" if mode == "box" else "random-tweak"] = random_search(landscape, bench_seed, args.sigma,
@@ -236,20 +255,27 @@ def main() -> None:
                     help="evaluation budget: evo is stopped there if it gets that far; greedy and random get "
                          "exactly as many as evo used on the same seed [120]")
     ap.add_argument("--evo-candidates", type=int, default=None,
-                    help="evo's max_candidates (its cooling schedule runs over these) [about 0.85 x (evaluations - 3)]")
+                    help="evo's max_candidates (its cooling schedule runs over these) [evaluations - 8]")
+    ap.add_argument("--evo-population", type=int, default=8, help="evo's population [8]")
+    ap.add_argument("--evo-cooling", choices=("exp", "linear", "none"), default="exp", help="evo's cooling [exp]")
+    ap.add_argument("--seed-value", type=float, default=SEED_VALUE,
+                    help="the seed's value of every constant [1.1]; 1.0 shows the tweak operator's integer bug")
     ap.add_argument("--sigma", type=float, default=0.001, help="noise σ in val_bpb [0.001]")
     ap.add_argument("--landscapes", nargs="+", default=list(LANDSCAPES), choices=list(LANDSCAPES))
     ap.add_argument("--random", choices=("box", "tweak", "both"), default="both",
                     help="random search: log-uniform box, random tweaks of the seed, or both [both]")
     ap.add_argument("--lookahead", type=int, default=0, help="RunConfig.lookahead of the engine searchers [0]")
+    ap.add_argument("--fixed-t", action=argparse.BooleanOptionalAction, default=False,
+                    help="also run evo with temperature exactly 2σ instead of auto (diagnostic) [off]")
     ap.add_argument("--jobs", type=int, default=min(2, mp.cpu_count() or 1), help="worker processes [2]")
     ap.add_argument("--per-seed", action="store_true", help="also print every seed's result")
     args = ap.parse_args()
     if args.evo_candidates is None:
-        args.evo_candidates = round(0.85 * (args.evaluations - 3))
+        args.evo_candidates = args.evaluations - 8  # 3 replicates + confirmations - duplicates ≈ 8
     header("Search quality: evo vs greedy vs random at equal evaluations")
     print(f"σ = {args.sigma:g}; {args.seeds} seeds ({args.first_seed}..{args.first_seed + args.seeds - 1}); "
-          f"evo: population 8, temperature auto, replicates 3, cooling exp, confirm on, max_candidates "
+          f"evo: population {args.evo_population}, temperature auto, replicates 3, cooling {args.evo_cooling}, "
+          f"confirm on, max_candidates "
           f"{args.evo_candidates}, stopped at {args.evaluations} evaluations; lookahead {args.lookahead}; "
           f"{args.jobs} worker processes\n")
 
@@ -262,7 +288,7 @@ def main() -> None:
         results = [one_seed(t) for t in tasks]
     wall = time.monotonic() - t0
 
-    searchers = ["evo", "greedy"] + [k for k in ("random", "random-tweak") if k in results[0]]
+    searchers = ["evo"] + (["evo-T2σ"] if args.fixed_t else []) + ["greedy"] + [k for k in ("random", "random-tweak") if k in results[0]]
     rows, per_seed = [], []
     for ls in args.landscapes:
         rs = [r for r in results if r["landscape"] == ls]
