@@ -246,3 +246,10 @@ def test_classify_outcomes() -> None:
     assert _classify(SUMMARY, timed_out=True).fail_reason == "timeout"
     assert _classify(SUMMARY, interrupted=True).fail_reason == "interrupted"
     assert _classify(SUMMARY, prepare_changed=True).fail_reason == "invalid"
+
+
+def test_float_that_lands_on_a_whole_number_stays_float() -> None:
+    for seed in range(50):
+        code, changes = tweak("X = 0.8\n", random.Random(seed), n=1)
+        (name, old, new), = changes
+        assert isinstance(find_constants(code)[0].value, float), code

@@ -82,7 +82,7 @@ def _format(new: float | int, old: Constant) -> str:
         return f"2**{int(math.log2(new))}" if new >= 1024 else str(new)
     if isinstance(new, int):
         return str(new)
-    return f"{new:.4g}"
+    return repr(float(f"{new:.4g}"))  # 0.8 * 1.25 stays "1.0": written as "1" it would turn integral
 
 
 def perturb(c: Constant, rng: random.Random) -> float | int:
