@@ -68,20 +68,3 @@ def percentile(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "mean": statistics.fmean(values), "p50": percentile(values, 50),
             "p95": percentile(values, 95), "max": max(values)}
-
-
-def seed_arg(code: str):
-    """The Engine's seed argument: a SeedPlan where this evo has one, else the code itself."""
-    try:
-        from evo.engine import SeedPlan
-    except ImportError:
-        return code
-    return SeedPlan(code)
-
-
-def seed_candidate_id(archive, run_id: int) -> int:
-    """The seed candidate of a run (Run.seed_id where the archive has it, else number 0)."""
-    run = archive.run_by_id(run_id)
-    if getattr(run, "seed_id", None) is not None:
-        return run.seed_id
-    return archive.candidate(run_id, 0).id

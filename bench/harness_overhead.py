@@ -39,12 +39,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SURROGATE, header, seed_arg, summary, table
+from _common import SURROGATE, header, summary, table
 
 from evo.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
 from evo.config import RunConfig
-from evo.engine import Engine
+from evo.engine import Engine, SeedPlan
 from evo.logs import Outcome
 from evo.operators.tweak import TweakOperator
 from evo.runner import EvalResult, Limits, Slot, run_evaluation
@@ -153,7 +153,7 @@ def bench_engine(candidates: int, curve_points: int, tail_lines: int, root: Path
     run = archive.create_run(config.name, config.to_dict())
     app = Apparatus(prepare_path=SURROGATE / "prepare.py", preset="smoke", locked_hash="x", time_budget=1.0,
                     manifest=Path("."))
-    engine = Engine(archive, run, config, TweakOperator(), [Slot("cpu")], app, seed_arg(surrogate_code(3)), evaluate=instant)
+    engine = Engine(archive, run, config, TweakOperator(), [Slot("cpu")], app, SeedPlan(surrogate_code(3)), evaluate=instant)
     t0 = time.monotonic()
     engine.execute()
     wall = time.monotonic() - t0

@@ -77,12 +77,12 @@ import time
 from hashlib import sha256
 from pathlib import Path
 
-from _common import SURROGATE, header, percentile, seed_arg, table
+from _common import SURROGATE, header, percentile, table
 
 from evo.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
 from evo.config import RunConfig
-from evo.engine import Engine, best_candidate
+from evo.engine import Engine, best_candidate, SeedPlan
 from evo.logs import Outcome
 from evo.operators.tweak import TweakOperator, find_constants, tweak
 from evo.runner import EvalResult
@@ -180,7 +180,7 @@ def engine_search(landscape: str, bench_seed: int, sigma: float, root: Path, *, 
         value = measure(landscape, code, sigma, bench_seed, seed)
         return EvalResult(Outcome(COMPLETE, summary={"val_bpb": value, **SUMMARY_REST}), [], 0, 0.0, 0.0, "")
 
-    engine = Engine(archive, run, config, TweakOperator(), [_slot()], app, seed_arg(make_code([SEED_VALUE] * N_CONST)), evaluate=evaluate)
+    engine = Engine(archive, run, config, TweakOperator(), [_slot()], app, SeedPlan(make_code([SEED_VALUE] * N_CONST)), evaluate=evaluate)
     holder.append(engine)
     engine.execute()
     evaluations = [e for e in archive.evaluations(run.id) if e.state == COMPLETE]

@@ -33,12 +33,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from _common import SURROGATE, header, seed_arg, seed_candidate_id, table
+from _common import SURROGATE, header, table
 
 from evo.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
 from evo.config import RunConfig
-from evo.engine import Engine
+from evo.engine import Engine, SeedPlan
 from evo.logs import Outcome
 from evo.operators.base import Parent, Proposal
 from evo.operators.tweak import find_constants, tweak
@@ -92,7 +92,7 @@ def one_run(args, lookahead: int, rep: int, root: Path) -> dict:
                     time_budget=args.budget, manifest=Path("."))
     slots = [Slot(f"cpu{i}") for i in range(args.slots)]
     engine = Engine(archive, run, config, SlowTweak(args.propose_fraction * args.budget), slots, app,
-                    seed_arg((SURROGATE / "train.py").read_text()), evaluate=make_evaluate(args.budget, args.jitter))
+                    SeedPlan((SURROGATE / "train.py").read_text()), evaluate=make_evaluate(args.budget, args.jitter))
     t0 = time.monotonic()
     engine.execute()
     wall = time.monotonic() - t0
@@ -102,7 +102,7 @@ def one_run(args, lookahead: int, rep: int, root: Path) -> dict:
 
     evs = [e for e in archive.evaluations(run.id) if e.started_at and e.finished_at]
     intervals = [(ts(e.started_at), ts(e.finished_at)) for e in evs]
-    seed_id = seed_candidate_id(archive, run.id)
+    seed_id = archive.run_by_id(run.id).seed_id
     seed_end = max(ts(e.finished_at) for e in evs if e.candidate_id == seed_id)
     first, last = min(s for s, _ in intervals), max(e for _, e in intervals)
     last_start = max(s for s, _ in intervals)
