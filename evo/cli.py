@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.syntax import Syntax
@@ -128,7 +127,7 @@ def run(
     from evo.view import RunView
 
     archive = open_archive(storage, writer=True)
-    given = {p: ctx.get_parameter_source(p) not in (click.core.ParameterSource.DEFAULT, None) for p in ctx.params}
+    given = {p: _given(ctx, p) for p in ctx.params}
     try:
         if resume:
             if not name:
@@ -231,7 +230,14 @@ def _header(archive: Archive, run_id: int, name: str) -> str:
     return f"evo run {name}: {len(cands)} candidates, {best_text}"
 
 
-def run_command_params() -> list[click.Parameter]:
+def _given(ctx: typer.Context, param: str) -> bool:
+    """Whether the user set `param` (flag or environment variable) rather than leaving a default.
+    Compared by name: typer ships its own click, whose ParameterSource is not click's."""
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+
+
+def run_command_params() -> list:
     return typer.main.get_command(app).commands["run"].params  # type: ignore[attr-defined]
 
 
