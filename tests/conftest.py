@@ -6,13 +6,34 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PREPARE = ROOT / "prepare.py"
 SEED_TRAIN = ROOT / "seed_train.py"
+
+T = TypeVar("T")
+
+
+def wait_until(probe: Callable[[], T], what: str, timeout: float = 180.0, every: float = 0.1) -> T:
+    """Poll `probe` until it returns something truthy, and return that. Tests wait on state (the
+    archive, a file, a process), never on fixed sleeps: a loaded 2-core box can be 10x slower.
+    Exceptions of the probe count as "not yet" (an archive that does not exist yet, a locked file)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+        except Exception:  # noqa: BLE001 - not ready yet
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
 
 
 def run_prepare(cache: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
