@@ -9,6 +9,10 @@ and the harness checks its hash before and after each evaluation.
     python prepare.py --preset gpu                       # autoresearch's exact setup (climbmix)
     python prepare.py --preset cpu --text corpus.txt     # local files instead of a download
 
+Corpora written here (local files, TinyStories, the smoke corpus) are cut into documents of at
+most MAX_SEQ_LEN tokens, so the best-fit loader sees nearly all of them; climbmix is read as
+upstream has it. The evaluator reads the validation split once and never loops over it.
+
 The active preset comes from EVO_PRESET (default "gpu"); data and tokenizer live in
 EVO_CACHE_DIR (default ~/.cache/evo), one folder per preset. Nothing in the cache is a pickle:
 the BPE ranks are plain text and the tiktoken Encoding is rebuilt on load.
@@ -33,7 +37,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -228,6 +232,57 @@ def read_documents(path: Path) -> list[str]:
     return _split_plain_text(raw)
 
 
+_LINE = re.compile(r"[^\n]*\n*")  # a line with the blank lines after it: no piece is only blank lines
+_WORD = re.compile(r"\S+\s*|\s+")
+
+
+def _cut(text: str, level: int) -> list[str]:
+    """text in consecutive units that join back to it: lines, then words, then characters."""
+    if level == 0:
+        return [line for line in _LINE.findall(text) if line]
+    if level == 1:
+        return _WORD.findall(text)
+    return list(text)
+
+
+def fit_documents(docs: list[str], count_tokens: Callable[[list[str]], list[int]], max_tokens: int,
+                  rng: random.Random, level: int = 0) -> list[str]:
+    """Each document of more than max_tokens tokens cut into consecutive pieces of at most
+    max_tokens, at line ends (word ends inside a longer line); joined in order, the pieces give
+    back the document. count_tokens gives the token count of each of a list of texts.
+
+    Why: a dataloader row holds BOS + max_tokens tokens, and the best-fit packer crops a document
+    that does not fit, losing its rest. Pieces aim at lengths drawn between max_tokens / 16 and
+    max_tokens, because pieces of one size leave every row a gap that only a crop can fill."""
+    out: list[str] = []
+    for doc, n in zip(docs, count_tokens(docs)):
+        if n <= max_tokens:
+            out.append(doc)
+            continue
+        units = _cut(doc, level)
+        groups: list[list[str]] = []
+        used = target = 0
+        for unit, m in zip(units, count_tokens(units)):
+            if not groups or used + m > target:
+                groups.append([])
+                used, target = 0, rng.randint(max(1, max_tokens // 16), max_tokens)
+            groups[-1].append(unit)
+            used += m
+        # A group over the limit (one unit too long, or units whose joint tokenization is longer
+        # than their sum) is cut again: halved at this level, or cut finer when it is one unit.
+        pieces = ["".join(g) for g in groups]
+        for group, piece, m in zip(groups, pieces, count_tokens(pieces)):
+            if m <= max_tokens:
+                out.append(piece)
+            elif len(group) == 1:  # one line (or word) alone is too long: cut it finer
+                out.extend(fit_documents([piece], count_tokens, max_tokens, rng, level + 1) if level < 2 else [piece])
+            else:
+                half = len(group) // 2
+                out.extend(fit_documents(["".join(group[:half]), "".join(group[half:])], count_tokens, max_tokens,
+                                         rng, level))
+    return out
+
+
 def split_documents(docs: list[str]) -> tuple[list[str], list[str]]:
     """Deterministic split: the last VAL_FRACTION of documents (at least one) is validation.
     A contiguous tail, not a random sample, so neighbouring paragraphs do not leak across."""
@@ -377,7 +432,8 @@ def _read_manifest() -> dict:
     return json.loads(MANIFEST.read_text())
 
 
-def _document_batches(split: str, tokenizer_batch_size: int = 128) -> Iterator[tuple[list[str], int]]:
+def _document_batches(split: str, tokenizer_batch_size: int = 128, loop: bool = True) -> Iterator[tuple[list[str], int]]:
+    """The split's documents in batches, with the epoch they belong to: endlessly, or once."""
     manifest = _read_manifest()
     paths = [DATA_DIR / name for name in (manifest["train"] if split == "train" else [manifest["val"]])]
     epoch = 1
@@ -388,23 +444,29 @@ def _document_batches(split: str, tokenizer_batch_size: int = 128) -> Iterator[t
                 docs = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
                 for i in range(0, len(docs), tokenizer_batch_size):
                     yield docs[i:i + tokenizer_batch_size], epoch
+        if not loop:
+            return
         epoch += 1
 
 
 def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = 1000,
-                    device: str | torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+                    device: str | torch.device | None = None,
+                    single_pass: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
     """Yields (inputs, targets, epoch): (B, T) long tensors on `device` (default get_device()).
 
     Every row starts with BOS. Each slot of a row takes the longest buffered document that fits;
     when none fits, the shortest is cropped to fill the row exactly, so nothing is padded.
+    With single_pass, every document is read once: the last batch is completed with BOS tokens
+    (special: 0 bytes, so evaluate_bpb counts none of them) and the loader then stops.
     """
     assert split in ("train", "val"), split
     device = torch.device(device) if device is not None else get_device()
     row_capacity = T + 1
-    batches = _document_batches(split)
+    batches = _document_batches(split, loop=not single_pass)
     bos = tokenizer.get_bos_token_id()
     doc_buffer: list[list[int]] = []
     epoch = 1
+    exhausted = False  # single_pass only: every document has entered the buffer
 
     pin = device.type == "cuda"  # pinned host memory exists only for CUDA copies
     row_buffer = torch.empty((B, row_capacity), dtype=torch.long)
@@ -417,12 +479,21 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     while True:
         if copied is not None:
             copied.synchronize()  # the pinned host buffer is still being read by the previous async copy
+        if exhausted and not doc_buffer:
+            return
         for row in range(B):
             pos = 0
             while pos < row_capacity:
-                while len(doc_buffer) < buffer_size:
-                    docs, epoch = next(batches)
+                while not exhausted and len(doc_buffer) < buffer_size:
+                    batch = next(batches, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    docs, epoch = batch
                     doc_buffer.extend(tokenizer.encode(docs, prepend=bos))
+                if not doc_buffer:
+                    row_buffer[row, pos:] = bos
+                    break
                 remaining = row_capacity - pos
                 best = max((i for i, d in enumerate(doc_buffer) if len(d) <= remaining),
                            key=lambda i: len(doc_buffer[i]), default=-1)
@@ -463,23 +534,33 @@ def evaluate_bpb(model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int) 
 
     Sums per-token cross-entropy (nats) and the raw byte length of each target token; special
     tokens (0 bytes) count in neither. Independent of vocabulary size, so tokenizers compare.
+    The split is read once: a split smaller than EVAL_TOKENS is scored whole, each token once,
+    and the evaluator says so (a split as large as upstream's gives upstream's rows exactly).
     """
     t0 = time.time()
     device = next(model.parameters()).device
     token_bytes = get_token_bytes(device)
-    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
+    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device, single_pass=True)
     steps = max(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN))
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    for _ in range(steps):
-        x, y, _ = next(loader)
+    total_tokens = torch.zeros((), dtype=torch.int64, device=device)
+    done = 0
+    for x, y, _ in loader:
         loss = model(x, y, reduction="none").view(-1).double()
         nbytes = token_bytes[y.view(-1)]
         total_nats += (loss * (nbytes > 0)).sum()
         total_bytes += nbytes.sum()
-    nats, nbytes = total_nats.item(), int(total_bytes.item())
+        total_tokens += (nbytes > 0).sum()
+        done += 1
+        if done == steps:
+            break
+    nats, nbytes, ntokens = total_nats.item(), int(total_bytes.item()), int(total_tokens.item())
+    if done < steps:
+        print(f"evaluate_bpb: the validation split holds {ntokens:,} scored tokens, fewer than "
+              f"EVAL_TOKENS = {EVAL_TOKENS:,}; each was scored once.", flush=True)
     bpb = nats / (math.log(2) * nbytes)
-    _record_evaluation({"val_bpb": bpb, "nats": nats, "bytes": nbytes, "tokens": steps * batch_size * MAX_SEQ_LEN,
+    _record_evaluation({"val_bpb": bpb, "nats": nats, "bytes": nbytes, "tokens": ntokens,
                         "preset": PRESET, "seconds": round(time.time() - t0, 3)})
     return bpb
 
@@ -490,12 +571,17 @@ def evaluate_bpb(model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int) 
 
 def prepare(preset_source: str, text_paths: list[Path], num_shards: int, workers: int, force: bool) -> None:
     source = "text:" + ",".join(str(p.resolve()) for p in text_paths) if text_paths else preset_source
+    # Corpora we write are cut into documents of at most one row; climbmix is read as upstream has it.
+    doc_tokens = None if source == "climbmix" else MAX_SEQ_LEN
     if MANIFEST.exists() and not force:
         manifest = json.loads(MANIFEST.read_text())
-        if manifest.get("source") == source:
+        if manifest.get("source") == source and manifest.get("doc_tokens") == doc_tokens:
             print(f"Preset {PRESET!r} already prepared in {CACHE_DIR} ({source}); --force redoes it.")
             return
-        print(f"Preset {PRESET!r} was prepared from {manifest.get('source')}; replacing it with {source}.")
+        if manifest.get("source") == source:
+            print(f"Preset {PRESET!r} was prepared from {source} in documents longer than a row; preparing it again.")
+        else:
+            print(f"Preset {PRESET!r} was prepared from {manifest.get('source')}; replacing it with {source}.")
     if force or MANIFEST.exists():
         MANIFEST.unlink(missing_ok=True)
         shutil.rmtree(TOKENIZER_DIR, ignore_errors=True)
@@ -522,8 +608,24 @@ def prepare(preset_source: str, text_paths: list[Path], num_shards: int, workers
               f"({sum(map(len, train_docs)):,} / {sum(map(len, val_docs)):,} characters)", flush=True)
 
     train_tokenizer(train_files)
+    if doc_tokens is not None:
+        # The tokenizer learns from whole documents; the shards then hold them cut to fit a row.
+        tokenizer = Tokenizer.from_directory()
+        def count(texts: list[str]) -> list[int]:
+            return [len(ids) for ids in tokenizer.encode(texts)]
+        rng = random.Random(0)  # the cut is part of the data: the same corpus is always cut the same way
+        train_docs = fit_documents(train_docs, count, doc_tokens, rng)
+        val_docs = fit_documents(val_docs, count, doc_tokens, rng)
+        write_shard(train_docs, train_files[0])
+        write_shard(val_docs, val_file)
+        val_tokens = sum(count(val_docs))
+        note = (f"; fewer than EVAL_TOKENS = {EVAL_TOKENS:,}, so evaluate_bpb scores them all, once"
+                if val_tokens < EVAL_TOKENS else "")
+        print(f"Data: cut to at most {doc_tokens} tokens, {len(train_docs)} train / {len(val_docs)} val documents; "
+              f"{sum(count(train_docs)):,} / {val_tokens:,} tokens{note}", flush=True)
     MANIFEST.write_text(json.dumps({"preset": PRESET, "source": source, "train": [p.name for p in train_files],
-                                    "val": val_file.name, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+                                    "val": val_file.name, "doc_tokens": doc_tokens,
+                                    "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
     print(f"Done: preset {PRESET!r} ready (EVO_PRESET={PRESET}).", flush=True)
 
 

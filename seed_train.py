@@ -97,8 +97,11 @@ on_cuda = device.type == "cuda"
 if on_cuda:
     torch.set_float32_matmul_precision("high")
 # CUDA trains in bf16 autocast with compiled kernels; CPU and MPS run plain fp32, eagerly.
+# EVO_COMPILE=1 (or 0) compiles the model and optimizer steps on any device (or on none): the
+# compiled path can then be checked without a GPU.
+compiled = os.environ.get("EVO_COMPILE", "1" if on_cuda else "0") == "1"
 autocast_ctx = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
-maybe_compile = (lambda fn: torch.compile(fn, dynamic=False, fullgraph=True)) if on_cuda else (lambda fn: fn)
+maybe_compile = (lambda fn: torch.compile(fn, dynamic=False, fullgraph=True)) if compiled else (lambda fn: fn)
 embed_dtype = torch.bfloat16 if on_cuda else torch.float32  # embeddings and rotary tables
 ortho_dtype = torch.bfloat16 if on_cuda else torch.float32  # Muon's orthogonalisation
 
@@ -111,39 +114,41 @@ def synchronize():
 
 
 # Attention backend. Full-causal layers use SDPA; sliding-window layers use FlexAttention with a
-# block mask on CUDA and SDPA with an explicit boolean mask elsewhere. FlashAttention-3 from the
-# optional `kernels` package handles both when it is installed and works here; nothing is
-# installed or fetched when it is absent.
+# block mask on CUDA (its backward exists only there) and SDPA with a boolean mask elsewhere.
+# FlashAttention-3 handles both on Hopper when its package (flash_attn_interface) is installed
+# locally; nothing is ever downloaded, and the log says which path runs and why.
 fa3 = None
-if on_cuda:
+attention_note = ""
+if on_cuda and torch.cuda.get_device_capability() == (9, 0):
     try:
-        from kernels import get_kernel
-
-        capability = torch.cuda.get_device_capability()
-        if capability[0] < 10:  # no FA3 build for Blackwell and later
-            repo = "varunneal/flash-attention-3" if capability == (9, 0) else "kernels-community/flash-attn3"
-            fa3 = get_kernel(repo).flash_attn_interface
+        import flash_attn_interface as fa3
+    except ModuleNotFoundError:
+        attention_note = " (flash_attn_interface is not installed)"
+    except Exception as e:  # a broken build: say why and use PyTorch's attention
+        attention_note = f" (flash_attn_interface failed to import: {type(e).__name__}: {e})"
+    if fa3 is not None:
+        try:
             probe = torch.zeros(1, 256, 1, HEAD_DIM, device=device, dtype=torch.bfloat16)  # leaves the RNG alone
             fa3.flash_attn_func(probe, probe, probe, causal=True, window_size=(128, 0))
-    except Exception:
-        fa3 = None
+        except Exception as e:  # an installed build that does not run here: say why and use PyTorch's
+            attention_note = f" (flash_attn_interface is installed but failed here: {type(e).__name__}: {e})"
+            fa3 = None
+elif on_cuda:
+    attention_note = " (FlashAttention-3 needs a Hopper GPU)"
 
 flex_attention = create_block_mask = None
 if on_cuda and fa3 is None:
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask
-        from torch.nn.attention.flex_attention import flex_attention as _flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import flex_attention as _flex_attention
 
-        flex_attention = torch.compile(_flex_attention, dynamic=False)
-    except Exception:
-        flex_attention = create_block_mask = None
+    flex_attention = torch.compile(_flex_attention, dynamic=False)
 
 if fa3 is not None:
-    attention_backend = "flash-attention-3"
+    attention_backend = "flash-attention-3 (flash_attn_interface, installed locally)"
 elif flex_attention is not None:
-    attention_backend = "sdpa (full layers) + flex_attention (windowed layers)"
+    attention_backend = "sdpa (full layers) + flex_attention (windowed layers)" + attention_note
 else:
-    attention_backend = "sdpa (boolean masks for windowed layers)"
+    attention_backend = "sdpa (boolean masks for windowed layers)" + attention_note
 
 # Dense bf16 tensor-core peak FLOP/s, by a whole word of torch.cuda.get_device_name(); first match
 # wins. MFU is reported as 0 where the device is not listed (CPU, MPS, unknown GPUs).
@@ -204,21 +209,22 @@ def rotate(x, cos, sin):
 
 
 def sliding_window_mask(seq_len, window):
-    """The mask for a windowed layer: query i attends to keys i - window .. i."""
-    if flex_attention is not None:
-        def mask_mod(b, h, q_idx, kv_idx):
-            return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
+    """The mask for a windowed layer: query i attends to keys i - window .. i. One predicate
+    makes both the FlexAttention block mask and SDPA's boolean mask (True = may attend)."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
 
+    if flex_attention is not None:
         return create_block_mask(mask_mod, B=None, H=None, Q_LEN=seq_len, KV_LEN=seq_len, device=device)
     pos = torch.arange(seq_len, device=device)
-    distance = pos[:, None] - pos[None, :]
-    return (distance >= 0) & (distance <= window)  # True = may attend
+    return mask_mod(None, None, pos[:, None], pos[None, :])
 
 
 def attend(q, k, v, window, mask):
     """Causal attention on (B, T, H, D) tensors; mask is None for a full-causal layer."""
     if fa3 is not None:
-        return fa3.flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
+        y = fa3.flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
+        return y[0] if isinstance(y, tuple) else y  # some builds also return the softmax LSE
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = q.size(1) != k.size(1)
     if mask is None:
@@ -468,7 +474,7 @@ class MuonAdamW(torch.optim.Optimizer):
     def _scalar(self, name, value):
         # Compiled updates take hyperparameters as 0-d CPU tensors (a new float would recompile);
         # eager updates take plain floats.
-        if not on_cuda:
+        if not compiled:
             return float(value)
         if name not in self._scalars:
             self._scalars[name] = torch.tensor(0.0, dtype=torch.float32)
@@ -544,6 +550,7 @@ def make_optimizer(model):
 
 print(f"Preset: {PRESET} | device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if on_cuda else ''} | seed: {seed}")
 print(f"Attention: {attention_backend}")
+print(f"Compiled: {'model and optimizer steps (torch.compile)' if compiled else 'no (eager)'}")
 print(f"Peak bf16 FLOP/s for MFU: {device_peak_flops:.3g}" + ("" if device_peak_flops else " (unknown device: MFU reported as 0)"))
 
 tokenizer = Tokenizer.from_directory()
@@ -578,7 +585,7 @@ if tokens_per_step != TOTAL_BATCH_SIZE:
           f"(a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN = {tokens_per_fwdbwd:,})")
 
 optimizer = make_optimizer(model)
-if on_cuda:
+if compiled:
     model = torch.compile(model, dynamic=False)
 
 train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
@@ -612,10 +619,10 @@ def muon_weight_decay(progress):
 
 # ---------------------------------------------------------------------------
 # Training loop: runs until TIME_BUDGET seconds of training, not counting the first steps
-# (on CUDA they include compilation)
+# (when compiled, they include the compilation)
 # ---------------------------------------------------------------------------
 
-untimed_steps = 10 if on_cuda else 0  # steps 0..untimed_steps are not counted
+untimed_steps = 10 if compiled else 0  # steps 0..untimed_steps are not counted
 t_start_training = time.time()
 total_training_time = 0.0
 timed_steps = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import math
 from pathlib import Path
@@ -45,8 +46,8 @@ def test_prepare_from_local_text(tmp_path: Path, kind: str) -> None:
     val = pq.read_table(cache / "smoke" / "data" / manifest["val"]).column("text").to_pylist()
     train = pq.read_table(cache / "smoke" / "data" / manifest["train"][0]).column("text").to_pylist()
     assert val and train
+    # in order, so val is a tail disjoint from train (pieces of a repetitive corpus may repeat as text)
     assert "".join(train + val).replace("\n", "").replace(" ", "") == "".join(docs).replace(" ", "")
-    assert set(val).isdisjoint(train)
 
 
 def test_split_is_deterministic_and_a_tail(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_split_is_deterministic_and_a_tail(tmp_path: Path) -> None:
         cache = tmp_path / run
         assert run_prepare(cache, "--preset", "smoke", "--text", str(path)).returncode == 0
         vals.append(pq.read_table(cache / "smoke" / "data" / "val.parquet").column("text").to_pylist())
-    assert vals[0] == vals[1] == docs[-20:]
+    assert vals[0] == vals[1] and "".join(vals[0]) == "".join(docs[-20:])  # the tail, cut to fit rows
 
 
 def test_prepare_is_idempotent_and_no_pickle(smoke_cache: Path) -> None:
@@ -173,10 +174,9 @@ def test_evaluate_bpb_of_uniform_model(smoke, tmp_path: Path, monkeypatch: pytes
 
     # the same rows, counted by hand
     token_bytes = smoke.get_token_bytes()
-    loader = smoke.make_dataloader(tok, batch, smoke.MAX_SEQ_LEN, "val")
+    loader = smoke.make_dataloader(tok, batch, smoke.MAX_SEQ_LEN, "val", single_pass=True)
     tokens = nbytes = 0
-    for _ in range(max(1, smoke.EVAL_TOKENS // (batch * smoke.MAX_SEQ_LEN))):
-        _, y, _ = next(loader)
+    for _, y, _ in itertools.islice(loader, max(1, smoke.EVAL_TOKENS // (batch * smoke.MAX_SEQ_LEN))):
         counted = token_bytes[y.view(-1)]
         tokens += int((counted > 0).sum())
         nbytes += int(counted.sum())

@@ -1,6 +1,8 @@
 """`tweak`: the offline, non-LLM operator. It perturbs one or two UPPERCASE numeric constants at a
 train.py's top level, multiplicatively: integers stay integral and powers of two move to a
-neighbouring power of two. Hyperparameter-only evolution: a real baseline, and what tests use."""
+neighbouring power of two. A perturbed constant stays in its natural range: momenta, betas and
+fractions inside (0, 1), sizes and counts at least 1, and nothing changes sign.
+Hyperparameter-only evolution: a real baseline, and what tests use."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _FROZEN = re.compile(r"^EXIT_|SEED")
 # Multiplicative steps, symmetric in log space.
 FACTORS = (0.5, 0.7, 0.8, 1.25, 1.4, 2.0)
+# Names of constants that live in the unit interval when their value does (ASPECT_RATIO = 64 does
+# not): momenta and betas (0.95 must never become 1.19), decay rates, fractions, probabilities.
+_UNIT_NAME = re.compile(r"MOMENTUM|BETA|EMA|DROPOUT|RATIO|FRAC|PROB")
 
 
 @dataclass(frozen=True)
@@ -82,19 +87,42 @@ def _format(new: float | int, old: Constant) -> str:
         return f"2**{int(math.log2(new))}" if new >= 1024 else str(new)
     if isinstance(new, int):
         return str(new)
-    return repr(float(f"{new:.4g}"))  # 0.8 * 1.25 stays "1.0": written as "1" it would turn integral
+    # perturb_by already rounded it; repr keeps 0.8 * 1.25 as "1.0" (written "1" it would turn integral)
+    return repr(float(new))
+
+
+def in_unit_interval(c: Constant) -> bool:
+    """Whether c's natural range is the unit interval: a float named like a momentum, beta,
+    fraction or probability whose value lies in (0, 1]."""
+    return isinstance(c.value, float) and 0 < c.value <= 1 and bool(_UNIT_NAME.search(c.name))
 
 
 def perturb(c: Constant, rng: random.Random) -> float | int:
-    """A new value for c, never equal to the old one."""
-    factor = rng.choice(FACTORS)
+    """A new value for c, never equal to the old one and inside c's natural range."""
+    return perturb_by(c, rng.choice(FACTORS))
+
+
+def perturb_by(c: Constant, factor: float) -> float | int:
+    """c moved by one multiplicative step. Unit-interval constants scale their odds x / (1 - x)
+    instead of x, so 0.95 moves to 0.905 or 0.974, never past 1; integers keep |value| >= 1."""
     if c.power_of_two:
         return c.value * 2 if factor > 1 else c.value // 2
     if isinstance(c.value, int):
-        new = round(c.value * factor)
-        if new == c.value:
-            new = c.value + (1 if factor > 1 else -1)
-        return new if new != 0 else (1 if c.value > 0 else -1)
+        sign, size = (1 if c.value > 0 else -1), abs(c.value)
+        new = round(size * factor)
+        if new == size:
+            new = size + (1 if factor > 1 else -1)
+        return sign * (new if new >= 1 else 2)  # 1 cannot shrink within the integers: it grows instead
+    if in_unit_interval(c):
+        if c.value == 1.0:  # infinite odds: a fraction at its maximum can only come down
+            return float(f"{min(factor, 1 / factor):.4g}")
+        odds = c.value / (1 - c.value) * factor
+        new = float(f"{odds / (1 + odds):.4g}")
+        if 0 < new < 1 and new != c.value:
+            return new
+        # rounding to 4 digits reached an end of the interval or the old value: take the smallest visible step
+        step = 10 ** (math.floor(math.log10(min(c.value, 1 - c.value))) - 1)
+        return round(c.value + step if factor > 1 else c.value - step, 12)
     return float(f"{c.value * factor:.4g}")
 
 

@@ -19,11 +19,12 @@ LOCKED_NAMES = ("MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "e
 # The rest of prepare's contract (design brief): a child that imports one must not shadow it.
 CONTRACT_NAMES = LOCKED_NAMES + ("EVAL_TOKENS", "VOCAB_SIZE", "get_token_bytes")
 
-# Import names of pyproject's dependencies, the optional FA3 hub loader the seed tries, triton
+# Import names of pyproject's dependencies, the optional FA3 hub loader autoresearch's train.py
+# tries, the locally installed FA3 package the seed tries (flash_attn_interface), triton
 # (installed with CUDA builds of torch, for custom kernels), and prepare itself.
 PROJECT_PACKAGES = frozenset({
     "torch", "numpy", "scipy", "sqlmodel", "sqlalchemy", "git", "anthropic", "openai", "tiktoken", "rustbpe",
-    "pyarrow", "requests", "plotly", "typer", "rich", "kernels", "triton", "prepare",
+    "pyarrow", "requests", "plotly", "typer", "rich", "kernels", "flash_attn_interface", "triton", "prepare",
 })
 ALLOWED_IMPORTS = frozenset(getattr(sys, "stdlib_module_names", ())) | PROJECT_PACKAGES
 
