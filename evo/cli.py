@@ -15,19 +15,37 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.cells import cell_len
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
 from evo import __version__
-from evo.archive import COMPLETE, DEFAULT_STORAGE, FAIL, Archive, ArchiveError, Candidate, Run, owner_id, seconds_since
+from evo.archive import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, Archive, ArchiveError, Candidate, OwnershipLost,
+                         Run, owner_alive, owner_id, seconds_since)
 from evo.config import ConfigError, RunConfig, pyproject_defaults
+from evo.view import run_status
+
+
+class _Commands(typer.core.TyperGroup):
+    """Every command: an archive failure met anywhere (a damaged page read halfway through a
+    listing, a full disk) ends in its one sentence and exit status, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ArchiveError as e:
+            raise fail(str(e), e.code)
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="evo",
     help="Overnight evolutionary search over LLM training scripts.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 Storage = Annotated[str, typer.Option("--storage", envvar="EVO_STORAGE", help="SQLAlchemy URL of the archive.")]
@@ -71,7 +89,7 @@ def open_archive(storage: str, writer: bool = False) -> Archive:
     try:
         return Archive(storage, writer=writer)
     except ArchiveError as e:
-        raise fail(str(e))
+        raise fail(str(e), e.code)
 
 
 def open_run(storage: str, name: str | None, *which: str) -> tuple[Archive, Run, list[Candidate]]:
@@ -81,7 +99,7 @@ def open_run(storage: str, name: str | None, *which: str) -> tuple[Archive, Run,
         run_row = archive.find_run(name)
         return archive, run_row, [_resolve(archive, run_row.id, w) for w in which]
     except ArchiveError as e:
-        raise fail(str(e))
+        raise fail(str(e), e.code)
 
 
 # ---------------------------------------------------------------------------
@@ -119,7 +137,7 @@ def run(
 ) -> None:
     """Evolve train.py: evaluate the seed, then propose, train, score and select until the budget ends."""
     from evo import apparatus
-    from evo.engine import Engine, EngineError
+    from evo.engine import STALE_AFTER_SECONDS, Engine, EngineError
     from evo.git import GitError, summarize_plan
     from evo import operators
     from evo.operators import OperatorError
@@ -133,16 +151,21 @@ def run(
             if not name:
                 raise ConfigError("--resume needs the --name of the run to continue.")
             run_row = archive.find_run(name)
-            config = RunConfig.from_dict(json.loads(run_row.config))
-            for key in ("hours", "max_candidates", "max_cost", "gpus", "slots"):  # budgets and hardware may change
+            stored = json.loads(run_row.config)
+            config = RunConfig.from_dict(stored)
+            for key in ("hours", "max_candidates", "max_cost", "gpus", "slots",  # budgets and hardware may change
+                        "startup_allowance", "eval_allowance"):
                 if given.get(key):
                     setattr(config, key, ctx.params[key])
             config.validate()
+            changed = {k: v for k, v in config.to_dict().items() if stored.get(k) != v}
         else:
             config = RunConfig(name=name or datetime.now().strftime("run-%Y%m%d-%H%M%S"), preset=preset or "gpu",
                                population=population, temperature=temperature, cooling=cooling,
                                replicates=replicates, confirm=confirm, hours=hours, max_candidates=max_candidates,
-                               operator=operator, seed_train=str(seed_train), seed_from=seed_from,
+                               operator=operator, seed_from=seed_from,
+                               # with --seed-from, only an explicit --seed-train replaces the imported best
+                               seed_train=str(seed_train) if given["seed_train"] or not seed_from else None,
                                program=str(program), gpus=gpus,
                                slots=slots, startup_allowance=startup_allowance, eval_allowance=eval_allowance,
                                seed=seed, models=model or [], max_cost=max_cost,
@@ -154,9 +177,12 @@ def run(
         app_ = apparatus.load(prepare, config.preset)
         if not resume:
             run_row = archive.create_run(config.name, config.to_dict())
-        archive.claim_run(run_row.id, owner_id(), stale_after=60.0)
+        archive.claim_run(run_row.id, owner_id(), stale_after=STALE_AFTER_SECONDS)
+        if resume and changed:  # stored, so that a later plain --resume keeps them
+            archive.update_run(run_row.id, "resumed with " + ", ".join(f"{k} {v}" for k, v in changed.items()),
+                               config=json.dumps(config.to_dict(), sort_keys=True))
     except (ArchiveError, ConfigError, OperatorError, apparatus.ApparatusError, GitError, ValueError) as e:
-        raise fail(str(e))
+        raise fail(str(e), getattr(e, "code", 2))
 
     view = RunView(config.name)
     archive.listener = view.on_event
@@ -166,18 +192,19 @@ def run(
     try:
         apparatus.ensure_prepared(app_, view.line)
     except apparatus.ApparatusError as e:
-        archive.update_run(run_row.id, owner=None)
-        raise fail(str(e))
+        raise _give_up(archive, run_row, resume, str(e))
+    except KeyboardInterrupt:
+        raise _give_up(archive, run_row, resume, f"interrupted while preparing preset {config.preset!r}.", 130)
 
     if plan is not None and config.seed_from:
-        view.line(summarize_plan(plan))
+        for line in summarize_plan(plan).splitlines():
+            view.line(line)
     facts = {"preset": config.preset, "device": device_description(slot_list), "slots": str(len(slot_list)),
              "TIME_BUDGET": f"{app_.time_budget:.0f} s of training per candidate"}
     try:
         op = operators.build(config, archive, run_row.id, facts)
     except OperatorError as e:
-        archive.update_run(run_row.id, owner=None)
-        raise fail(str(e))
+        raise _give_up(archive, run_row, resume, str(e))
     engine = Engine(archive, run_row, config, op, slot_list, app_, plan)
     view.slots = engine.status
     view.header = lambda: _header(archive, run_row.id, config.name)
@@ -196,6 +223,13 @@ def run(
     try:
         with view:
             status = engine.execute()
+    except ArchiveError as e:  # the database failed (a full disk), or another process took the run over
+        if not isinstance(e, OwnershipLost):
+            try:  # leave the run resumable, not ACTIVE with a dead owner, if the database still takes a write
+                archive.update_run(run_row.id, status=INTERRUPTED, owner=None)
+            except ArchiveError:
+                pass  # a --resume here takes over from the dead owner at once
+        raise fail(str(e), e.code)
     except EngineError as e:
         archive.update_run(run_row.id, owner=None)
         raise fail(str(e))
@@ -205,22 +239,37 @@ def run(
     view.line(f"run {status.lower()}; `evo status --name {config.name}` and `evo best --name {config.name}` show the result")
 
 
+def _give_up(archive: Archive, run_row: Run, resume: bool, message: str, code: int = 2) -> typer.Exit:
+    """A start that failed leaves nothing behind: a new run that archived no candidate is deleted, so
+    its name can start again with other settings; any other run is released for `--resume`."""
+    if resume or not archive.delete_run(run_row.id):
+        archive.update_run(run_row.id, owner=None)
+    return fail(message, code)
+
+
 def _seed_plan(config: RunConfig, archive: Archive):
     """The seed of a new run: a greedy run's best commit or another evo run's candidate (with their
-    history), else the --seed-train file."""
+    history), else the --seed-train file; both: that history with the file as the seed."""
     from evo.engine import SeedPlan
-    from evo.git import seed_from
+    from evo.git import seed_from, with_seed_file
 
     if config.seed_from:
-        return seed_from(config.seed_from, archive)
+        plan = seed_from(config.seed_from, archive)
+        if config.seed_train is None:
+            return plan
+        return with_seed_file(plan, _seed_code(config.seed_train), config.seed_train)
+    return SeedPlan(_seed_code(config.seed_train))
+
+
+def _seed_code(path: str) -> str:
     try:
-        code = Path(config.seed_train).read_text()
-        compile(code, config.seed_train, "exec")
+        code = Path(path).read_text()
+        compile(code, path, "exec")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read the seed file {config.seed_train} ({getattr(e, 'strerror', None) or e}).")
+        raise ConfigError(f"cannot read the seed file {path} ({getattr(e, 'strerror', None) or e}).")
     except SyntaxError as e:
-        raise ConfigError(f"the seed file {config.seed_train} is not valid Python ({e.msg}, line {e.lineno}).")
-    return SeedPlan(code)
+        raise ConfigError(f"the seed file {path} is not valid Python ({e.msg}, line {e.lineno}).")
+    return code
 
 
 def _header(archive: Archive, run_id: int, name: str) -> str:
@@ -252,9 +301,46 @@ def _best(cands: list[Candidate]) -> Candidate | None:
 
 def _fmt_bpb(c: Candidate, sigma: float | None = None) -> str:
     if c.val_bpb is None:
-        return "-"
+        return f"- (imported {c.imported_val_bpb:.6f}, measured elsewhere)" if c.imported_val_bpb is not None else "-"
     spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
     return f"{c.val_bpb:.6f} ± {spread:.6f} (n={c.n_evals})" if spread is not None else f"{c.val_bpb:.6f} (n={c.n_evals})"
+
+
+def _run_status(r: Run) -> tuple[str, str]:
+    """What a run is doing now, judged by its owner's liveness and heartbeat (see view.run_status)."""
+    from evo.engine import STALE_AFTER_SECONDS
+
+    age = seconds_since(r.heartbeat_at) if r.heartbeat_at else None
+    return run_status(r, owner_alive(r.owner) if r.owner else False, age, STALE_AFTER_SECONDS)
+
+
+def _short_bpb(c: Candidate) -> str:
+    """val_bpb in a table cell: measured here, else what another machine measured, in parentheses."""
+    if c.val_bpb is not None:
+        return f"{c.val_bpb:.6f}"
+    return f"({c.imported_val_bpb:.6f} imported)" if c.imported_val_bpb is not None else "-"
+
+
+def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], wrap_last: bool = False) -> None:
+    """A rich table on a terminal wide enough for it, else plain aligned columns, one row a line,
+    that survive a pipe, a file and grep. Only the last column may wrap (with `wrap_last`): a run
+    name or number is never cut. Cell text is shown as is, never read as markup."""
+    console = Console()
+    widths = [max(cell_len(cell) for cell in column) for column in zip(headers, *rows)]
+    fixed = widths[:-1] if wrap_last else widths
+    # each column adds a border and a space either side; a wrapping column needs room for a few words
+    if console.is_terminal and sum(fixed) + 3 * len(headers) + 1 + (20 if wrap_last else 0) <= console.width:
+        table = Table()
+        for i, header in enumerate(headers):
+            wraps = wrap_last and i == len(headers) - 1
+            table.add_column(header, no_wrap=not wraps, overflow="fold", min_width=None if wraps else widths[i])
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        return
+    for row in (headers, *rows):
+        cells = [" ".join(cell.split()) for cell in row]
+        typer.echo("  ".join(cell + " " * (w - cell_len(cell)) for cell, w in zip(cells, widths)).rstrip())
 
 
 def _resolve(archive: Archive, run_id: int, which: str) -> Candidate:
@@ -296,9 +382,9 @@ def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     config = json.loads(r.config)
     best = _best(cands)
     population = [c for c in cands if c.in_population]
-    beat = f", heartbeat {seconds_since(r.heartbeat_at):.0f}s ago" if r.heartbeat_at and r.owner else ""
+    label, detail = _run_status(r)
     lines = [
-        f"run {r.name}: {r.status}{' (' + r.owner + beat + ')' if r.owner else ''}",
+        f"run {r.name}: {label}" + (f" ({detail})" if detail else ""),
         f"preset {config['preset']}, population {len(population)}/{config['population']}, temperature "
         f"{config['temperature']} ({config['cooling']}), operator {config['operator']}",
         f"noise σ {r.sigma:.6f}, T0 {r.temperature0:.6f}" if r.sigma is not None and r.temperature0 is not None else "noise σ: not measured yet",
@@ -319,12 +405,13 @@ def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
 def list_runs(storage: Storage = DEFAULT_STORAGE) -> None:
     """Every run in the archive."""
     archive = open_archive(storage)
-    table = Table("run", "status", "candidates", "best val_bpb", "created")
+    rows = []
     for r in archive.runs():
         cands = archive.candidates(r.id)
         best = _best(cands)
-        table.add_row(r.name, r.status, str(len(cands)), f"{best.val_bpb:.6f}" if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}")
-    Console().print(table)
+        label, _ = _run_status(r)
+        rows.append((r.name, label, str(len(cands)), _short_bpb(best) if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}"))
+    _print_table(("run", "status", "candidates", "best val_bpb", "created"), rows)
 
 
 @app.command()
@@ -350,16 +437,14 @@ def candidates(
     elif fmt == "tsv":
         typer.echo(results_tsv(archive, r.id, cands), nl=False)
     else:
-        table = Table("#", "parent", "operator", "state", "val_bpb", "accepted", "hypothesis")
+        rows = []
         for c in cands:
             parents = ",".join(str(numbers[p]) for p in (c.parent_id, c.parent2_id) if p is not None) or "-"
             state = c.state + (f"({c.fail_reason})" if c.fail_reason else "")
             acc = "-" if c.accepted is None else ("yes" if c.accepted else "no") + (
                 f" p={c.accept_probability:.2f}" if c.accept_probability is not None and c.number else "")
-            bpb = f"{c.val_bpb:.6f}" if c.val_bpb is not None else \
-                f"({c.imported_val_bpb:.6f})" if c.imported_val_bpb is not None else "-"
-            table.add_row(str(c.number), parents, c.operator, state, bpb, acc, c.hypothesis)
-        Console(width=200).print(table)
+            rows.append((str(c.number), parents, c.operator, state, _short_bpb(c), acc, c.hypothesis))
+        _print_table(("#", "parent", "operator", "state", "val_bpb", "accepted", "hypothesis"), rows, wrap_last=True)
 
 
 def results_tsv(archive: Archive, run_id: int, cands: list[Candidate]) -> str:
@@ -453,8 +538,7 @@ def best(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
         node = archive.candidate_by_id(node.parent_id) if node.parent_id else None
     typer.echo("path from the seed:")
     for node in reversed(chain):
-        bpb = f"{node.val_bpb:.6f}" if node.val_bpb is not None else "-"
-        typer.echo(f"  #{node.number:<5} {bpb}  {node.operator:<9} {node.hypothesis}")
+        typer.echo(f"  #{node.number:<5} {_short_bpb(node)}  {node.operator:<9} {node.hypothesis}")
 
 
 @app.command()

@@ -3,6 +3,7 @@ Defaults may come from `[tool.evo]` in pyproject.toml; command-line flags win.""
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,8 +16,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRESETS = ("gpu", "cpu", "smoke")
-# Seconds allowed beyond TIME_BUDGET: start-up (imports, data, torch.compile) and final evaluation.
-DEFAULT_ALLOWANCES = {"gpu": (180.0, 120.0), "cpu": (60.0, 60.0), "smoke": (30.0, 30.0)}
+# Beyond these a setting is a typo, not a plan: a bigger population or more slots than this would
+# only exhaust memory and threads before the first candidate runs.
+UPPER_LIMITS = {"population": 10_000, "replicates": 100, "slots": 1_024, "lookahead": 1_024}
+MAX_NAME_BYTES = 200  # a run name is a folder name under archive/runs/ (255 bytes at most on common filesystems)
+# Seconds allowed beyond TIME_BUDGET (the runner holds each phase to its own): start-up, until the
+# first timed step (imports, data, a cold torch.compile of model and optimizer steps, warm-up
+# steps), and the final evaluation, from the end of training (on CUDA a second compile for the
+# evaluation's graph). Sized for the slow case, since an overrun throws away the whole training:
+# a cold compile on a shared host, and on `cpu` a busy 2-core box, where the 131k-token evaluation
+# that takes 10-15 s quiet took over 90 s. A candidate that really hangs costs only these seconds.
+DEFAULT_ALLOWANCES = {"gpu": (300.0, 240.0), "cpu": (120.0, 240.0), "smoke": (180.0, 120.0)}
 
 
 class ConfigError(ValueError):
@@ -35,7 +45,7 @@ class RunConfig:
     hours: float | None = None
     max_candidates: int | None = None
     operator: str = "llm"
-    seed_train: str = "seed_train.py"
+    seed_train: str | None = "seed_train.py"   # None with --seed-from: the imported best is the seed
     seed_from: str | None = None        # REPO[@REF] of a greedy run, or evo:RUN[:NUMBER]
     program: str = "program.md"
     gpus: str | None = None
@@ -49,8 +59,7 @@ class RunConfig:
     prices: dict[str, list[float]] = field(default_factory=dict)  # USD per million tokens in/out, by model
 
     def validate(self) -> "RunConfig":
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"run name {self.name!r} must be non-empty and contain no '/'.")
+        check_run_name(self.name)
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
         if self.population < 1:
@@ -60,6 +69,7 @@ class RunConfig:
                 self.temperature = float(self.temperature)
             except (TypeError, ValueError):
                 raise ConfigError(f"--temperature takes a number in val_bpb units or 'auto', not {self.temperature!r}.") from None
+            _check_finite("temperature", self.temperature)
             if self.temperature < 0:
                 raise ConfigError(f"--temperature must be >= 0, not {self.temperature}.")
         if self.cooling not in COOLING_SCHEDULES:
@@ -68,6 +78,8 @@ class RunConfig:
             raise ConfigError(f"--replicates must be at least 1, not {self.replicates}.")
         if self.temperature == "auto" and self.replicates < 2:
             raise ConfigError("--temperature auto measures noise from the seed's replicates: use --replicates 2 or more, or give a number.")
+        for name in ("hours", "max_cost", "startup_allowance", "eval_allowance"):
+            _check_finite(name, getattr(self, name))
         if self.hours is not None and self.hours <= 0:
             raise ConfigError(f"--hours must be positive, not {self.hours}.")
         if self.max_candidates is not None and self.max_candidates < 1:
@@ -82,6 +94,10 @@ class RunConfig:
             raise ConfigError(f"--max-cost must be a positive number of dollars, not {self.max_cost}.")
         if self.lookahead < 0:
             raise ConfigError(f"--lookahead must be >= 0, not {self.lookahead}.")
+        for name, limit in UPPER_LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ConfigError(f"--{name} must be at most {limit:,}, not {value:,}.")
         return self
 
     @property
@@ -97,6 +113,20 @@ class RunConfig:
     def from_dict(cls, data: dict) -> "RunConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def check_run_name(name: str) -> None:
+    """A run name becomes a folder under archive/runs/ and appears in every log line: it must stay
+    one printable line that names a folder inside runs/, never a path that leaves it."""
+    if (not name or name != name.strip() or not name.isprintable() or "/" in name or "\\" in name
+            or set(name) == {"."} or len(name.encode("utf-8")) > MAX_NAME_BYTES):
+        raise ConfigError(f"run name {name!r} must be 1 to {MAX_NAME_BYTES} printable characters without '/', "
+                          "'\\', line breaks or surrounding spaces, and not '.' or '..'; e.g. --name night-1.")
+
+
+def _check_finite(name: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, not {value}.")
 
 
 def pyproject_defaults(start: Path | None = None) -> dict:

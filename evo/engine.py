@@ -6,8 +6,10 @@ never wait on the operator when work is possible. The loop:
 
     seed  ->  evaluated `replicates` times: σ measured, T0 resolved, the seed enters the population
     loop  ->  draw parents (tournament) -> operator proposes a child -> dedupe by code hash
-          ->  evaluate in a free slot -> a would-be new best is re-evaluated (--confirm)
+          ->  evaluate in a free slot -> a would-be new best is re-evaluated once (--confirm)
           ->  Metropolis decision against its competitor at T(progress) -> population updated
+
+A seed that fails (it cannot run here) ends the run as FAILED: nothing can be evolved from it.
 
 Every step is recorded in the archive before the next one depends on it, so `--resume` after a
 crash or Ctrl-C continues exactly: population, temperature position, RNG and counters.
@@ -22,14 +24,15 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from evo import acceptance, selection
 from evo.apparatus import Apparatus
-from evo.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, RUNNING, Archive, Candidate, Run, code_hash
+from evo.archive import (COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive, ArchiveError,
+                         Candidate, Run, code_hash, owner_id)
 from evo.config import RunConfig
 from evo.operators import Operator, OperatorError, OperatorUnavailable, Parent, Proposal
-from evo.runner import EvalResult, Limits, Slot, kill_orphan, run_evaluation
+from evo.runner import EvalResult, Limits, Slot, file_hash, kill_orphan, run_evaluation
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 60.0
@@ -37,6 +40,8 @@ MAX_OPERATOR_FAILURES = 20   # consecutive proposals that failed to produce code
 EVAL_SEED_BASE = 42          # replicate r of every candidate trains with seed 42 + r (common random numbers)
 MAX_FIXES_PER_LINEAGE = 1    # repair proposals along one line of descent
 PAUSE_FIRST, PAUSE_MAX = 30.0, 600.0  # seconds proposals pause while the operator is unavailable
+# Failures the same code on the same machine repeats: a seed failing so is not evaluated again.
+DETERMINISTIC_FAILURES = frozenset({"crash", "invalid", "oom"})
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,13 @@ class _Pending:
     started: float
 
 
+@dataclass
+class _Asked:
+    """A proposal in flight: the parents it was asked for, and when (a monotonic time)."""
+    parents: list[Parent]
+    submitted: float
+
+
 class Engine:
     def __init__(self, archive: Archive, run: Run, config: RunConfig, operator: Operator, slots: list[Slot],
                  apparatus: Apparatus, seed: SeedPlan, evaluate: Callable[..., EvalResult] = run_evaluation):
@@ -83,7 +95,7 @@ class Engine:
         self.seed = seed
         self.evaluate = evaluate  # benchmarks swap in a simulated evaluation with run_evaluation's signature
         startup, evaluation = config.allowances
-        self.limits = Limits(apparatus.time_budget, startup, evaluation)
+        self.limits = Limits(apparatus.time_budget, startup, evaluation, run_name=config.name)
         self.rng = random.Random(config.seed)
         if run.rng_state:
             self.rng.setstate(_rng_from_json(run.rng_state))
@@ -93,9 +105,11 @@ class Engine:
         self._t_start = time.monotonic()
         self._operator_failures = 0
         self.user_stopped = False
-        self._proposing: dict[Future, list[Parent]] = {}
+        self._proposing: dict[Future, _Asked] = {}
         self._fix_queue: list[int] = []           # crashed children waiting for a repair proposal
         self._paused_until = 0.0
+        self._pause_began = float("-inf")         # when the current (or last) pause began
+        self._seed_id: int | None = None
         self._pause = PAUSE_FIRST
         self._cost_capped = False
         self.status: dict[str, str] = {}          # slot name -> what it is doing, for the live view
@@ -145,19 +159,25 @@ class Engine:
             if ev.state == RUNNING and ev.workdir and kill_orphan(Path(ev.workdir)):
                 archive.update_run(run_id, f"killed the orphaned process of evaluation {ev.id} left by a crash")
         archive.recover(run_id)
+        self._queue_lost_evaluations()
         for cand in archive.undecided(run_id):
             self._decide(cand)
+        seed_id = archive.run_by_id(run_id).seed_id
+        if seed_id is not None and (seed := archive.candidate_by_id(seed_id)).state == FAIL:
+            self._seed_failed(seed)  # a resumed run whose seed failed: nothing to evolve
         self._ensure_seed()
 
         eval_pool = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="evo-slot")
-        propose_pool = ThreadPoolExecutor(max_workers=len(self.slots) + self.config.lookahead, thread_name_prefix="evo-propose")
         running: dict[Future, _Pending] = {}
         proposing = self._proposing
         last_beat = 0.0
         try:
             while True:
                 if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
-                    archive.heartbeat(run_id, self.active_seconds)
+                    # Raises OwnershipLost if another process took the run over: the loop ends
+                    # at once, its evaluations are killed, and the archive's fence refuses
+                    # to record them (the new owner runs them again).
+                    archive.heartbeat(run_id, owner_id(), self.active_seconds)
                     last_beat = time.monotonic()
                 self._dispatch(eval_pool, running)
                 queued = len(self.archive.waiting_evaluations(run_id)) if not self.stop_proposing.is_set() else 0
@@ -168,20 +188,24 @@ class Engine:
                     child_rng = random.Random(self.rng.getrandbits(63))
                     if self._fix_queue:
                         failed = self._as_parent(self.archive.candidate_by_id(self._fix_queue.pop(0)))
-                        fut = propose_pool.submit(self.operator.propose_fix, failed, child_rng)
-                        proposing[fut] = [failed]
+                        proposing[_in_daemon_thread(self.operator.propose_fix, failed, child_rng)] = \
+                            _Asked([failed], time.monotonic())
                     else:
                         parents = self._draw_parents()
-                        fut = propose_pool.submit(self.operator.propose, parents, child_rng)
-                        proposing[fut] = parents
-                if not running and not proposing and (self.stop_proposing.is_set() or not self._work_possible()):
+                        proposing[_in_daemon_thread(self.operator.propose, parents, child_rng)] = \
+                            _Asked(parents, time.monotonic())
+                # After a stop, proposals still in flight are abandoned: an LLM call with the SDK's
+                # timeout and retries can take many minutes, and would only queue unevaluated work.
+                if not running and (self.stop_proposing.is_set() or (not proposing and not self._work_possible())):
                     break
                 done, _ = wait([*running, *proposing], timeout=0.5, return_when=FIRST_COMPLETED)
                 finished = [(running.pop(fut), fut) for fut in done if fut in running]
                 for pending, _ in finished:
                     self.status.pop(pending.slot.name, None)
-                if finished:
-                    self._dispatch(eval_pool, running)  # freed slots take queued work before the bookkeeping
+                if finished and not any(self._is_seed_id(p.candidate_id) for p, _ in finished):
+                    # Freed slots take queued work before the bookkeeping; not while the seed is
+                    # measured: a seed that fails for good must not start its next replicate.
+                    self._dispatch(eval_pool, running)
                 for pending, fut in finished:
                     self._finish(pending, fut)
                 for fut in done:
@@ -192,11 +216,10 @@ class Engine:
             raise
         finally:
             self.stop_proposing.set()
-            propose_pool.shutdown(wait=False, cancel_futures=True)
             eval_pool.shutdown(wait=True)
             for fut, pending in running.items():
-                if fut.done() and not fut.exception():
-                    self._record(pending, fut.result())
+                if fut.done():
+                    self._settle(pending, fut)
         status = INTERRUPTED if self.user_stopped else FINISHED
         archive.update_run(run_id, f"run {status.lower()}", status=status, active_seconds=self.active_seconds,
                            owner=None)
@@ -243,23 +266,56 @@ class Engine:
     def _ensure_seed(self) -> None:
         if self.archive.run_by_id(self.run.id).seed_id is not None:
             return
-        ids: dict[str, int] = {}
+        index: dict[str, int] = {}  # import key -> its position in the history
+        history: list[dict[str, Any]] = []
         for item in self.seed.history:
-            cand = self.archive.add_candidate(
-                self.run.id, code=item.code, operator="import", parent_id=ids.get(item.parent_key),
-                hypothesis=item.hypothesis, state=FAIL if item.status == "crash" else COMPLETE,
-                fail_reason="crash" if item.status == "crash" else None, accepted=item.status == "keep",
-                imported_val_bpb=item.val_bpb)
-            ids[item.key] = cand.id
-        seed = self.archive.add_candidate(self.run.id, code=self.seed.code, operator=self.seed.operator,
-                                          parent_id=ids.get(self.seed.parent_key), hypothesis=self.seed.hypothesis,
-                                          imported_val_bpb=self.seed.imported_val_bpb, is_seed=True,
-                                          rng_state=_rng_to_json(self.rng))
-        for r in range(self.config.replicates):
-            self.archive.queue_evaluation(self.run.id, seed.id, r, EVAL_SEED_BASE + r)
+            history.append(dict(code=item.code, operator="import", parent=index.get(item.parent_key),
+                                hypothesis=item.hypothesis, state=FAIL if item.status == "crash" else COMPLETE,
+                                fail_reason="crash" if item.status == "crash" else None,
+                                accepted=item.status == "keep", imported_val_bpb=item.val_bpb))
+            index[item.key] = len(history) - 1
+        seed = dict(code=self.seed.code, operator=self.seed.operator, parent=index.get(self.seed.parent_key),
+                    hypothesis=self.seed.hypothesis, imported_val_bpb=self.seed.imported_val_bpb,
+                    rng_state=_rng_to_json(self.rng))
+        self.archive.add_seed(self.run.id, history, seed, self._replicate_seeds(0, self.config.replicates))
+
+    def _queue_lost_evaluations(self) -> None:
+        """Archives written before a candidate and its evaluations were one transaction can hold an
+        undecided candidate with fewer evaluations than it was given (none for a child, some of the
+        seed's replicates): queue the rest, or it would never be evaluated."""
+        seed_id = self.archive.run_by_id(self.run.id).seed_id
+        queued: dict[int, int] = {}
+        for ev in self.archive.evaluations(self.run.id):
+            queued[ev.candidate_id] = queued.get(ev.candidate_id, 0) + 1
+        for cand in self.archive.candidates(self.run.id):
+            wanted = self.config.replicates if cand.id == seed_id else 1
+            have = queued.get(cand.id, 0)
+            if cand.accepted is None and cand.state in (WAITING, COMPLETE) and have < wanted:
+                for replicate, seed in enumerate(self._replicate_seeds(have, wanted), start=have):
+                    self.archive.queue_evaluation(self.run.id, cand.id, replicate, seed)
+                self.archive.update_run(self.run.id, f"candidate {cand.number}: queued the evaluation(s) a crash "
+                                        "left unqueued")
+
+    @staticmethod
+    def _replicate_seeds(first: int, stop: int) -> list[int]:
+        return [EVAL_SEED_BASE + r for r in range(first, stop)]
+
+    def _seed_failed(self, seed: Candidate) -> None:
+        """The run cannot go on without its seed: record a terminal FAILED status and say how to start again."""
+        self.stop_proposing.set()
+        self.archive.update_run(self.run.id, f"the seed failed ({seed.fail_reason}); the run cannot go on",
+                                status=FAILED, active_seconds=self.active_seconds)
+        raise EngineError(f"the seed failed ({seed.fail_reason}: {seed.fail_detail}), so run {self.run.name!r} cannot "
+                          f"go on; see `evo show {seed.number} --name {self.run.name}`, then start a new run with a "
+                          "seed that runs on this machine (--seed-train FILE).")
 
     def _is_seed(self, cand: Candidate) -> bool:
-        return cand.id == self.archive.run_by_id(self.run.id).seed_id
+        return self._is_seed_id(cand.id)
+
+    def _is_seed_id(self, candidate_id: int) -> bool:
+        if self._seed_id is None:  # set once, when the seed is archived
+            self._seed_id = self.archive.run_by_id(self.run.id).seed_id
+        return candidate_id == self._seed_id
 
     # ----- evaluations -------------------------------------------------------------------------
 
@@ -282,18 +338,45 @@ class Engine:
             self.status[slot.name] = f"candidate {cand.number} r{ev.replicate}"
 
     def _finish(self, pending: _Pending, fut: Future) -> None:
+        fail_reason = self._settle(pending, fut)
+        if fail_reason == "interrupted":
+            return  # queued again on resume; nothing to decide yet
+        cand = self.archive.candidate_by_id(pending.candidate_id)
+        if fail_reason in DETERMINISTIC_FAILURES and cand.n_evals == 0 and self._is_seed(cand):
+            # The same code on the same machine fails the same way: replicating it only wastes slots.
+            self.archive.cancel_waiting(cand.id, f"the seed failed ({fail_reason}); it would fail again")
+            cand = self.archive.candidate_by_id(cand.id)
+        if cand.state in (COMPLETE, FAIL) and cand.accepted is None:
+            self._decide(cand)
+
+    def _settle(self, pending: _Pending, fut: Future) -> str | None:
+        """Record how an evaluation ended, whatever went wrong on the way (the runner, the log
+        parser, the archive write): an evaluation is never left RUNNING for every resume to die on.
+        Returns its fail reason (None when COMPLETE). Only a changed locked apparatus stops the run."""
         try:
             result: EvalResult = fut.result()
-        except RuntimeError as e:  # the locked apparatus changed under us
-            self.stop_proposing.set()
-            self.archive.finish_evaluation(pending.evaluation_id, state=FAIL, fail_reason="invalid", detail=str(e),
-                                           metrics=None, curve=[], returncode=None, wall_seconds=0.0,
-                                           harness_seconds=0.0, log_tail="")
-            raise EngineError(str(e)) from None
-        self._record(pending, result)
-        cand = self.archive.candidate_by_id(pending.candidate_id)
-        if cand.state in (COMPLETE, FAIL) and cand.accepted is None and result.outcome.fail_reason != "interrupted":
-            self._decide(cand)
+            self._record(pending, result)
+            return result.outcome.fail_reason
+        except ArchiveError:  # the database failed (a full disk) or the run was taken over: stop, judge nothing
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded as the evaluation's failure
+            changed = self._apparatus_changed()
+            reason, detail = ("invalid", f"{self.apparatus.prepare_path} changed since the run started; the apparatus "
+                              "is locked") if changed else \
+                ("harness", f"evo failed while finishing this evaluation ({type(e).__name__}: {e}); the candidate was "
+                 "not judged on it")
+            self.archive.finish_evaluation(pending.evaluation_id, state=FAIL, fail_reason=reason, detail=detail,
+                                           metrics=None, curve=[], returncode=None,
+                                           wall_seconds=time.monotonic() - pending.started, harness_seconds=0.0,
+                                           log_tail="")
+            if changed:
+                self.stop_proposing.set()
+                raise EngineError(f"{detail}; restore it, then --resume.") from None
+            return reason
+
+    def _apparatus_changed(self) -> bool:
+        path = self.apparatus.prepare_path
+        return not path.is_file() or file_hash(path) != self.apparatus.locked_hash
 
     def _record(self, pending: _Pending, result: EvalResult) -> None:
         o = result.outcome
@@ -304,24 +387,28 @@ class Engine:
 
     # ----- proposals ----------------------------------------------------------------------------
 
-    def _admit(self, parents: list[Parent], fut: Future) -> None:
+    def _admit(self, asked: _Asked, fut: Future) -> None:
         """Store what the operator proposed: a new candidate queued for evaluation, a duplicate
-        pruned at no slot cost, or an operator failure archived as FAIL(invalid). An unavailable
+        pruned at no slot cost, or a failure to propose archived as FAIL(invalid). An unavailable
         operator archives nothing and pauses proposals."""
+        parents = asked.parents
         rng_state = _rng_to_json(self.rng)
         try:
             proposal: Proposal = fut.result()
         except OperatorUnavailable as e:
-            self._pause_proposals(e)
+            self._pause_proposals(e, asked.submitted)
             return
-        except OperatorError as e:
+        except Exception as e:  # noqa: BLE001 - an operator error, or any bug on its way (a prompt, the
+            # database, git in a merge): one proposal is lost, not the night
             self._operator_failures += 1
             self._resume_proposals()
+            detail = str(e) if isinstance(e, OperatorError) else f"the operator raised {type(e).__name__}: {e}"
             self.archive.add_candidate(self.run.id, code=parents[0].code,
                                        operator=getattr(e, "operator", None) or self.operator.name,
                                        parent_id=parents[0].id, parent2_id=parents[1].id if len(parents) > 1 else None,
                                        hypothesis="(no proposal)", rng_state=rng_state, state=FAIL,
-                                       fail_reason="invalid", fail_detail=str(e), llm_calls=e.llm_calls)
+                                       fail_reason="invalid", fail_detail=detail,
+                                       llm_calls=getattr(e, "llm_calls", None) or ())
             return
         self._operator_failures = 0
         self._resume_proposals()
@@ -335,13 +422,17 @@ class Engine:
             self.archive.add_candidate(self.run.id, **common, state=PRUNED, fail_reason="duplicate",
                                        fail_detail=f"same code as candidate {twin.number}; its result stands")
             return
-        cand = self.archive.add_candidate(self.run.id, **common)
-        self.archive.queue_evaluation(self.run.id, cand.id, 0, EVAL_SEED_BASE)
+        self.archive.add_candidate(self.run.id, **common, evaluation_seeds=self._replicate_seeds(0, 1))
 
-    def _pause_proposals(self, error: OperatorUnavailable) -> None:
+    def _pause_proposals(self, error: OperatorUnavailable, submitted: float) -> None:
+        """Pause proposals, doubling the pause once per outage: proposals asked before the current
+        pause began failed in the outage it already answers (8 slots must not mean 8 doublings)."""
         if error.llm_calls:
             self.archive.record_llm_calls(self.run.id, error.llm_calls)
-        self._paused_until = time.monotonic() + self._pause
+        if submitted < self._pause_began:
+            return
+        self._pause_began = time.monotonic()
+        self._paused_until = self._pause_began + self._pause
         self.archive.update_run(self.run.id, f"operator unavailable ({error}); pausing proposals for "
                                 f"{self._pause:.0f}s, evaluations go on")
         self._pause = min(PAUSE_MAX, self._pause * 2)
@@ -368,11 +459,10 @@ class Engine:
         if cand.state == FAIL:
             self.archive.decide(cand.id, accepted=False, temperature=None, probability=0.0, delta=None,
                                 competitor_id=None, leaving=[], reason=f"failed ({cand.fail_reason})")
+            if self._is_seed(cand):
+                self._seed_failed(cand)
             if self._wants_fix(cand):
                 self._fix_queue.append(cand.id)
-            if self._is_seed(cand):
-                raise EngineError(f"the seed failed ({cand.fail_reason}: {cand.fail_detail}); "
-                                  f"see `evo show {cand.number} --name {self.run.name}`.")
             return
         if self._is_seed(cand):
             values = [e.val_bpb for e in self.archive.evaluations(run_id, cand.id) if e.state == COMPLETE]
@@ -390,8 +480,16 @@ class Engine:
         if not members:  # cannot happen once the seed is in; guard against a corrupted archive
             raise EngineError("the population is empty; the archive may be damaged.")
         elite = selection.best(members)
-        if self.config.confirm and cand.n_evals < 2 and cand.val_bpb < elite.score:
-            n = len(self.archive.evaluations(run_id, cand.id))
+        evaluations = self.archive.evaluations(run_id, cand.id)
+        failed = [e for e in evaluations if e.state == FAIL]
+        if failed:  # only a confirmation gives a child a second evaluation: confirmed at most once
+            self.archive.decide(cand.id, accepted=False, temperature=None, probability=0.0, delta=None,
+                                competitor_id=None, leaving=[],
+                                reason=f"would-be new best ({cand.val_bpb:.6f}), but its confirmation failed "
+                                f"({failed[-1].fail_reason}: {failed[-1].detail})")
+            return
+        if self.config.confirm and len(evaluations) < 2 and cand.val_bpb < elite.score:
+            n = len(evaluations)
             self.archive.queue_evaluation(run_id, cand.id, n, EVAL_SEED_BASE + n)
             self.archive.update_run(run_id, f"candidate {cand.number} would be the new best "
                                     f"({cand.val_bpb:.6f} < {elite.score:.6f}): confirming with another evaluation")
@@ -416,6 +514,22 @@ class Engine:
         if cand.model and hasattr(self.operator, "record_outcome"):  # feeds the model bandit
             spent = sum(c.cost_usd for c in self.archive.llm_calls(run_id) if c.candidate_id == cand.id)
             self.operator.record_outcome(cand.model, delta < 0, spent)
+
+
+def _in_daemon_thread(fn: Callable[..., Proposal], *args: Any) -> Future:
+    """Run one proposal in a daemon thread: after a stop an LLM call still in flight is abandoned,
+    and the process exits without joining it (ThreadPoolExecutor's workers are joined at exit)."""
+    fut: Future = Future()
+    fut.set_running_or_notify_cancel()
+
+    def work() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to the loop, which decides what it means
+            fut.set_exception(e)
+
+    threading.Thread(target=work, name="evo-propose", daemon=True).start()
+    return fut
 
 
 def _rng_to_json(rng: random.Random) -> str:

@@ -3,26 +3,35 @@ write candidates and whole lineages back to git.
 
 Reading never modifies the repository: train.py always comes from commits (a dirty work tree is
 ignored), and only results.tsv may be read from the work tree, where autoresearch leaves it
-untracked. Writing never touches the user's work tree or index: trees are built in a temporary
-index file (GIT_INDEX_FILE) from the base commit's tree with train.py replaced, committed with
-commit-tree and published with update-ref.
+untracked, and only when REF is what is checked out (else REF's committed results.tsv, or none).
+The plan's notes say which results.tsv was read and so which mode the import ran in. A REF that is
+not a local branch but one remote's (a fresh clone) is read there, with a note. Writing never
+touches the user's work tree or index: trees are built in a temporary index file (GIT_INDEX_FILE)
+from the base commit's tree with train.py replaced, committed with commit-tree and published with
+update-ref.
 
 How a greedy run becomes history (`seed_from_repo`):
 
+- a row's (short) hash names the commit reachable from REF that starts with it, else any commit
+  of the repository (discards were reset away); blobs and trees never count, and a hash several
+  commits start with is ambiguous (a note says so). Columns are found by the header's names.
 - the **best commit** is the lowest val_bpb among `keep` rows of results.tsv whose commit still
   exists and has a train.py (a commit measured several times counts with its mean). Without a
-  results.tsv, or when no keep row resolves, it is the tip of REF (the last commit there that
-  changed train.py, whose code is the tip's). An evo export (a commit with an `Evo-Candidate`
-  trailer) at the tip of REF that results.tsv does not list wins over the greedy rows: evo's answer
-  is newer than the greedy run it started from, so export -> seed-from round-trips.
+  results.tsv, with a header-only one (tip mode, noted), or when no keep row resolves, it is the
+  tip of REF (the last commit there that changed train.py, whose code is the tip's). An evo export
+  (a commit with an `Evo-Candidate` trailer) at the tip of REF that results.tsv does not list wins
+  over the greedy rows: evo's answer is newer than the greedy run it started from, so export ->
+  seed-from round-trips.
 - the **baseline** is the first keep row's commit; the word `baseline` stands for the commit the
   first kept change was made on (the first parent of the first kept commit that resolves), or the
   tip of REF when no kept change resolves.
-- the **kept chain** is every commit from the baseline on, along first-parent history of REF (and
+- the **chain** is every commit from the baseline on, along first-parent history of REF (and
   of the best and of every kept commit), that is a results.tsv row or changed train.py: baseline ->
-  ... -> best -> (kept commits after the best, when the tip is not the best). Each one's parent is
-  the nearest such commit before it. val_bpb and description come from results.tsv, else from
-  evo's trailers, else the commit subject.
+  ... -> best -> (commits after the best, when the tip is not the best). Each one's parent is
+  the nearest such commit before it. Only keep rows (and the baseline and the best) are kept: a
+  chain commit results.tsv does not list (an interrupted experiment, a revert) is imported as
+  `unrecorded`, not kept; in tip mode every chain commit is kept. val_bpb and description come
+  from results.tsv, else from evo's trailers, else the commit subject.
 - the **rejected rows** (discard, crash) follow, in results.tsv order, each the child of the kept
   commit it was made on (its git parent when the commit still exists, else the previous keep row).
   A row whose commit no longer exists gets its parent's code, and its hypothesis says so.
@@ -31,6 +40,11 @@ How a greedy run becomes history (`seed_from_repo`):
   built on top of the best (kept commits after it, the discards tried from it) hangs off the
   imported best, because the engine archives the history before the seed. `evo candidates` shows
   the imported history, then the re-measured seed, with the same code as the imported best.
+  With `--seed-train FILE` too (`with_seed_file`), FILE is the seed instead, the imported best its
+  parent: the greedy history stays when the best cannot run here.
+
+`evo:RUN[:N]` (`seed_from_evo`) imports the run's decided candidates the same way (accepted: kept,
+rejected: discarded, failed: crashed), and the seed is the re-measured child of candidate N.
 """
 
 from __future__ import annotations
@@ -47,12 +61,13 @@ from typing import Iterator
 import git as gitpython
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
-from evo.archive import Archive, ArchiveError, Candidate
+from evo.archive import COMPLETE, FAIL, Archive, ArchiveError, Candidate
 from evo.engine import Imported, SeedPlan
 
 TRAIN = "train.py"
 RESULTS = "results.tsv"
 STATUSES = ("keep", "discard", "crash")
+UNRECORDED = "unrecorded"      # a commit on the chain that results.tsv does not list: imported, not kept
 COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
 MAX_TIP_HISTORY = 200          # without a results.tsv: at most this many train.py commits as history
 MAX_LINEAGE_LINES = 40         # lineage lines in an export's commit message
@@ -64,6 +79,13 @@ _TRAILER = re.compile(r"^(Evo-[A-Za-z-]+):\s*(.*?)\s*$", re.MULTILINE)
 class GitError(Exception):
     """Bad input for git import or export (not a repository, unknown ref, bad results.tsv, a branch
     that exists): one sentence."""
+
+
+@dataclass(frozen=True)
+class ImportPlan(SeedPlan):
+    """A SeedPlan brought in by --seed-from, with what the import says about itself for the plan
+    summary: which results.tsv it read and so which mode it ran in, what it could not resolve."""
+    notes: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -91,15 +113,18 @@ def parse_results_tsv(text: str) -> list[ResultRow]:
     rows: list[ResultRow] = []
     seen: set[tuple] = set()
     index = {name: i for i, name in enumerate(COLUMNS)}
+    width = len(COLUMNS)  # columns the header names; extra named columns are ignored
     for lineno, raw in enumerate(text.lstrip("\ufeff").splitlines(), 1):
         line = raw.strip()
         if not line:
             continue
-        fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split(None, len(COLUMNS) - 1)
-        if fields[0].lower() == "commit":  # the header (also when repeated by concatenated files)
-            names = [f.lower() for f in fields]
+        fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split(None, width - 1)
+        names = [f.lower() for f in fields]
+        if names[0] == "commit" or all(n in names for n in ("commit", "val_bpb", "status")):
+            # the header (also when repeated by concatenated files), in any column order
             if all(n in names for n in ("commit", "val_bpb", "status")):
                 index = {name: names.index(name) for name in COLUMNS if name in names}
+                width = len(names)
             continue
         if len(fields) <= max(index["commit"], index["val_bpb"], index["status"]):
             raise GitError(f"results.tsv line {lineno} has {len(fields)} field(s), expected "
@@ -125,8 +150,8 @@ def parse_results_tsv(text: str) -> list[ResultRow]:
         description = ""
         d = index.get("description")
         if d is not None and d < len(fields):
-            # tabs inside a description: when it is the last column, everything after belongs to it
-            rest = fields[d:] if d == max(index.values()) else [fields[d]]
+            # tabs inside a description: when the header ends with it, everything after belongs to it
+            rest = fields[d:] if d == width - 1 else [fields[d]]
             description = " ".join(f for f in rest if f)
         row = ResultRow(lineno, commit, val_bpb, memory_gb, status, description)
         key = (row.commit, row.val_bpb, row.status, row.description)
@@ -166,13 +191,20 @@ def _head_sha(repo: gitpython.Repo) -> str | None:
         return None
 
 
-def _resolve_ref(repo: gitpython.Repo, ref: str, where: object) -> str:
+def _resolve_ref(repo: gitpython.Repo, ref: str, where: object, notes: list[str]) -> tuple[str, str]:
+    """REF -> (commit sha, the name it was read as). A branch that exists only as one remote's
+    (a fresh clone has no local autoresearch/<tag>) is read there, with a note."""
     if ref.startswith("-"):
         raise GitError(f"{ref!r} is not a branch, tag or commit in {where}.")
-    try:
-        return repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
-    except GitCommandError:
-        raise GitError(f"{ref!r} is not a branch, tag or commit in {where}.") from None
+    sha = _ref_sha(repo, f"{ref}^{{commit}}")
+    if sha is not None:
+        return sha, ref
+    remote = [name for name in (f"{r.name}/{ref}" for r in repo.remotes) if _ref_sha(repo, f"refs/remotes/{name}")]
+    if len(remote) == 1:
+        notes.append(f"{ref!r} is not a local branch in {where}: read the remote branch {remote[0]}")
+        return _ref_sha(repo, f"refs/remotes/{remote[0]}^{{commit}}"), remote[0]
+    hint = f"; the remote branches {' and '.join(remote)} exist: write {where}@{remote[0]}" if remote else ""
+    raise GitError(f"{ref!r} is not a branch, tag or commit in {where}{hint}.")
 
 
 def _blob_of(commit: gitpython.Commit, name: str):
@@ -256,11 +288,15 @@ class _Entry:
 class _Greedy:
     """One import of a greedy run; holds the caches of a single pass over the repository."""
 
-    def __init__(self, repo: gitpython.Repo, tip: str, rows: list[ResultRow], origin: str):
-        self.repo, self.tip, self.rows, self.origin = repo, tip, rows, origin
+    def __init__(self, repo: gitpython.Repo, tip: str, ref_name: str, rows: list[ResultRow], origin: str,
+                 notes: list[str]):
+        self.repo, self.tip, self.ref_name, self.rows, self.origin = repo, tip, ref_name, rows, origin
         self._commits: dict[str, gitpython.Commit] = {}
         self._train_blob: dict[str, str | None] = {}
+        self._on_ref: list[str] | None = None
         self.parents: dict[str, list[str]] = {}
+        self.ambiguous: dict[str, int] = {}   # a row's short hash -> how many commits start with it
+        self.notes = notes                    # what the plan summary says about this import
 
     # --- object access -------------------------------------------------------------------
 
@@ -292,19 +328,20 @@ class _Greedy:
         return blob is not None and (parent is None or self.train_blob(parent) != blob)
 
     def resolve(self, text: str) -> str | None:
-        """A row's (short) hash -> the full sha of a commit that has a train.py, else None."""
-        sha = None
-        try:
-            found, kind, _ = self.repo.git.get_object_header(text)
-            sha = found if kind == "commit" else None
-        except ValueError:
-            pass
-        if sha is None:  # missing, or a short hash that is ambiguous among object kinds
-            try:
-                sha = self.repo.git.rev_parse("--verify", "--quiet", f"{text}^{{commit}}") or None
-            except GitCommandError:
-                return None
-        return sha if sha and self.train_blob(sha) is not None else None
+        """A row's (short) hash -> the full sha of a commit that has a train.py, else None. A hash
+        names the commit reachable from REF that starts with it; only when none does, any commit in
+        the repository (discarded commits were reset away). Other objects (blobs, trees) never
+        count. Several matches leave the row unresolved and are remembered as ambiguous."""
+        if self._on_ref is None:
+            self._on_ref = self.repo.git.rev_list(self.tip).split()
+        matches = [sha for sha in self._on_ref if sha.startswith(text)]
+        if not matches:
+            found = self.repo.git.rev_parse(f"--disambiguate={text}").split()
+            matches = [sha for sha in found if self.repo.git.cat_file("-t", sha) == "commit"]
+        if len(matches) > 1:
+            self.ambiguous[text] = len(matches)
+            return None
+        return matches[0] if matches and self.train_blob(matches[0]) is not None else None
 
     def fp_walk(self, sha: str) -> Iterator[str]:
         node: str | None = sha
@@ -321,7 +358,7 @@ class _Greedy:
 
     # --- the plan --------------------------------------------------------------------------
 
-    def plan(self) -> SeedPlan:
+    def plan(self) -> ImportPlan:
         resolved = {r.commit: self.resolve(r.commit) for r in self.rows if not r.is_baseline}
         t = self.effective_tip()
         keeps = [r for r in self.rows if r.status == "keep"]
@@ -351,12 +388,18 @@ class _Greedy:
         eligible = [e for e in entries.values() if e.sha and e.status == "keep" and e.val_bpb is not None]
         best_entry = min(eligible, key=lambda e: (e.val_bpb, e.line), default=None)
         best = best_entry.sha if best_entry else None
-        if t is not None and t not in entries and "Evo-Candidate" in _trailers(self.commit(t).message):
+        export_tip = t is not None and t not in entries and "Evo-Candidate" in _trailers(self.commit(t).message)
+        if export_tip:
             best = t  # an evo export on top of the greedy run
         if best is None:
             best = t
         if best is None:
             raise GitError(f"{self.origin} has no train.py at its tip.")
+        if self.rows:
+            self.notes.append(f"the seed is {best[:7]}: " + (
+                "an evo export at the tip, newer than the greedy rows" if export_tip else
+                "the keep row with the lowest val_bpb" if best_entry else
+                f"the tip of {self.ref_name}, as no keep row names a commit with a train.py"))
 
         # the commit graph around every interesting start
         starts = list(dict.fromkeys([self.tip, best, *(e.sha for e in entries.values() if e.sha and e.status == "keep")]))
@@ -369,11 +412,13 @@ class _Greedy:
             order.append(shas[0])
         order.reverse()  # oldest first
 
-        # the kept chain
-        kept: set[str] = {best}
+        # the chain: commits from the baseline on, along first-parent lines, that changed train.py
+        # or are results.tsv rows. Only keep rows (and the baseline and the best) are kept: a commit
+        # that results.tsv does not list (an interrupted experiment, a revert) was never accepted.
+        chain: set[str] = {best}
         if baseline:
-            kept.add(baseline)
-            kept.update(e.sha for e in entries.values() if e.sha and e.status == "keep")
+            chain.add(baseline)
+            chain.update(e.sha for e in entries.values() if e.sha and e.status == "keep")
             region: dict[str, bool] = {}
 
             def in_region(sha: str) -> bool:
@@ -396,18 +441,23 @@ class _Greedy:
                     if node == baseline:
                         break
                     if node in entries or self.changed_train(node):
-                        kept.add(node)
+                        chain.add(node)
         else:
-            kept.update(islice((sha for sha in self.fp_walk(self.tip) if self.changed_train(sha)), MAX_TIP_HISTORY))
+            chain.update(islice((sha for sha in self.fp_walk(self.tip) if self.changed_train(sha)), MAX_TIP_HISTORY))
 
         history: list[Imported] = []
         keys: set[str] = set()
         for sha in order:
-            if sha not in kept:
+            if sha not in chain:
                 continue
-            parent = next((p for p in islice(self.fp_walk(sha), 1, None) if p in kept), None)
-            history.append(self._kept_item(sha, parent, entries.get(sha)))
+            parent = next((p for p in islice(self.fp_walk(sha), 1, None) if p in chain), None)
+            kept = sha in (best, baseline) or not self.rows
+            history.append(self._chain_item(sha, parent, entries.get(sha), kept))
             keys.add(sha)
+        unrecorded = sum(1 for h in history if h.status == UNRECORDED)
+        if unrecorded:
+            self.notes.append(f"{unrecorded} commit(s) on {self.ref_name} changed train.py but are not in results.tsv "
+                              f"(an unfinished experiment, a revert): imported as not kept")
 
         # the rejected rows, each the child of the kept commit it was made on
         previous_keep = baseline
@@ -424,26 +474,31 @@ class _Greedy:
                 parent = previous_keep if previous_keep in keys else None
             history.append(self._rejected_item(entry, parent, fallback=best))
             keys.add(entry.key)
+        for text, n in self.ambiguous.items():
+            self.notes.append(f"results.tsv names {text!r}, which is ambiguous ({n} commits start with it): imported "
+                              f"with the code it was tried on; write more of the hash to import its own")
 
         info = entries.get(best)
         val = info.val_bpb if info else self._trailer_val(best)
         description = info.description if info and info.description else _subject(self.commit(best))
-        return SeedPlan(code=self.code(best), operator="import",
-                        hypothesis=f"imported {best[:7]} from {self.origin}: {description}",
-                        imported_val_bpb=val, parent_key=best, history=tuple(history))
+        return ImportPlan(code=self.code(best), operator="import",
+                          hypothesis=f"imported {best[:7]} from {self.origin}: {description}",
+                          imported_val_bpb=val, parent_key=best, history=tuple(history), notes=tuple(self.notes))
 
     def _trailer_val(self, sha: str) -> float | None:
         trailers = _trailers(self.commit(sha).message)
         return _float(trailers.get("Evo-Val-Bpb")) or _float(trailers.get("Evo-Imported-Val-Bpb"))
 
-    def _kept_item(self, sha: str, parent: str | None, entry: _Entry | None) -> Imported:
+    def _chain_item(self, sha: str, parent: str | None, entry: _Entry | None, kept: bool) -> Imported:
+        """A commit of the chain: as results.tsv has it, else kept (the baseline, the best, any
+        commit in tip mode) or not in results.tsv."""
         if entry is not None:
             description = entry.description or _subject(self.commit(sha))
             return Imported(key=sha, parent_key=parent, code=self.code(sha), hypothesis=f"{description} [{sha[:7]}]",
-                            val_bpb=entry.val_bpb, status=entry.status)
-        return Imported(key=sha, parent_key=parent, code=self.code(sha),
-                        hypothesis=f"{_subject(self.commit(sha))} [{sha[:7]}]", val_bpb=self._trailer_val(sha),
-                        status="keep")
+                            val_bpb=entry.val_bpb, status="keep" if kept else entry.status)
+        hypothesis = f"{_subject(self.commit(sha))} [{sha[:7]}]" + ("" if kept else " (not in results.tsv: not kept)")
+        return Imported(key=sha, parent_key=parent, code=self.code(sha), hypothesis=hypothesis,
+                        val_bpb=self._trailer_val(sha), status="keep" if kept else UNRECORDED)
 
     def _rejected_item(self, entry: _Entry, parent: str | None, fallback: str) -> Imported:
         description = entry.description or entry.status
@@ -452,16 +507,18 @@ class _Greedy:
         else:
             source = parent or fallback
             code = self.code(source)
-            hypothesis = (f"{description} [{entry.key[:7]} no longer exists; the code shown is the kept commit "
+            problem = (f"is ambiguous ({self.ambiguous[entry.key]} commits start with it)"
+                       if entry.key in self.ambiguous else "no longer exists")
+            hypothesis = (f"{description} [{entry.key[:7]} {problem}; the code shown is the kept commit "
                           f"{source[:7]} it was tried on]")
         status = entry.status if entry.status != "keep" else "discard"
         if entry.status == "keep":
-            hypothesis += " (kept in results.tsv, but the commit is gone)"
+            hypothesis += " (kept in results.tsv, but the commit cannot be read)"
         return Imported(key=entry.key, parent_key=parent, code=code, hypothesis=hypothesis,
                         val_bpb=entry.val_bpb, status=status)
 
 
-def seed_from_repo(spec: str) -> SeedPlan:
+def seed_from_repo(spec: str) -> ImportPlan:
     """`REPO[@REF]` (REF defaults to what is checked out): the best commit of a greedy
     autoresearch run as the seed, with the greedy history before it. See the module docstring."""
     path, shown, ref = _split_spec(spec)
@@ -469,41 +526,48 @@ def seed_from_repo(spec: str) -> SeedPlan:
     with repo:
         try:
             head = _head_sha(repo)
+            notes: list[str] = []
             if ref is None:
                 if head is None:
                     raise GitError(f"{shown} has no commits.")
                 tip, ref_name = head, (repo.active_branch.name if not repo.head.is_detached else "HEAD")
             else:
-                tip, ref_name = _resolve_ref(repo, ref, shown), ref
+                tip, ref_name = _resolve_ref(repo, ref, shown, notes)
             origin = f"{shown}@{ref_name}"
-            text, where = _read_results(repo, tip, prefer_worktree=ref is None or tip == head)
+            text, where = _read_results(repo, tip, ref_name, checked_out=tip == head, notes=notes)
             try:
                 rows = parse_results_tsv(text) if text is not None else []
             except GitError as e:
                 raise GitError(f"{where}: {e}") from None
-            return _Greedy(repo, tip, rows, origin).plan()
+            tip_mode = (f"tip mode: the last commit of {ref_name} that changed train.py is the seed, and the train.py "
+                        f"commits before it (at most {MAX_TIP_HISTORY}) are kept history without val_bpb")
+            if text is None:
+                notes.append(f"no results.tsv (not in the work tree of {ref_name}, not committed there): {tip_mode}")
+            elif not rows:
+                notes.append(f"{where} has no rows yet (a header only): {tip_mode}")
+            else:
+                notes.append(f"read {where} ({len(rows)} row(s))")
+            return _Greedy(repo, tip, ref_name, rows, origin, notes).plan()
         except GitCommandError as e:
             raise _git_failed(e, shown) from None
 
 
-def _read_results(repo: gitpython.Repo, tip: str, *, prefer_worktree: bool) -> tuple[str | None, str]:
-    """results.tsv from the work tree (where autoresearch leaves it untracked) or committed at REF;
-    the work tree first when REF is what is checked out, REF's own first otherwise."""
-    options = []
-    if not repo.bare and repo.working_tree_dir:
-        options.append(("worktree", Path(repo.working_tree_dir) / RESULTS))
-    options.append(("ref", tip))
-    if not prefer_worktree:
-        options.reverse()
-    for kind, source in options:
-        if kind == "worktree":
-            if source.is_file():
-                return _decode(source.read_bytes(), str(source)).lstrip("\ufeff"), str(source)
-        else:
-            blob = _blob_of(repo.commit(source), RESULTS)
-            if blob is not None:
-                return _decode(blob.data_stream.read(), f"results.tsv at {source[:7]}"), f"results.tsv at {source[:7]}"
-    return None, ""
+def _read_results(repo: gitpython.Repo, tip: str, ref_name: str, *, checked_out: bool,
+                  notes: list[str]) -> tuple[str | None, str]:
+    """results.tsv and where it was read: from the work tree (where autoresearch leaves it
+    untracked) only when REF is what is checked out, else (or when there is none) as committed at
+    REF. A work-tree results.tsv of another checkout is never read; a note says so."""
+    local = None if repo.bare or not repo.working_tree_dir else Path(repo.working_tree_dir) / RESULTS
+    if local is not None and local.is_file():
+        if checked_out:
+            return _decode(local.read_bytes(), str(local)).lstrip("\ufeff"), str(local)
+        notes.append(f"{local} was not read: it belongs to what is checked out there, not to {ref_name} "
+                     f"(check out {ref_name} to use it)")
+    blob = _blob_of(repo.commit(tip), RESULTS)
+    if blob is None:
+        return None, ""
+    where = f"{ref_name}:{RESULTS}"
+    return _decode(blob.data_stream.read(), where), where
 
 
 # ---------------------------------------------------------------------------
@@ -541,25 +605,42 @@ def _ancestors(archive: Archive, cand: Candidate) -> list[Candidate]:
     return chain[::-1]
 
 
-def seed_from_evo(archive: Archive, spec: str) -> SeedPlan:
-    """`evo:RUN[:NUMBER]`: that run's best accepted candidate (or candidate NUMBER) as the seed,
-    its ancestors (first parents) as kept history."""
+def seed_from_evo(archive: Archive, spec: str) -> ImportPlan:
+    """`evo:RUN[:NUMBER]`: that run's best accepted candidate (or candidate NUMBER) as the seed, the
+    run's decided candidates as history (accepted: kept, rejected: discarded, failed: crashed, each
+    on its first parent; pruned duplicates and undecided ones stay behind), with the candidate's
+    ancestors always among them. As with a greedy repository, the candidate itself is imported and
+    the seed is its re-measured child."""
     m = re.fullmatch(r"evo:(.+?)(?::(\d+|best))?", spec.strip())
     if not m:
         raise GitError(f"{spec!r} is not evo:RUN or evo:RUN:NUMBER.")
     run_name, cand = _find(archive, m.group(1), m.group(2) or "best")
     key = lambda c: f"evo:{run_name}:{c.number}"  # noqa: E731
+    lineage = {c.id for c in _ancestors(archive, cand)} | {cand.id}
+    cands = archive.candidates(cand.run_id)
+    by_id = {c.id: c for c in cands}
+    chosen = [c for c in cands if c.id in lineage or (c.accepted is not None and c.state in (COMPLETE, FAIL))]
+    imported: set[int] = set()
     history = []
-    for c in _ancestors(archive, cand):
-        history.append(Imported(key=key(c), parent_key=key(archive.candidate_by_id(c.parent_id)) if c.parent_id else None,
+    for c in chosen:  # in number order: parents first
+        parent = c.parent_id
+        while parent is not None and parent not in imported:
+            parent = by_id[parent].parent_id if parent in by_id else None
+        status = "keep" if c.accepted else "crash" if c.state == FAIL else "discard"
+        how = c.operator + (f" of #{by_id[c.parent_id].number} and #{by_id[c.parent2_id].number}"
+                            if c.parent2_id in by_id and c.parent_id in by_id else "")
+        failed = f", {c.state} {c.fail_reason}" if c.state == FAIL else ""
+        history.append(Imported(key=key(c), parent_key=key(by_id[parent]) if parent is not None else None,
                                 code=archive.code(c.code_hash),
-                                hypothesis=f"evo run {run_name} #{c.number} ({c.operator}): {c.hypothesis}",
-                                val_bpb=c.val_bpb if c.val_bpb is not None else c.imported_val_bpb, status="keep"))
-    parent = archive.candidate_by_id(cand.parent_id) if cand.parent_id else None
-    return SeedPlan(code=archive.code(cand.code_hash), operator="import",
-                    hypothesis=f"from evo run {run_name} #{cand.number}: {cand.hypothesis}",
-                    imported_val_bpb=cand.val_bpb if cand.val_bpb is not None else cand.imported_val_bpb,
-                    parent_key=key(parent) if parent else None, history=tuple(history))
+                                hypothesis=f"evo run {run_name} #{c.number} ({how}{failed}): {c.hypothesis}",
+                                val_bpb=c.val_bpb if c.val_bpb is not None else c.imported_val_bpb, status=status))
+        imported.add(c.id)
+    note = (f"history: evo run {run_name}'s {len(history)} decided candidate(s) (accepted ones kept, rejected "
+            f"discarded, failed crashed); the seed is #{cand.number}, re-measured here")
+    return ImportPlan(code=archive.code(cand.code_hash), operator="import",
+                      hypothesis=f"from evo run {run_name} #{cand.number}: {cand.hypothesis}",
+                      imported_val_bpb=cand.val_bpb if cand.val_bpb is not None else cand.imported_val_bpb,
+                      parent_key=key(cand), history=tuple(history), notes=(note,))
 
 
 def seed_from(spec: str, archive: Archive | None = None) -> SeedPlan:
@@ -571,12 +652,27 @@ def seed_from(spec: str, archive: Archive | None = None) -> SeedPlan:
     return seed_from_repo(spec)
 
 
+def with_seed_file(plan: SeedPlan, code: str, path: str) -> ImportPlan:
+    """`--seed-from X --seed-train FILE`: X's history, with FILE as the seed (measured here) in
+    place of X's best; its parent is the imported best, so the lineage shows where it came from."""
+    notes = getattr(plan, "notes", ())
+    best = plan.parent_key[:7] if plan.parent_key else "none"
+    return ImportPlan(code=code, operator="seed",
+                      hypothesis=f"{path} (--seed-train), on top of the imported best {best}",
+                      parent_key=plan.parent_key, history=plan.history,
+                      notes=(*notes, f"--seed-train {path} is the seed instead of the imported best "
+                                     f"({plan.hypothesis}), which stays in the history as its parent"))
+
+
 def summarize_plan(plan: SeedPlan) -> str:
-    """One line for the CLI: what the seed is and how much history came with it."""
-    counts = {s: sum(1 for h in plan.history if h.status == s) for s in STATUSES}
+    """Lines for the CLI: what the seed is and how much history came with it, then what the import
+    says about itself (which results.tsv it read, which mode, what it could not resolve)."""
+    counts = {s: sum(1 for h in plan.history if h.status == s) for s in (*STATUSES, UNRECORDED)}
     measured = f" (val_bpb {plan.imported_val_bpb:.6f} there; re-measured here)" if plan.imported_val_bpb else ""
-    return (f"seed: {plan.hypothesis}{measured}; history: {counts['keep']} kept, {counts['discard']} discarded, "
-            f"{counts['crash']} crashed")
+    unrecorded = f", {counts[UNRECORDED]} not in results.tsv" if counts[UNRECORDED] else ""
+    head = (f"seed: {plan.hypothesis}{measured}; history: {counts['keep']} kept, {counts['discard']} discarded, "
+            f"{counts['crash']} crashed{unrecorded}")
+    return "\n".join([head, *getattr(plan, "notes", ())])
 
 
 # ---------------------------------------------------------------------------

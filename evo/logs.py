@@ -14,11 +14,24 @@ SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", 
 # Exit status seed_train.py uses for a diverged (NaN / exploding) loss.
 EXIT_DIVERGED = 3
 
+# A training loop checks its clock after each step, so an honest one ends past the budget by at
+# most one step; on a loaded machine that step can be several times the usual, so the slack is this
+# many of the slowest recent steps (never below the preset's base slack) ...
+SLACK_STEPS = 3.0
+# ... measured over this many of the latest progress lines ...
+RECENT_POINTS = 8
+# ... and never more than this share of the budget, whatever the candidate claims its steps took.
+MAX_SLACK_SHARE = 0.5
+# Longer step numbers are nonsense a candidate printed (they overflow an SQLite integer, and past
+# 4,300 digits int() refuses them).
+MAX_STEP_DIGITS = 15
+
 _SUMMARY_LINE = re.compile(r"^([A-Za-z_]+):\s+(\S+)\s*$")
+_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?))"
 _STEP = re.compile(r"\bstep\s+(\d+)")
-_ELAPSED = re.compile(r"\belapsed:\s*([0-9.]+)s")
-_REMAINING = re.compile(r"\bremaining:\s*([0-9.]+)s")
-_LOSS = re.compile(r"\bloss:\s*([-+0-9.eE]+|nan|inf)", re.IGNORECASE)
+_ELAPSED = re.compile(r"\belapsed:\s*" + _NUMBER + "s", re.IGNORECASE)
+_REMAINING = re.compile(r"\bremaining:\s*" + _NUMBER + "s", re.IGNORECASE)
+_LOSS = re.compile(r"\bloss:\s*" + _NUMBER, re.IGNORECASE)
 _OOM = re.compile(r"out of memory|OutOfMemoryError|CUDA error: out of memory|MemoryError", re.IGNORECASE)
 _NAN = re.compile(r"\bnan\b|diverged", re.IGNORECASE)
 
@@ -33,8 +46,10 @@ def split_lines(text: str) -> list[str]:
 
 
 def parse_summary(text: str) -> dict[str, float]:
-    """The last `---` block of the output, as numbers. Raises SummaryError when it is missing,
-    incomplete, repeats a key, or holds a value that is not a number."""
+    """The SUMMARY_KEYS of the last `---` block of the output, as numbers; other `key: value`
+    lines are the candidate's own business and are dropped, so printing `seed: 7` or `state: 1`
+    cannot reach the archive. Raises SummaryError when the block is missing, incomplete, repeats
+    a key, or holds a value that is not a number."""
     lines = split_lines(text)
     starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
     if not starts:
@@ -45,6 +60,8 @@ def parse_summary(text: str) -> dict[str, float]:
         if not match:
             break  # the block ends at the first line that is not `key: value`
         key, raw = match.groups()
+        if key not in SUMMARY_KEYS:
+            continue
         if key in summary:
             raise SummaryError(f"summary repeats {key!r}")
         try:
@@ -59,22 +76,58 @@ def parse_summary(text: str) -> dict[str, float]:
 
 def parse_curve(text: str, time_budget: float | None = None) -> list[tuple[int, float, float]]:
     """(step, elapsed training seconds, train loss) from progress lines. autoresearch's own lines
-    carry `remaining: Ns` instead of elapsed; with the budget known, elapsed is derived from it."""
+    carry `remaining: Ns` instead of elapsed; with the budget known, elapsed is derived from it.
+    Never raises: this is candidate output, and a line that does not give a finite point (`loss:
+    -inf`, `elapsed: nans`, a step number past any real run) is skipped."""
     points: list[tuple[int, float, float]] = []
     for line in split_lines(text):
-        step, loss = _STEP.search(line), _LOSS.search(line)
-        if not (step and loss):
-            continue
-        elapsed = _ELAPSED.search(line)
-        if elapsed:
-            seconds = float(elapsed.group(1))
-        else:
-            remaining = _REMAINING.search(line)
-            if not (remaining and time_budget is not None):
-                continue
-            seconds = max(0.0, time_budget - float(remaining.group(1)))
-        points.append((int(step.group(1)), seconds, float(loss.group(1))))
+        point = _progress_point(line, time_budget)
+        if point is not None:
+            points.append(point)
     return points
+
+
+def _progress_point(line: str, time_budget: float | None) -> tuple[int, float, float] | None:
+    step, loss = _STEP.search(line), _LOSS.search(line)
+    if not (step and loss):
+        return None
+    elapsed = _ELAPSED.search(line)
+    if elapsed:
+        seconds = _finite(elapsed.group(1))
+    else:
+        remaining = _REMAINING.search(line)
+        if not (remaining and time_budget is not None):
+            return None
+        left = _finite(remaining.group(1))
+        seconds = None if left is None else max(0.0, time_budget - left)
+    digits, value = step.group(1), _finite(loss.group(1))
+    if seconds is None or seconds < 0 or value is None or len(digits) > MAX_STEP_DIGITS:
+        return None
+    return int(digits), seconds, value
+
+
+def _finite(text: str) -> float | None:
+    value = float(text)  # _NUMBER only matches what float() reads
+    return value if math.isfinite(value) else None
+
+
+def step_seconds(curve: list[tuple[int, float, float]]) -> float:
+    """The slowest recent training step in seconds of the candidate's clock: elapsed between
+    consecutive progress lines over the steps between them (0 with fewer than two lines)."""
+    recent = curve[-RECENT_POINTS:]
+    return max(((e2 - e1) / (s2 - s1) for (s1, e1, _), (s2, e2, _) in zip(recent, recent[1:])
+                if s2 > s1 and e2 >= e1), default=0.0)
+
+
+def max_slack(time_budget: float, base: float) -> float:
+    return max(base, MAX_SLACK_SHARE * time_budget)
+
+
+def training_slack(curve: list[tuple[int, float, float]], time_budget: float, base: float) -> float:
+    """How far past the budget training may end: the base slack, or SLACK_STEPS of the slowest
+    recent step when the machine is slower than that (so one slow last step under load passes),
+    capped at max_slack."""
+    return min(max(base, SLACK_STEPS * step_seconds(curve)), max_slack(time_budget, base))
 
 
 @dataclass(frozen=True)
@@ -87,11 +140,13 @@ class Outcome:
     summary: dict[str, float] | None = None
 
 
-def classify(returncode: int | None, output: str, *, timed_out: bool, interrupted: bool,
+def classify(returncode: int | None, output: str, *, timed_out: str | None, interrupted: bool,
              time_budget: float, budget_slack: float, recorded_bpb: list[float] | None,
-             prepare_changed: bool) -> Outcome:
+             prepare_changed: bool, training_wall: float | None = None) -> Outcome:
     """Decide an evaluation's outcome from its exit status, its output and the evaluator's own
     record (`recorded_bpb`: the values evaluate_bpb signed, None when no record was asked for).
+    `timed_out` is the runner's sentence saying which phase overran its limit (None: none did);
+    `training_wall` the seconds of training the harness's own clock saw (None: unknown).
 
     Order matters: what the harness observed itself (interruption, timeout, a modified prepare.py)
     outranks anything the candidate printed.
@@ -101,7 +156,7 @@ def classify(returncode: int | None, output: str, *, timed_out: bool, interrupte
     if prepare_changed:
         return Outcome("FAIL", "invalid", "the candidate modified the locked prepare.py")
     if timed_out:
-        return Outcome("FAIL", "timeout", "killed at the hard timeout")
+        return Outcome("FAIL", "timeout", timed_out)
     tail = "\n".join(split_lines(output)[-40:])
     if returncode != 0:
         if returncode == EXIT_DIVERGED or (_NAN.search(tail) and "Traceback" not in tail):
@@ -117,13 +172,31 @@ def classify(returncode: int | None, output: str, *, timed_out: bool, interrupte
     bpb = summary["val_bpb"]
     if not math.isfinite(bpb):
         return Outcome("FAIL", "nan", f"val_bpb is {bpb}", summary)
-    if summary["training_seconds"] > time_budget + budget_slack:
-        return Outcome("FAIL", "invalid",
-                       f"trained {summary['training_seconds']:.1f}s, past the {time_budget:.0f}s budget", summary)
     if recorded_bpb is not None:
         # The printed value is rounded to 6 decimals; it must match one the evaluator signed.
         if not any(abs(bpb - r) <= 1e-6 + 1e-9 * abs(r) for r in recorded_bpb):
             why = "the evaluator recorded no result" if not recorded_bpb else \
                 f"the evaluator recorded {', '.join(f'{r:.6f}' for r in recorded_bpb)}"
             return Outcome("FAIL", "invalid", f"printed val_bpb {bpb:.6f} but {why}", summary)
+    overrun = budget_overrun(summary["training_seconds"], training_wall, parse_curve(output, time_budget),
+                             time_budget, budget_slack)
+    if overrun:
+        return Outcome("FAIL", "over_budget", overrun, summary)
     return Outcome("COMPLETE", None, "", summary)
+
+
+def budget_overrun(trained: float, training_wall: float | None, curve: list[tuple[int, float, float]],
+                   time_budget: float, base_slack: float) -> str | None:
+    """Why training went clearly past the budget, by the candidate's clock (`trained`) or the
+    harness's (`training_wall`); None when it stayed within the budget plus the slack. Distinct
+    from cheating: a loaded machine makes this happen to honest candidates."""
+    slack = training_slack(curve, time_budget, base_slack)
+    limit = time_budget + slack
+    why = (f"past the {time_budget:g} s budget and its {slack:.1f} s of slack ({SLACK_STEPS:g} x the slowest "
+           f"recent step of {step_seconds(curve):.2f} s, kept between {base_slack:g} and "
+           f"{max_slack(time_budget, base_slack):g} s); training must stop once elapsed reaches the budget")
+    if not trained <= limit:  # also catches a training_seconds of nan
+        return f"trained {trained:.1f} s by its own clock, {why}"
+    if training_wall is not None and training_wall > limit:
+        return f"the harness clock saw {training_wall:.1f} s of training (first timed step to last progress line), {why}"
+    return None

@@ -1,17 +1,21 @@
 """The runner: one evaluation of one candidate, as a real subprocess on one slot.
 
 Each evaluation gets its own folder holding the candidate as train.py beside a copy of the locked
-prepare.py, whose hash is checked before and after. The process runs in its own process group
-with a scrubbed environment (an allowlist: no API keys or tokens reach candidate code) and a hard
-timeout; on timeout or interrupt the whole group gets SIGTERM, then SIGKILL, so children the
-candidate spawned die with it. Deciding what the output means is `evo.logs`' job.
+prepare.py, whose hash is checked before and after. The process runs under `evo.watchdog` in its
+own process group with a scrubbed environment (an allowlist: no API keys or tokens reach candidate
+code); the watchdog kills the group if evo dies. The runner reads the log as it grows and holds
+each phase to its own limit (`Phases`): start-up, the training budget, the final evaluation. On an
+overrun or interrupt the whole group gets SIGTERM, then SIGKILL, so children the candidate spawned
+die with it. Deciding what the output means is `evo.logs`' job.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -29,6 +33,8 @@ from evo import logs
 LOG_TAIL_LINES = 200
 PID_FILE = "pid"
 MAX_CURVE_POINTS = 500
+POLL_SECONDS = 0.2
+WATCHDOG = Path(__file__).with_name("watchdog.py")
 
 # Environment variables a candidate may see. Everything else is dropped, and so is anything that
 # looks like a credential even when a prefix below would admit it.
@@ -49,18 +55,110 @@ class Slot:
 @dataclass(frozen=True)
 class Limits:
     time_budget: float          # the preset's TIME_BUDGET
-    startup_allowance: float    # imports, data loading, compilation
-    eval_allowance: float       # the final evaluate_bpb
+    startup_allowance: float    # until the first timed step: imports, data loading, compilation, warm-up steps
+    eval_allowance: float       # from the end of training: the final evaluate_bpb and the summary
     kill_grace: float = 5.0     # SIGTERM to SIGKILL
-
-    @property
-    def hard_timeout(self) -> float:
-        return self.time_budget + self.startup_allowance + self.eval_allowance
+    run_name: str = ""          # for the command that raises an allowance, in timeout messages
 
     @property
     def budget_slack(self) -> float:
-        # A training loop checks the clock after each step, so it may overrun by one step.
+        # The base slack; logs.training_slack widens it when the measured steps are slow.
         return max(2.0, 0.1 * self.time_budget)
+
+    @property
+    def hard_timeout(self) -> float:
+        """The backstop over all phases (each phase's own limit normally ends an overrun first)."""
+        return (self.startup_allowance + self.time_budget + logs.max_slack(self.time_budget, self.budget_slack)
+                + self.eval_allowance)
+
+
+@dataclass
+class Phases:
+    """Where a running candidate is, from its progress lines and when the harness saw them. Pure:
+    the runner feeds it the log as it grows and its own clock.
+
+    - startup: until the first progress line reporting elapsed training seconds above 0 (imports,
+      data loading, compilation and untimed warm-up steps, as autoresearch leaves them outside the
+      budget), bounded by the startup allowance;
+    - training: the budget plus a slack sized from the measured steps (logs.training_slack),
+      counted from the first timed step; a progress line written after that is an overrun;
+    - evaluation: the eval allowance, counted from the line reporting the budget reached (or from
+      the end of the training window when no line does).
+    """
+
+    limits: Limits
+    started: float                                   # harness clock when the candidate started
+    recent: list[tuple[int, float, float]] = field(default_factory=list)  # latest points, for the slack
+    training_start: float | None = None              # harness clock at the first timed step
+    training_end: float | None = None                # when the line reporting the budget reached arrived
+    last_line: tuple[float, float] | None = None     # (written no earlier than, elapsed) of the latest training line
+    warming_up: bool = False                         # progress lines seen, none timed yet
+    _partial: str = ""                               # the log's last line, not yet ended
+    _previous: float | None = None                   # the clock at the previous feed
+
+    def feed(self, text: str, now: float) -> None:
+        """Take what the log gained since the previous feed, seen at `now`."""
+        *lines, partial = re.split(r"[\r\n]", self._partial + text)
+        self._partial = partial[-10_000:]  # a line without an end is not a progress line yet
+        written_after = self.started if self._previous is None else self._previous
+        self._previous = now
+        points = logs.parse_curve("\n".join(lines), self.limits.time_budget)
+        self.recent = (self.recent + points)[-logs.RECENT_POINTS:]
+        for _, elapsed, _ in points:
+            if self.training_end is not None:
+                break
+            if self.training_start is None:
+                if elapsed <= 0:
+                    self.warming_up = True
+                    continue
+                self.training_start = now - elapsed  # `now` is when the line was seen, no earlier than written
+            self.last_line = (written_after, elapsed)
+            if elapsed >= self.limits.time_budget:
+                self.training_end = now
+
+    @property
+    def training_wall(self) -> float | None:
+        """Seconds of training by the harness's clock, from the first timed step to the latest
+        training line, counted short (the poll's uncertainty is the candidate's benefit)."""
+        if self.training_start is None or self.last_line is None:
+            return None
+        return max(0.0, self.last_line[0] - self.training_start)
+
+    def overrun(self, now: float) -> str | None:
+        """The sentence saying which phase ran past its limit at `now`, or None."""
+        lim = self.limits
+        run = lim.run_name or "RUN"
+        if self.training_start is None:
+            if now - self.started <= lim.startup_allowance:
+                return None
+            seen = ("printed only warm-up progress lines (elapsed 0)" if self.warming_up else
+                    "printed no progress line (`step N | elapsed: Xs | loss: L`)")
+            return (f"training had not started after the --startup-allowance of {lim.startup_allowance:g} s: the candidate "
+                    f"{seen}; imports, data loading and compilation took longer, or the candidate hangs; raise it with "
+                    f"`evo run --resume --name {run} --startup-allowance {_more(lim.startup_allowance)}`")
+        slack = logs.training_slack(self.recent, lim.time_budget, lim.budget_slack)
+        window_end = self.training_start + lim.time_budget + slack
+        if self.training_end is None and self.last_line[0] > window_end:
+            return (f"still training {now - self.training_start:.0f} s after its first timed step (its latest progress "
+                    f"line says elapsed {self.last_line[1]:.1f} s), past the {lim.time_budget:g} s budget and "
+                    f"{slack:.1f} s of slack by the harness's clock")
+        if self.training_end is not None and now > self.training_end + lim.eval_allowance:
+            return (f"training finished at {self.last_line[1]:.1f} s; the final evaluation did not finish within "
+                    f"--eval-allowance {lim.eval_allowance:g} s; raise it with "
+                    f"`evo run --resume --name {run} --eval-allowance {_more(lim.eval_allowance)}`")
+        if self.training_end is None and now > window_end + lim.eval_allowance:
+            return (f"no progress line reached the {lim.time_budget:g} s budget (the latest said elapsed "
+                    f"{self.last_line[1]:.1f} s), and the candidate did not finish within --eval-allowance "
+                    f"{lim.eval_allowance:g} s after its training window ({lim.time_budget:g} s + {slack:.1f} s slack) "
+                    f"closed; raise it with `evo run --resume --name {run} --eval-allowance {_more(lim.eval_allowance)}`")
+        if now - self.started > lim.hard_timeout:
+            return f"killed at the hard cap of {lim.hard_timeout:.0f} s (start-up, budget, slack and evaluation together)"
+        return None
+
+
+def _more(seconds: float) -> int:
+    """A suggested larger allowance: double, in whole half-minutes."""
+    return 30 * max(1, math.ceil(2 * seconds / 30))
 
 
 @dataclass
@@ -73,15 +171,22 @@ class EvalResult:
     log_tail: str
 
 
-def detect_slots(gpus: str | None, slots: int | None) -> list[Slot]:
+def detect_slots(gpus: str | None, slots: int | None, visible: int | None = None) -> list[Slot]:
     """`--gpus 0,1` pins one slot per listed device; by default every visible CUDA device; on a
-    CPU one slot, or `--slots N`, with the cores shared out between them."""
+    CPU one slot, or `--slots N`, with the cores shared out between them. `visible` is the number
+    of GPUs (nvidia-smi's count when not given): --gpus may name only those."""
+    n_cuda = _cuda_device_count() if visible is None else visible
     if gpus:
         ids = [g.strip() for g in gpus.split(",") if g.strip()]
         if not ids or not all(g.isdigit() for g in ids):
             raise ValueError(f"--gpus takes device numbers separated by commas, not {gpus!r}")
+        if not n_cuda:
+            raise ValueError(f"--gpus {gpus} names GPUs, but no GPU is visible here; leave out --gpus to run on the CPU.")
+        missing = [g for g in ids if int(g) >= n_cuda]
+        if missing:
+            raise ValueError(f"--gpus names GPU {', '.join(missing)}, but only {n_cuda} GPU(s) are visible here "
+                             f"(0 to {n_cuda - 1}).")
         return [Slot(f"gpu{g}", {"CUDA_VISIBLE_DEVICES": g}) for g in ids]
-    n_cuda = _cuda_device_count()
     if n_cuda and not slots:
         return [Slot(f"gpu{i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(n_cuda)]
     n = slots or 1
@@ -195,6 +300,22 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
+def _launch(python: str, workdir: Path, env: dict[str, str], log) -> tuple[subprocess.Popen, int]:
+    """Start `python train.py` under evo.watchdog as the leader of a new process group. Returns the
+    process and the write end of the watchdog's lifeline: closing it, or evo dying, kills the group."""
+    lifeline_read, lifeline = os.pipe()  # not inheritable: no other child of evo holds the lifeline open
+    try:
+        proc = subprocess.Popen([python, "-I", str(WATCHDOG), str(lifeline_read), python, "train.py"], cwd=workdir,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, pass_fds=(lifeline_read,))
+    except BaseException:
+        os.close(lifeline)
+        raise
+    finally:
+        os.close(lifeline_read)
+    return proc, lifeline
+
+
 def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: str, slot: Slot, seed: int,
                    limits: Limits, preset: str, stop: threading.Event | None = None,
                    python: str = sys.executable) -> EvalResult:
@@ -213,35 +334,43 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
         **slot.env, "EVO_PRESET": preset, "EVO_SEED": str(seed), "PYTHONUNBUFFERED": "1",
         "EVO_EVAL_RECORD": str(record), "EVO_EVAL_KEY": key, "PYTHONDONTWRITEBYTECODE": "1"})
     log_path = workdir / "run.log"
-    timed_out = interrupted = False
-    with open(log_path, "wb") as log:
+    timed_out: str | None = None
+    interrupted = False
+    with open(log_path, "wb") as log, open(log_path, "rb") as reader:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         p0 = time.monotonic()
-        proc = subprocess.Popen([python, "train.py"], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        (workdir / PID_FILE).write_text(str(proc.pid))  # lets a resumed run kill what a crash left behind
-        deadline = p0 + limits.hard_timeout
-        while True:
-            try:
-                proc.wait(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if stop is not None and stop.is_set():
-                interrupted = True
-            elif time.monotonic() > deadline:
-                timed_out = True
-            if interrupted or timed_out:
+        phases = Phases(limits, p0)
+        proc, lifeline = _launch(python, workdir, env, log)
+        try:
+            (workdir / PID_FILE).write_text(str(proc.pid))  # lets a resumed run kill what a crash left behind
+            while True:
+                try:
+                    proc.wait(timeout=POLL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.monotonic()
+                phases.feed(decoder.decode(reader.read()), now)
+                if stop is not None and stop.is_set():
+                    interrupted = True
+                else:
+                    timed_out = phases.overrun(now)
+                if interrupted or timed_out:
+                    kill_group(proc, limits.kill_grace)
+                    break
+            p1 = time.monotonic()
+            phases.feed(decoder.decode(reader.read(), final=True), p1)
+            # Children the candidate left behind die with it.
+            if _group_alive(proc.pid):
                 kill_group(proc, limits.kill_grace)
-                break
-        p1 = time.monotonic()
-        # Children the candidate left behind die with it.
-        if _group_alive(proc.pid):
-            kill_group(proc, limits.kill_grace)
+        finally:
+            os.close(lifeline)  # whatever is still alive now, the watchdog kills (also when this thread fails)
     output = log_path.read_text(errors="replace")
     prepare_changed = not prepare.exists() or file_hash(prepare) != locked_hash or file_hash(prepare_src) != locked_hash
     outcome = logs.classify(proc.returncode, output, timed_out=timed_out, interrupted=interrupted,
                             time_budget=limits.time_budget, budget_slack=limits.budget_slack,
-                            recorded_bpb=read_records(record, key), prepare_changed=prepare_changed)
+                            recorded_bpb=read_records(record, key), prepare_changed=prepare_changed,
+                            training_wall=phases.training_wall)
     curve = _downsample(logs.parse_curve(output, limits.time_budget))
     tail = "\n".join(logs.split_lines(output)[-LOG_TAIL_LINES:])
     wall = time.monotonic() - t0

@@ -10,10 +10,31 @@ from typing import Callable
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from evo.archive import Event
+from evo.archive import ACTIVE, Event, Run
+
+STOPPED, UNRESPONSIVE = "STOPPED", "UNRESPONSIVE"
+
+
+def run_status(run: Run, owner_alive: bool, heartbeat_age: float | None, stale_after: float) -> tuple[str, str]:
+    """A run's status as a person should read it, and a note on it. The archive keeps ACTIVE until
+    its owner writes otherwise, which an owner killed with -9, or lost with its machine, never does:
+    ACTIVE is shown only while the owner lives and its heartbeat is fresh."""
+    resume = f"resume with `evo run --resume --name {run.name}`"
+    if run.status != ACTIVE:
+        return run.status, ""
+    if not run.owner:
+        return STOPPED, f"no process runs it; {resume}"
+    beat = f"last heartbeat {heartbeat_age:.0f} s ago" if heartbeat_age is not None else "no heartbeat yet"
+    if not owner_alive:
+        return STOPPED, f"owner {run.owner} gone, {beat}; {resume}"
+    if heartbeat_age is None or heartbeat_age >= stale_after:
+        return UNRESPONSIVE, (f"owner {run.owner} is silent, {beat}: stopped (a suspended process or laptop), "
+                              f"or on another machine that died; if it is gone, {resume}")
+    return ACTIVE, f"{run.owner}, heartbeat {heartbeat_age:.0f} s ago"
 
 
 class RunView:
@@ -45,7 +66,7 @@ class RunView:
         table.add_column("slot")
         table.add_column("running")
         for slot, what in sorted(self.slots.items()):
-            table.add_row(slot, what)
+            table.add_row(escape(slot), escape(what))
         return Group(Text(self.header(), style="bold"), table, Text("\n".join(self.recent), style="dim"))
 
     def __enter__(self) -> "RunView":

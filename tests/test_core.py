@@ -228,7 +228,7 @@ def test_last_summary_block_wins() -> None:
 
 
 def _classify(output: str, rc: int = 0, **kw):
-    args = dict(timed_out=False, interrupted=False, time_budget=300, budget_slack=30, recorded_bpb=[0.9979],
+    args = dict(timed_out=None, interrupted=False, time_budget=300, budget_slack=30, recorded_bpb=[0.9979],
                 prepare_changed=False)
     args.update(kw)
     return classify(rc, output, **args)
@@ -239,11 +239,11 @@ def test_classify_outcomes() -> None:
     assert _classify(SUMMARY, recorded_bpb=[0.99791]).fail_reason == "invalid"
     assert _classify(SUMMARY, recorded_bpb=[]).fail_reason == "invalid"
     assert _classify(SUMMARY, recorded_bpb=None).state == "COMPLETE"  # no record asked for
-    assert _classify(SUMMARY.replace("300.1", "400.0")).fail_reason == "invalid"
+    assert _classify(SUMMARY.replace("300.1", "400.0")).fail_reason == "over_budget"
     assert _classify("", rc=3).fail_reason == "nan"
     assert _classify("Traceback...\ntorch.OutOfMemoryError: CUDA out of memory", rc=1).fail_reason == "oom"
     assert _classify("Traceback\nKeyError: 'x'", rc=1).fail_reason == "crash"
-    assert _classify(SUMMARY, timed_out=True).fail_reason == "timeout"
+    assert _classify(SUMMARY, timed_out="the final evaluation overran").detail == "the final evaluation overran"
     assert _classify(SUMMARY, interrupted=True).fail_reason == "interrupted"
     assert _classify(SUMMARY, prepare_changed=True).fail_reason == "invalid"
 

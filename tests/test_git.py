@@ -435,10 +435,10 @@ def test_seed_from_evo_carries_the_ancestors(tmp_path: Path, evo_archive) -> Non
     plan = seed_from_evo(archive, "evo:r")
     assert plan.code == code[4] and plan.imported_val_bpb == pytest.approx(0.9801)
     assert plan.hypothesis == "from evo run r #4: LR and depth together"
-    assert keys(plan) == ["evo:r:0", "evo:r:1"] and plan.parent_key == "evo:r:1"
-    assert plan.history[1].parent_key == "evo:r:0" and all(h.status == "keep" for h in plan.history)
+    assert keys(plan) == [f"evo:r:{n}" for n in range(6)] and plan.parent_key == "evo:r:4", "the whole run; #4 imported too"
+    assert plan.history[1].parent_key == "evo:r:0" and [h.status for h in plan.history].count("keep") == 5
     plan5 = seed_from_evo(archive, "evo:r:5")
-    assert plan5.code == code[5] and keys(plan5) == ["evo:r:0", "evo:r:2"]
+    assert plan5.code == code[5] and plan5.parent_key == "evo:r:5" and keys(plan5) == keys(plan)
     for spec, message in [("evo:nope", "no run named 'nope'"), ("evo:r:9", "no candidate number 9"), ("evo:", "is not evo:RUN")]:
         with pytest.raises(GitError, match=message):
             seed_from_evo(archive, spec)

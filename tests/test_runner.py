@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from evo.runner import Limits, Slot, detect_slots, file_hash, run_evaluation, scrub_env
+
+from conftest import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures" / "surrogate"
 PREPARE = FIXTURES / "prepare.py"
@@ -66,10 +67,10 @@ def test_forged_record_without_the_key_is_invalid(tmp_path: Path) -> None:
     assert evaluate(tmp_path, forged).outcome.fail_reason == "invalid"
 
 
-def test_training_past_the_budget_is_invalid(tmp_path: Path) -> None:
+def test_training_past_the_budget_is_over_budget(tmp_path: Path) -> None:
     code = GOOD.replace('print("training_seconds: 0.3")', 'print("training_seconds: 9.0")')
     outcome = evaluate(tmp_path, code).outcome
-    assert outcome.fail_reason == "invalid" and "past the 2s budget" in outcome.detail
+    assert outcome.fail_reason == "over_budget" and "past the 2 s budget" in outcome.detail
 
 
 def test_truncated_summary_is_invalid(tmp_path: Path) -> None:
@@ -94,13 +95,10 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
         f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
         "time.sleep(600)\n"
     )
-    t0 = time.monotonic()
-    result = evaluate(tmp_path, code, Limits(time_budget=1, startup_allowance=0.5, eval_allowance=0.5, kill_grace=1))
+    result = evaluate(tmp_path, code, Limits(time_budget=1, startup_allowance=5, eval_allowance=0.5, kill_grace=1))
     assert (result.outcome.state, result.outcome.fail_reason) == ("FAIL", "timeout")
-    assert time.monotonic() - t0 < 10
     grandchild = int(pidfile.read_text())
-    time.sleep(0.2)
-    assert not _alive(grandchild), "the candidate's child must die with it"
+    wait_until(lambda: not _alive(grandchild), "the candidate's child to die with it", timeout=30)
 
 
 def test_sigterm_ignoring_candidate_is_killed(tmp_path: Path) -> None:
@@ -148,8 +146,8 @@ def test_scrub_env_allowlist() -> None:
 
 
 def test_slots() -> None:
-    assert [s.name for s in detect_slots("0,2", None)] == ["gpu0", "gpu2"]
-    assert detect_slots("1", None)[0].env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert [s.name for s in detect_slots("0,2", None, visible=3)] == ["gpu0", "gpu2"]
+    assert detect_slots("1", None, visible=2)[0].env["CUDA_VISIBLE_DEVICES"] == "1"
     with pytest.raises(ValueError):
         detect_slots("a,b", None)
     cpu = detect_slots(None, 3)

@@ -116,10 +116,14 @@ def parse_model_spec(text: str) -> ModelSpec:
     if not model:
         raise OperatorError(f"model {raw!r} has no model name after {provider}:.")
     if at:
-        parsed = urlparse(base_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise OperatorError(f"model {raw!r} has base URL {base_url!r}; it must start with http:// or https://, "
-                                "e.g. http://localhost:8000/v1.")
+        try:
+            parsed = urlparse(base_url)
+            port = parsed.port  # raises ValueError when out of range or not a number
+        except ValueError:
+            parsed, port = None, None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or port == 0:
+            raise OperatorError(f"model {raw!r} has base URL {base_url!r}; it must be http:// or https://, a host "
+                                "and an optional port from 1 to 65535, e.g. http://localhost:8000/v1.")
     return ModelSpec(provider, model, base_url.rstrip("/") if at else None)
 
 

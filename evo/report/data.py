@@ -129,6 +129,23 @@ def delta_vs_parent(cands: Sequence[Any], parent: Sequence[int]) -> list[float |
     return out
 
 
+def is_history(c: Any, i: int, lin: Lineage) -> bool:
+    """Imported history (a greedy run's commits, another run's candidates): measured elsewhere,
+    never here. The seed of a seeded run is an import too, but it is re-measured here."""
+    return c.operator == "import" and i != lin.seed
+
+
+def lineage_groups(cands: Sequence[Any], lin: Lineage) -> dict[str, list[int]]:
+    """How the lineage draws its nodes: by operator those measured here (coloured by val_bpb),
+    "imported" the history measured elsewhere (a colour of its own: those values are not this
+    machine's), "unmeasured" the failed, pruned and pending ones."""
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(cands):
+        key = "imported" if is_history(c, i, lin) else "unmeasured" if c.val_bpb is None else c.operator
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
 def outcome(c: Any) -> str:
     """One word for how a candidate ended, as the figures colour it: accepted, rejected, failed,
     pruned, or pending (waiting, running, or evaluated but not decided yet)."""
@@ -238,14 +255,14 @@ def progress(cands: Sequence[Any], lin: Lineage) -> Progress:
     points: dict[str, list[int]] = {k: [] for k in ("accepted", "rejected", "pending", "failed")}
     when = [utc(c.finished_at) for c in cands]
     for i, c in enumerate(cands):
-        if c.operator == "import":
-            continue  # measured elsewhere, before this run
+        if is_history(c, i, lin):
+            continue  # measured elsewhere, before this run (the seed of a seeded run is measured here)
         kind = outcome(c)
         if kind == "failed":
             points["failed"].append(i)
         elif c.val_bpb is not None and kind in points:
             points[kind].append(i)
-    accepted = [i for i, c in enumerate(cands) if c.accepted and c.val_bpb is not None and c.operator != "import"]
+    accepted = [i for i, c in enumerate(cands) if c.accepted and c.val_bpb is not None and not is_history(c, i, lin)]
     by_time = sorted((i for i in accepted if when[i] is not None), key=lambda i: (when[i], cands[i].number))
     best_time, improvements, current = [], [], math.inf
     for i in by_time:

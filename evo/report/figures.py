@@ -23,7 +23,7 @@ GL_THRESHOLD = 1500
 COLORS = {
     "accepted": "#2a9d4b", "rejected": "#a8adb4", "failed": "#d1495b", "pruned": "#c9a227", "pending": "#3a7bd5",
     "best": "#111827", "temperature": "#e07a1f", "path": "#f59e0b", "edge": "#c3c8cf", "edge2": "#8fb3e0",
-    "idle": "#f4b6bd", "running": "#3a7bd5",
+    "idle": "#f4b6bd", "running": "#3a7bd5", "imported": "#8d6a9f",
 }
 REASON_COLORS = ["#d1495b", "#edae49", "#00798c", "#30638e", "#8d6a9f", "#66a182", "#c9a227", "#5c5c5c",
                  "#e07a1f", "#4f6d7a"]
@@ -228,7 +228,8 @@ def _tzname(tz: tzinfo | None) -> str:
 def lineage(cands: Sequence[Any], lin: Lineage, lay: data.Layout, axis: str, tz: tzinfo | None) -> dict:
     """The DAG of candidates: x is the generation (axis="generation") or the creation time
     (axis="time"), y the tidy-tree row. Colour is val_bpb, the marker the operator (open when not
-    accepted), grey for failed and pruned; the path from the seed to the best is drawn over it."""
+    accepted), grey for failed and pruned, a colour of its own for imported history (its val_bpb was
+    measured elsewhere); the path from the seed to the best is drawn over it."""
     n = len(cands)
     if n == 0:
         return empty("no candidates yet", height=300)
@@ -260,14 +261,10 @@ def lineage(cands: Sequence[Any], lin: Lineage, lay: data.Layout, axis: str, tz:
     seed_value = cands[lin.seed].val_bpb if lin.seed >= 0 else None
     lo, hi, _ = value_range(evaluated, seed_value)
     colorbar_shown = False
-    ops: dict[str, list[int]] = {}
-    grey: list[int] = []
-    for i, c in enumerate(cands):
-        if c.val_bpb is None:
-            grey.append(i)
-        else:
-            ops.setdefault(c.operator, []).append(i)
-    for op, idx in ops.items():
+    groups = data.lineage_groups(cands, lin)
+    grey = groups.pop("unmeasured", [])
+    imported = groups.pop("imported", [])
+    for op, idx in groups.items():
         idx.sort(key=lambda i: not cands[i].accepted)  # the legend shows the first point's symbol
         symbol = data.operator_symbol(op)
         marker = {"color": [cands[i].val_bpb for i in idx], "colorscale": "Viridis", "reversescale": True,
@@ -280,6 +277,16 @@ def lineage(cands: Sequence[Any], lin: Lineage, lay: data.Layout, axis: str, tz:
             colorbar_shown = True
         traces.append({"type": kind, "mode": "markers", "name": op, "meta": "hover", "customdata": idx,
                        "x": [xs[i] for i in idx], "y": [lay.y[i] for i in idx], "marker": marker,
+                       "hovertemplate": "%{text}<extra></extra>"})
+    if imported:
+        # one colour, not the val_bpb scale: those values were measured on another machine
+        traces.append({"type": kind, "mode": "markers", "meta": "hover", "customdata": imported,
+                       "name": f"imported ({len(imported)}, val_bpb measured elsewhere)",
+                       "x": [xs[i] for i in imported], "y": [lay.y[i] for i in imported],
+                       "marker": {"color": COLORS["imported"], "size": 7 if n < 3000 else 5,
+                                  "symbol": ["square" if cands[i].accepted else "square-open" for i in imported],
+                                  "line": {"width": 1, "color": [COLORS["failed"] if cands[i].state == data.FAIL
+                                                                 else COLORS["imported"] for i in imported]}},
                        "hovertemplate": "%{text}<extra></extra>"})
     if grey:
         traces.append({"type": kind, "mode": "markers", "name": "failed / pruned / pending", "meta": "hover",

@@ -1,0 +1,354 @@
+"""The runner's limits against hostile and slow candidates (issue 9, items 2, 3, 13, 18, 19): parsing
+that never raises, a summary that cannot write the harness's columns, phase-aware timeouts that say
+which phase overran, over_budget sized from the measured steps, and a watchdog that kills candidates
+whose evo died."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from evo.archive import COMPLETE, RUNNING, Archive
+from evo.logs import SUMMARY_KEYS, classify, parse_curve, parse_summary, training_slack
+from evo.runner import Limits, Phases, Slot, file_hash, kill_orphan, run_evaluation
+
+from conftest import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+SURROGATE = ROOT / "tests" / "fixtures" / "surrogate"
+PREPARE = SURROGATE / "prepare.py"
+GOOD = (SURROGATE / "train.py").read_text()
+SUMMARY_BLOCK = GOOD[GOOD.index('print("---")'):]
+
+
+def evaluate(tmp_path: Path, code: str, limits: Limits, seed: int = 42):
+    return run_evaluation(code=code, workdir=tmp_path / "work", prepare_src=PREPARE, locked_hash=file_hash(PREPARE),
+                          slot=Slot("cpu", {"CUDA_VISIBLE_DEVICES": ""}), seed=seed, limits=limits, preset="smoke")
+
+
+def candidate(body: str) -> str:
+    """A train.py (no torch) that runs `body`, then scores itself and prints the summary as the
+    surrogate does."""
+    return ("import time\nfrom prepare import evaluate_bpb\nX1 = X2 = X3 = X4 = 1.0\nNOISE = 0.001\nt0 = time.time()\n"
+            + body + "\nval_bpb = evaluate_bpb({'X1': X1, 'X2': X2, 'X3': X3, 'X4': X4}, NOISE)\n" + SUMMARY_BLOCK)
+
+
+def progress(step: int, elapsed: float, loss: float = 2.0) -> str:
+    return f"step {step:05d} | elapsed: {elapsed:.1f}s | loss: {loss:.6f}"
+
+
+# ----- item 2: parsing never raises on candidate output ---------------------------------------
+
+HOSTILE_LINES = [
+    "step 00004 | elapsed: 0.4s | loss: -inf",
+    "step 00004 | elapsed: 0.4s | loss: nan",
+    "step 00004 | elapsed: 0.4s | loss: inf",
+    "step 00004 | elapsed: 0.4s | loss: -",
+    "step 00004 | elapsed: 0.4s | loss: e",
+    "step nan | elapsed: 0.4s | loss: 1.0",
+    "step 00004 | elapsed: nans | loss: 1.0",
+    "step 00004 | elapsed: .s | loss: 1.0",
+    "step 00004 | elapsed: 1.2.3s | loss: 1.0",
+    "step 00004 | elapsed: -5.0s | loss: 1.0",
+    "step 00004 | loss: 1.0 | remaining: -s",
+    "step 00004 | loss: 1.0 | remaining: infs",
+    "step 99999999999999999999999999 | elapsed: 0.4s | loss: 1.0",
+    "step 00004 | elapsed: 0.4s | loss: 1e999",
+    "step " + "1" * 5000 + " | elapsed: 0.4s | loss: 1.0",
+    "step 00004 | elapsed: " + "9" * 5000 + "s | loss: 1.0",
+]
+
+
+@pytest.mark.parametrize("line", HOSTILE_LINES, ids=[line[:48] for line in HOSTILE_LINES])
+def test_parse_curve_skips_an_unusable_progress_line(line: str) -> None:
+    text = "\n".join([progress(1, 0.1, 3.0), line, progress(2, 0.2, 2.5)])
+    assert parse_curve(text, time_budget=8) == [(1, 0.1, 3.0), (2, 0.2, 2.5)]
+
+
+def test_number_formats_still_parse() -> None:
+    text = ("step 00001 | elapsed: 1.5s | loss: 3.25e+00\nstep 00002 | elapsed: 2s | loss: -0.5\n"
+            "step 00003 | elapsed: 3.s | loss: .5\n\rstep 00004 | loss: 1.000000 | remaining: 4s  ")
+    assert parse_curve(text, time_budget=8) == [(1, 1.5, 3.25), (2, 2.0, -0.5), (3, 3.0, 0.5), (4, 4.0, 1.0)]
+
+
+def test_candidate_printing_hostile_progress_lines_completes(tmp_path: Path) -> None:
+    lines = "\n".join(f"print({line!r})" for line in HOSTILE_LINES)
+    code = candidate(f"print({progress(1, 0.1, 3.0)!r})\n{lines}\nprint({progress(2, 0.2, 2.0)!r})")
+    result = evaluate(tmp_path, code, Limits(time_budget=2, startup_allowance=60, eval_allowance=60))
+    assert result.outcome.state == "COMPLETE", result.outcome
+    assert result.curve == [(1, 0.1, 3.0), (2, 0.2, 2.0)]
+
+
+# ----- item 3: the summary cannot write the harness's columns -------------------------------------
+
+FORGED = "seed:             7\nid:               999\nwall_seconds:     12345.0\nharness_seconds:  0\nstate:            1\n"
+
+
+def test_parse_summary_keeps_only_the_summary_keys() -> None:
+    text = "---\n" + "".join(f"{key}: 1\n" for key in SUMMARY_KEYS) + FORGED
+    assert set(parse_summary(text)) == set(SUMMARY_KEYS)
+
+
+def test_hostile_summary_cannot_set_the_evaluation_row(tmp_path: Path) -> None:
+    forged = "".join(f"print({line!r})\n" for line in FORGED.splitlines())
+    code = GOOD.replace('print("depth:            1")', 'print("depth:            1")\n' + forged)
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    run = archive.create_run("hostile", {})
+    cand = archive.add_candidate(run.id, code=code, operator="seed", evaluation_seeds=[42])
+    ev = archive.evaluations(run.id, cand.id)[0]
+    archive.start_evaluation(ev.id, "cpu", str(tmp_path / "work"))
+
+    result = evaluate(tmp_path, code, Limits(time_budget=2, startup_allowance=60, eval_allowance=60))
+    assert result.outcome.state == "COMPLETE", result.outcome
+    o = result.outcome
+    archive.finish_evaluation(ev.id, state=o.state, fail_reason=o.fail_reason, detail=o.detail, metrics=o.summary,
+                              curve=result.curve, returncode=result.returncode, wall_seconds=result.wall_seconds,
+                              harness_seconds=result.harness_seconds, log_tail=result.log_tail)
+    rows = archive.evaluations(run.id)
+    assert [r.id for r in rows] == [ev.id]
+    row = rows[0]
+    assert (row.seed, row.state, row.replicate) == (42, COMPLETE, 0)
+    assert (row.wall_seconds, row.harness_seconds) == (result.wall_seconds, result.harness_seconds)
+    assert row.val_bpb == o.summary["val_bpb"] and row.num_steps == 3
+
+
+def test_finish_evaluation_keeps_harness_columns_even_if_handed_them(tmp_path: Path) -> None:
+    """Defence in depth: the archive writes only summary metrics, whatever the dict holds, and a
+    whole-number metric that is not a storable integer becomes empty instead of an error."""
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    run = archive.create_run("hostile", {})
+    cand = archive.add_candidate(run.id, code="x = 1\n", operator="seed", evaluation_seeds=[42])
+    ev = archive.evaluations(run.id, cand.id)[0]
+    archive.start_evaluation(ev.id, "cpu", str(tmp_path))
+    archive.finish_evaluation(ev.id, state=COMPLETE, fail_reason=None, detail="", curve=[], returncode=0,
+                              wall_seconds=5.0, harness_seconds=0.5, log_tail="",
+                              metrics={"val_bpb": 1.0, "seed": 7, "id": 999, "wall_seconds": 0.1, "state": 1,
+                                       "run_id": 99, "num_steps": float("inf"), "depth": 1e30})
+    row = archive.evaluations(run.id)[0]
+    assert (row.id, row.seed, row.state, row.run_id, row.wall_seconds) == (ev.id, 42, COMPLETE, run.id, 5.0)
+    assert row.val_bpb == 1.0 and row.num_steps is None and row.depth is None
+
+
+# ----- item 18: each phase has its own limit, and the message says which one overran ----------------
+
+TINY = Limits(time_budget=2, startup_allowance=60, eval_allowance=1, kill_grace=1, run_name="night")
+
+
+def test_evaluation_overrun_names_the_phase_and_the_flag(tmp_path: Path) -> None:
+    lines = "".join(f"print({progress(step, 0.5 * step)!r})\n" for step in range(1, 5))  # elapsed reaches 2.0 s
+    code = f"import time\ntime.sleep(0.5)\n{lines}time.sleep(600)\n"
+    outcome = evaluate(tmp_path, code, TINY).outcome
+    assert (outcome.state, outcome.fail_reason) == ("FAIL", "timeout")
+    assert outcome.detail == ("training finished at 2.0 s; the final evaluation did not finish within --eval-allowance "
+                              "1 s; raise it with `evo run --resume --name night --eval-allowance 30`")
+
+
+def test_startup_overrun_names_the_phase_and_the_flag(tmp_path: Path) -> None:
+    limits = Limits(time_budget=2, startup_allowance=1, eval_allowance=60, kill_grace=1, run_name="night")
+    outcome = evaluate(tmp_path, "import time\ntime.sleep(600)\n", limits).outcome
+    assert (outcome.state, outcome.fail_reason) == ("FAIL", "timeout")
+    assert outcome.detail.startswith("training had not started after the --startup-allowance of 1 s: "
+                                     "the candidate printed no progress line")
+    assert outcome.detail.endswith("raise it with `evo run --resume --name night --startup-allowance 30`")
+
+
+def test_warm_up_lines_count_as_startup(tmp_path: Path) -> None:
+    """Untimed steps (elapsed 0: torch.compile's warm-up on CUDA) are start-up, not training."""
+    limits = Limits(time_budget=2, startup_allowance=5, eval_allowance=60, kill_grace=1, run_name="night")
+    code = f"import time\nwhile True:\n    print({progress(0, 0.0)!r})\n    time.sleep(0.1)\n"
+    outcome = evaluate(tmp_path, code, limits).outcome
+    assert outcome.fail_reason == "timeout" and "printed only warm-up progress lines" in outcome.detail
+
+
+def test_training_past_its_window_is_stopped(tmp_path: Path) -> None:
+    """A candidate whose clock runs slower than the harness's keeps printing progress lines after
+    its budget and slack have passed by the harness's clock: it is stopped as a training overrun."""
+    code = ("import time\nstep = 0\nwhile True:\n    step += 1\n"
+            "    print(f'step {step:05d} | elapsed: {0.01 * step:.2f}s | loss: 1.0')\n    time.sleep(0.1)\n")
+    outcome = evaluate(tmp_path, code, TINY).outcome
+    assert outcome.fail_reason == "timeout"
+    assert outcome.detail.startswith("still training ") and "past the 2 s budget" in outcome.detail
+
+
+def test_no_line_reaching_the_budget_counts_evaluation_from_the_window(tmp_path: Path) -> None:
+    code = f"import time\nprint({progress(1, 0.3)!r})\ntime.sleep(600)\n"
+    outcome = evaluate(tmp_path, code, TINY).outcome
+    assert outcome.fail_reason == "timeout"
+    assert outcome.detail.startswith("no progress line reached the 2 s budget (the latest said elapsed 0.3 s)")
+    assert "--eval-allowance 30`" in outcome.detail
+
+
+def test_phases_deadlines_on_the_harness_clock() -> None:
+    """The phase logic alone, on a made-up clock: start-up until the first timed step, then the
+    budget and slack, then the evaluation allowance from the line that reported the budget reached."""
+    limits = Limits(time_budget=10, startup_allowance=5, eval_allowance=3, run_name="n")
+    phases = Phases(limits, started=100.0)
+    phases.feed("importing...\n" + progress(0, 0.0) + "\n", 103.0)   # a warm-up step
+    assert phases.overrun(104.9) is None and phases.training_start is None
+    phases.feed(progress(1, 1.0) + "\n" + progress(2, 2.0)[:12], 105.5)  # the second line is not ended yet
+    assert phases.training_start == 104.5 and phases.overrun(106) is None
+    phases.feed(progress(2, 2.0)[12:] + "\n", 106.5)
+    for step in range(3, 11):
+        phases.feed(progress(step, float(step)) + "\n", 104.5 + step)
+    assert phases.training_end == 114.5 and phases.training_wall == pytest.approx(113.5 - 104.5)
+    assert phases.overrun(117.4) is None
+    assert phases.overrun(117.6).startswith("training finished at 10.0 s; the final evaluation did not finish within "
+                                            "--eval-allowance 3 s")
+    late = Phases(limits, started=100.0)
+    assert late.overrun(105.1).startswith("training had not started after the --startup-allowance of 5 s")
+
+
+def test_allowances_change_on_resume(tmp_path: Path) -> None:
+    env = {**os.environ, "EVO_STORAGE": f"sqlite:///{tmp_path}/archive/evo.db"}
+    base = [sys.executable, "-m", "evo", "run", "--name", "r", "--prepare", str(PREPARE), "--seed-train",
+            str(SURROGATE / "train.py"), "--preset", "smoke", "--operator", "tweak", "--max-candidates", "1",
+            "--replicates", "2"]
+    first = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    resumed = subprocess.run(base + ["--resume", "--startup-allowance", "66", "--eval-allowance", "77"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    archive = Archive(env["EVO_STORAGE"], writer=False)
+    config = json.loads(archive.find_run("r").config)
+    assert (config["startup_allowance"], config["eval_allowance"]) == (66, 77)
+
+
+# ----- item 19: a slow last step is not cheating ------------------------------------------------
+
+def _summary(trained: float, steps: int) -> str:
+    return ("---\nval_bpb: 1.0\n" + f"training_seconds: {trained}\n" + "total_seconds: 20\npeak_vram_mb: 0\n"
+            "mfu_percent: 0\ntotal_tokens_M: 0\n" + f"num_steps: {steps}\n" + "num_params_M: 0\ndepth: 1\n")
+
+
+def _classify(output: str, training_wall: float | None = None):
+    return classify(0, output, timed_out=None, interrupted=False, time_budget=8, budget_slack=2, recorded_bpb=None,
+                    prepare_changed=False, training_wall=training_wall)
+
+
+def test_one_slow_last_step_under_load_is_accepted() -> None:
+    """The smoke run of the issue: steps of 0.4 s, then a last step of 3 s on an 8 s budget."""
+    steps = [progress(i, 0.4 * i) for i in range(1, 20)] + [progress(20, 7.6 + 3.0)]
+    outcome = _classify("\n".join(steps) + "\n" + _summary(10.6, 20))
+    assert outcome.state == "COMPLETE", outcome
+
+
+def test_clearly_past_the_budget_is_over_budget_not_invalid() -> None:
+    steps = [progress(i, 0.4 * i) for i in range(1, 41)]  # kept training for 16 s in 0.4 s steps
+    outcome = _classify("\n".join(steps) + "\n" + _summary(16.0, 40))
+    assert (outcome.state, outcome.fail_reason) == ("FAIL", "over_budget")
+    assert outcome.detail.startswith("trained 16.0 s by its own clock, past the 8 s budget and its 2.0 s of slack")
+
+
+def test_harness_clock_catches_a_candidate_clock_that_runs_slow() -> None:
+    steps = [progress(i, 0.4 * i) for i in range(1, 21)]
+    outcome = _classify("\n".join(steps) + "\n" + _summary(8.0, 20), training_wall=14.0)
+    assert outcome.fail_reason == "over_budget" and outcome.detail.startswith("the harness clock saw 14.0 s")
+    assert _classify("\n".join(steps) + "\n" + _summary(8.0, 20), training_wall=9.0).state == "COMPLETE"
+
+
+def test_slack_follows_the_slowest_recent_step_within_bounds() -> None:
+    quick = [(i, 0.1 * i, 1.0) for i in range(1, 30)]
+    assert training_slack(quick, 8, 2) == 2  # the base slack
+    slow_last = quick + [(30, 2.9 + 1.2, 1.0)]
+    assert training_slack(slow_last, 8, 2) == pytest.approx(3 * 1.2)
+    assert training_slack(quick + [(30, 2.9 + 100, 1.0)], 8, 2) == 4  # never more than half the budget
+    assert training_slack([], 300, 30) == 30
+
+
+def test_a_slow_last_step_passes_the_real_runner(tmp_path: Path) -> None:
+    """The same through a real candidate: its summary reports 10.6 s of training on an 8 s budget."""
+    lines = "".join(f"print({progress(i, 0.4 * i)!r})\n" for i in range(1, 20)) + f"print({progress(20, 10.6)!r})\n"
+    code = candidate(lines).replace('print("training_seconds: 0.3")', 'print("training_seconds: 10.6")')
+    outcome = evaluate(tmp_path, code, Limits(time_budget=8, startup_allowance=60, eval_allowance=60)).outcome
+    assert outcome.state == "COMPLETE", outcome
+
+
+# ----- item 13: candidates die with their evo ----------------------------------------------------
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group `pgid`, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+def test_candidates_die_when_evo_is_killed(tmp_path: Path) -> None:
+    """kill -9 of `evo run` while a hostile candidate trains: one that ignores SIGTERM and started a
+    child that ignores it too. The whole process group goes, without anyone resuming the run."""
+    seed = tmp_path / "stubborn_train.py"
+    seed.write_text(
+        "import os, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+        "open('child.pid', 'w').write(str(child.pid))\n"
+        "time.sleep(600)\n")
+    db = f"sqlite:///{tmp_path}/archive/evo.db"
+    proc = subprocess.Popen([sys.executable, "-m", "evo", "run", "--name", "w", "--prepare", str(PREPARE),
+                             "--seed-train", str(seed), "--preset", "smoke", "--operator", "tweak",
+                             "--max-candidates", "1", "--replicates", "1", "--temperature", "0.001"],
+                            cwd=tmp_path, env={**os.environ, "EVO_STORAGE": db},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pgid = None
+    try:
+        def started() -> Path | None:
+            archive = Archive(db, writer=False)
+            try:
+                evs = archive.evaluations(archive.find_run("w").id)
+            finally:
+                archive.close()
+            workdir = Path(evs[0].workdir) if evs and evs[0].state == RUNNING and evs[0].workdir else None
+            return workdir if workdir and (workdir / "child.pid").read_text() and (workdir / "pid").read_text() else None
+
+        workdir = wait_until(started, "the candidate and its child to be running")
+        pgid, child = int((workdir / "pid").read_text()), int((workdir / "child.pid").read_text())
+        assert child in _group_members(pgid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        wait_until(lambda: not _group_members(pgid), "the candidate's process group to die with evo", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pgid is not None and _group_members(pgid):
+            os.killpg(pgid, signal.SIGKILL)  # what a failed check left behind
+
+
+def test_a_candidate_killed_by_a_signal_is_reported_as_such(tmp_path: Path) -> None:
+    """The watchdog passes the candidate's end through: killed by SIGKILL reads as -9, not as the
+    watchdog's own status."""
+    result = evaluate(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+                      Limits(time_budget=2, startup_allowance=60, eval_allowance=60))
+    assert result.returncode == -signal.SIGKILL and result.outcome.fail_reason == "crash"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
+def test_pid_file_still_names_the_candidates_group(tmp_path: Path) -> None:
+    """Under the watchdog the pid file holds the group that a resume's kill_orphan kills: the
+    watchdog, the candidate and what the candidate started."""
+    code = ("import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            "open('started', 'w').write('1')\ntime.sleep(600)\n")
+    results = []
+    thread = threading.Thread(target=lambda: results.append(evaluate(tmp_path, code, Limits(2, 600, 600))))
+    thread.start()
+    work = tmp_path / "work"
+    wait_until(lambda: (work / "started").exists() and (work / "pid").read_text(), "the candidate to start")
+    pgid = int((work / "pid").read_text())
+    assert len(_group_members(pgid)) >= 3
+    assert kill_orphan(work)
+    thread.join(timeout=120)
+    assert results and results[0].outcome.state == "FAIL" and not _group_members(pgid)
