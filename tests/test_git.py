@@ -444,6 +444,16 @@ def test_seed_from_evo_carries_the_ancestors(tmp_path: Path, evo_archive) -> Non
             seed_from_evo(archive, spec)
 
 
+def accept_measured_seed(archive: Archive, run_id: int, seed_id: int, val_bpb: float = 0.9861) -> None:
+    """Record the seed's first evaluation as COMPLETE and accept it, as the engine would."""
+    ev = archive.evaluations(run_id, seed_id)[0]
+    archive.start_evaluation(ev.id, "cpu", "/tmp/x")
+    archive.finish_evaluation(ev.id, state=COMPLETE, fail_reason=None, detail="", metrics={"val_bpb": val_bpb},
+                              curve=[], returncode=0, wall_seconds=1.0, harness_seconds=0.1, log_tail="")
+    archive.decide(seed_id, accepted=True, temperature=0.001, probability=1.0, delta=None, competitor_id=None,
+                   leaving=[], reason="seed")
+
+
 def test_greedy_import_exports_as_a_lineage(tmp_path: Path) -> None:
     """Seeded from a greedy repo, a run's lineage export shows the greedy keeps below the seed."""
     g = greedy_repo(tmp_path)
@@ -456,12 +466,7 @@ def test_greedy_import_exports_as_a_lineage(tmp_path: Path) -> None:
     assert seed_from_repo(f"{target.path}@evo/g").code == g.code["k2"]
     # once the seed is measured and accepted, it is the re-measured child of the imported best
     seed = archive.candidates(run.id)[-1]
-    ev = archive.evaluations(run.id, seed.id)[0]
-    archive.start_evaluation(ev.id, "cpu", "/tmp/x")
-    archive.finish_evaluation(ev.id, state=COMPLETE, fail_reason=None, detail="", metrics={"val_bpb": 0.9861},
-                              curve=[], returncode=0, wall_seconds=1.0, harness_seconds=0.1, log_tail="")
-    archive.decide(seed.id, accepted=True, temperature=0.001, probability=1.0, delta=None, competitor_id=None,
-                   leaving=[], reason="seed")
+    accept_measured_seed(archive, run.id, seed.id)
     summary = export_lineage(archive, "g", target.path)
     sha = summary["commit_of"]
     assert summary["best"]["number"] == 7 and [p.hexsha for p in target.repo.commit(sha[7]).parents] == [sha[2]]

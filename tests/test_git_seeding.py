@@ -18,7 +18,7 @@ from evo.archive import COMPLETE, FAIL, Archive
 from evo.config import RunConfig
 from evo.git import GitError, parse_results_tsv, seed_from_evo, seed_from_repo, summarize_plan, with_seed_file
 from evo.report import data, figures
-from test_git import (HEADER, SURROGATE, Greedy, commit_file, evo_archive, greedy_repo, keys, new_repo,  # noqa: F401
+from test_git import (HEADER, accept_measured_seed, SURROGATE, Greedy, commit_file, evo_archive, greedy_repo, keys, new_repo,  # noqa: F401
                       seeded_archive, train_code)
 
 
@@ -265,13 +265,7 @@ def seeded_run_rows(tmp_path: Path):
     """A real archive seeded from greedy_repo, with the seed measured and accepted."""
     g = greedy_repo(tmp_path)
     archive, run = seeded_archive(tmp_path, seed_from_repo(str(g.path)))
-    seed = archive.candidate_by_id(archive.run_by_id(run.id).seed_id)
-    ev = archive.evaluations(run.id, seed.id)[0]
-    archive.start_evaluation(ev.id, "cpu", "/tmp/x")
-    archive.finish_evaluation(ev.id, state=COMPLETE, fail_reason=None, detail="", metrics={"val_bpb": 0.9861},
-                              curve=[], returncode=0, wall_seconds=1.0, harness_seconds=0.1, log_tail="")
-    archive.decide(seed.id, accepted=True, temperature=0.001, probability=1.0, delta=None, competitor_id=None,
-                   leaving=[], reason="seed")
+    accept_measured_seed(archive, run.id, archive.run_by_id(run.id).seed_id)
     return archive.candidates(run.id), archive.run_by_id(run.id).seed_id
 
 
