@@ -55,6 +55,11 @@ def seconds_since(moment: datetime) -> float:
     return (utcnow() - moment).total_seconds()
 
 
+# An owner on another host whose heartbeat is this old may be taken over; on this host a live
+# owner never is (see claim_run).
+STALE_AFTER_SECONDS = 60.0
+
+
 def code_hash(code: str) -> str:
     return sha256(code.encode("utf-8")).hexdigest()
 
@@ -133,6 +138,15 @@ def _first_open(db: Path) -> bool:
     first = key not in _opened
     _opened.add(key)
     return first
+
+
+def _wal_has_frames(db: Path) -> bool:
+    """A checkpoint copies WAL frames in page order, so page 1 (with the new size) can reach the
+    file before the file grows: while the WAL holds frames, the header's size proves nothing."""
+    try:
+        return db.with_name(db.name + "-wal").stat().st_size > 32  # more than the WAL header
+    except OSError:
+        return False
 
 
 def storage_name(url: str) -> str:
@@ -349,7 +363,7 @@ class Archive:
         self.files = files_dir(url)
         self._claim: tuple[int, str] | None = None  # (run id, owner) while this archive owns a run
         db = sqlite_file(url)
-        if db is not None and db.is_file() and _first_open(db):
+        if db is not None and db.is_file() and _first_open(db) and not _wal_has_frames(db):
             with db.open("rb") as f:
                 expected = cut_short(f.read(100), db.stat().st_size)
             if expected is not None:
@@ -559,7 +573,9 @@ class Archive:
             s.add(run)
 
     def _owned(self, s: Session, run_id: int, owner: str) -> Run:
-        run = s.get(Run, run_id)
+        # FOR UPDATE holds the row on servers that lock rows (PostgreSQL) so no takeover lands between
+        # the check and this transaction's writes; SQLite's BEGIN IMMEDIATE already serialises writers.
+        run = s.get(Run, run_id, with_for_update=True)
         if run.owner != owner:
             host, pid, _ = _parse_owner(run.owner) if run.owner else (None, None, None)
             now = f"process {pid} on host {host}" if run.owner else "nobody"
@@ -588,16 +604,28 @@ class Archive:
                 Evaluation.run_id == run_id,
                 (Evaluation.state == RUNNING) | ((Evaluation.state == FAIL) & (Evaluation.fail_reason == "interrupted")))))
             for ev in stale:
-                s.exec(_delete_curve(ev.id))
-                ev.state, ev.fail_reason, ev.detail, ev.slot, ev.started_at, ev.finished_at = WAITING, None, None, None, None, None
-                s.add(ev)
-                cand = s.get(Candidate, ev.candidate_id)
-                if cand.state in (RUNNING, FAIL):
-                    cand.state, cand.fail_reason, cand.fail_detail = WAITING, None, None
-                    s.add(cand)
-                self._event(s, run_id, "recover", f"candidate {cand.number}: evaluation {ev.replicate} queued again",
-                            cand.id)
+                self._requeue(s, ev)
         return [ev.id for ev in stale]
+
+    def retry_failed(self, candidate_id: int) -> int:
+        """Queue again every failed evaluation of an undecided candidate (a seed that failed for
+        reasons of this machine, on --resume with new allowances). Returns how many."""
+        with self.session() as s:
+            failed = list(s.exec(select(Evaluation).where(Evaluation.candidate_id == candidate_id,
+                                                          Evaluation.state == FAIL)))
+            for ev in failed:
+                self._requeue(s, ev)
+        return len(failed)
+
+    def _requeue(self, s: Session, ev: Evaluation) -> None:
+        s.exec(_delete_curve(ev.id))
+        ev.state, ev.fail_reason, ev.detail, ev.slot, ev.started_at, ev.finished_at = WAITING, None, None, None, None, None
+        s.add(ev)
+        cand = s.get(Candidate, ev.candidate_id)
+        if cand.state in (RUNNING, FAIL):
+            cand.state, cand.fail_reason, cand.fail_detail = WAITING, None, None
+            s.add(cand)
+        self._event(s, ev.run_id, "recover", f"candidate {cand.number}: evaluation {ev.replicate} queued again", cand.id)
 
     def add_candidate(self, run_id: int, *, evaluation_seeds: Sequence[int] = (), **fields: Any) -> Candidate:
         """Store a new candidate (fields: those of `_insert_candidate`) with its first evaluations
@@ -851,6 +879,13 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
 
 def on_this_host(owner: str) -> bool:
     return _parse_owner(owner)[0] == os.uname().nodename
+
+
+def liveness(run: Run) -> tuple[bool, float | None]:
+    """Whether the run's owner process lives (as far as this host can tell) and its heartbeat's age
+    in seconds: what `view.run_status` needs to tell a running run from a dead one."""
+    return (owner_alive(run.owner) if run.owner else False,
+            seconds_since(run.heartbeat_at) if run.heartbeat_at else None)
 
 
 def owner_alive(owner: str) -> bool:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from evo import __version__
 from evo.archive import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, Archive, ArchiveError, Candidate, OwnershipLost,
-                         Run, owner_alive, owner_id, seconds_since)
+                         STALE_AFTER_SECONDS, Run, liveness, owner_id)
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.view import run_status
 
@@ -137,7 +137,7 @@ def run(
 ) -> None:
     """Evolve train.py: evaluate the seed, then propose, train, score and select until the budget ends."""
     from evo import apparatus
-    from evo.engine import STALE_AFTER_SECONDS, Engine, EngineError
+    from evo.engine import Engine, EngineError
     from evo.git import GitError, summarize_plan
     from evo import operators
     from evo.operators import OperatorError
@@ -306,14 +306,6 @@ def _fmt_bpb(c: Candidate, sigma: float | None = None) -> str:
     return f"{c.val_bpb:.6f} ± {spread:.6f} (n={c.n_evals})" if spread is not None else f"{c.val_bpb:.6f} (n={c.n_evals})"
 
 
-def _run_status(r: Run) -> tuple[str, str]:
-    """What a run is doing now, judged by its owner's liveness and heartbeat (see view.run_status)."""
-    from evo.engine import STALE_AFTER_SECONDS
-
-    age = seconds_since(r.heartbeat_at) if r.heartbeat_at else None
-    return run_status(r, owner_alive(r.owner) if r.owner else False, age, STALE_AFTER_SECONDS)
-
-
 def _short_bpb(c: Candidate) -> str:
     """val_bpb in a table cell: measured here, else what another machine measured, in parentheses."""
     if c.val_bpb is not None:
@@ -382,7 +374,7 @@ def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     config = json.loads(r.config)
     best = _best(cands)
     population = [c for c in cands if c.in_population]
-    label, detail = _run_status(r)
+    label, detail = run_status(r, *liveness(r))
     lines = [
         f"run {r.name}: {label}" + (f" ({detail})" if detail else ""),
         f"preset {config['preset']}, population {len(population)}/{config['population']}, temperature "
@@ -409,7 +401,7 @@ def list_runs(storage: Storage = DEFAULT_STORAGE) -> None:
     for r in archive.runs():
         cands = archive.candidates(r.id)
         best = _best(cands)
-        label, _ = _run_status(r)
+        label, _ = run_status(r, *liveness(r))
         rows.append((r.name, label, str(len(cands)), _short_bpb(best) if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}"))
     _print_table(("run", "status", "candidates", "best val_bpb", "created"), rows)
 

@@ -35,13 +35,15 @@ from evo.operators import Operator, OperatorError, OperatorUnavailable, Parent, 
 from evo.runner import EvalResult, Limits, Slot, file_hash, kill_orphan, run_evaluation
 
 HEARTBEAT_SECONDS = 10.0
-STALE_AFTER_SECONDS = 60.0
 MAX_OPERATOR_FAILURES = 20   # consecutive proposals that failed to produce code: stop proposing
 EVAL_SEED_BASE = 42          # replicate r of every candidate trains with seed 42 + r (common random numbers)
 MAX_FIXES_PER_LINEAGE = 1    # repair proposals along one line of descent
 PAUSE_FIRST, PAUSE_MAX = 30.0, 600.0  # seconds proposals pause while the operator is unavailable
 # Failures the same code on the same machine repeats: a seed failing so is not evaluated again.
 DETERMINISTIC_FAILURES = frozenset({"crash", "invalid", "oom"})
+# Failures that say more about this machine's load, the limits or evo itself than about the code: a
+# seed that failed only so is measured again on --resume (with new allowances), not given up.
+MACHINE_FAILURES = frozenset({"timeout", "over_budget", "harness"})
 
 
 @dataclass(frozen=True)
@@ -160,11 +162,14 @@ class Engine:
                 archive.update_run(run_id, f"killed the orphaned process of evaluation {ev.id} left by a crash")
         archive.recover(run_id)
         self._queue_lost_evaluations()
-        for cand in archive.undecided(run_id):
-            self._decide(cand)
         seed_id = archive.run_by_id(run_id).seed_id
         if seed_id is not None and (seed := archive.candidate_by_id(seed_id)).state == FAIL:
-            self._seed_failed(seed)  # a resumed run whose seed failed: nothing to evolve
+            if seed.accepted is None:  # it failed for reasons of this machine: measure it again
+                archive.retry_failed(seed.id)
+            else:
+                self._seed_failed(seed)  # it failed for good: nothing to evolve
+        for cand in archive.undecided(run_id):
+            self._decide(cand)
         self._ensure_seed()
 
         eval_pool = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="evo-slot")
@@ -217,9 +222,7 @@ class Engine:
         finally:
             self.stop_proposing.set()
             eval_pool.shutdown(wait=True)
-            for fut, pending in running.items():
-                if fut.done():
-                    self._settle(pending, fut)
+            self._settle_all(running)
         status = INTERRUPTED if self.user_stopped else FINISHED
         archive.update_run(run_id, f"run {status.lower()}", status=status, active_seconds=self.active_seconds,
                            owner=None)
@@ -309,6 +312,19 @@ class Engine:
                           f"go on; see `evo show {seed.number} --name {self.run.name}`, then start a new run with a "
                           "seed that runs on this machine (--seed-train FILE).")
 
+    def _seed_may_retry(self, seed: Candidate) -> bool:
+        reasons = {e.fail_reason for e in self.archive.evaluations(self.run.id, seed.id) if e.state == FAIL}
+        return bool(reasons) and reasons <= MACHINE_FAILURES
+
+    def _seed_interrupted(self, seed: Candidate) -> None:
+        """The seed failed for reasons of this machine (a timeout on a loaded box, an allowance too
+        short): left undecided, so `--resume` (with new allowances) measures it again."""
+        self.stop_proposing.set()
+        self.archive.update_run(self.run.id, f"the seed failed here ({seed.fail_reason}); the run stops until --resume",
+                                status=INTERRUPTED, active_seconds=self.active_seconds)
+        raise EngineError(f"the seed's evaluation failed ({seed.fail_reason}: {seed.fail_detail}); once that is "
+                          f"fixed, `evo run --resume --name {self.run.name}` measures the seed again.")
+
     def _is_seed(self, cand: Candidate) -> bool:
         return self._is_seed_id(cand.id)
 
@@ -363,8 +379,8 @@ class Engine:
             changed = self._apparatus_changed()
             reason, detail = ("invalid", f"{self.apparatus.prepare_path} changed since the run started; the apparatus "
                               "is locked") if changed else \
-                ("harness", f"evo failed while finishing this evaluation ({type(e).__name__}: {e}); the candidate was "
-                 "not judged on it")
+                ("harness", f"evo failed while finishing this evaluation ({type(e).__name__}: {e}); it counts as "
+                 "failed so the run goes on")
             self.archive.finish_evaluation(pending.evaluation_id, state=FAIL, fail_reason=reason, detail=detail,
                                            metrics=None, curve=[], returncode=None,
                                            wall_seconds=time.monotonic() - pending.started, harness_seconds=0.0,
@@ -373,6 +389,19 @@ class Engine:
                 self.stop_proposing.set()
                 raise EngineError(f"{detail}; restore it, then --resume.") from None
             return reason
+
+    def _settle_all(self, running: dict[Future, _Pending]) -> None:
+        """At shutdown: record every evaluation that ended, even when one of them cannot be (the
+        apparatus changed, the run was taken over), then raise the first such error."""
+        errors: list[Exception] = []
+        for fut, pending in running.items():
+            if fut.done():
+                try:
+                    self._settle(pending, fut)
+                except (ArchiveError, EngineError) as e:
+                    errors.append(e)
+        if errors:
+            raise errors[0]
 
     def _apparatus_changed(self) -> bool:
         path = self.apparatus.prepare_path
@@ -398,16 +427,20 @@ class Engine:
         except OperatorUnavailable as e:
             self._pause_proposals(e, asked.submitted)
             return
-        except Exception as e:  # noqa: BLE001 - an operator error, or any bug on its way (a prompt, the
-            # database, git in a merge): one proposal is lost, not the night
+        except ArchiveError:  # the database failed or the run was taken over: the run stops
+            raise
+        except Exception as e:  # noqa: BLE001 - an operator error, or any bug on its way (a prompt, a
+            # locked database, git in a merge): one proposal is lost, not the night
             self._operator_failures += 1
             self._resume_proposals()
-            detail = str(e) if isinstance(e, OperatorError) else f"the operator raised {type(e).__name__}: {e}"
+            # An unusable proposal is the operator's failure (invalid); anything else is evo's own (harness).
+            reason, detail = ("invalid", str(e)) if isinstance(e, OperatorError) else \
+                ("harness", f"the operator raised {type(e).__name__}: {e}")
             self.archive.add_candidate(self.run.id, code=parents[0].code,
                                        operator=getattr(e, "operator", None) or self.operator.name,
                                        parent_id=parents[0].id, parent2_id=parents[1].id if len(parents) > 1 else None,
                                        hypothesis="(no proposal)", rng_state=rng_state, state=FAIL,
-                                       fail_reason="invalid", fail_detail=detail,
+                                       fail_reason=reason, fail_detail=detail,
                                        llm_calls=getattr(e, "llm_calls", None) or ())
             return
         self._operator_failures = 0
@@ -457,6 +490,8 @@ class Engine:
     def _decide(self, cand: Candidate) -> None:
         run_id = self.run.id
         if cand.state == FAIL:
+            if self._is_seed(cand) and self._seed_may_retry(cand):
+                self._seed_interrupted(cand)
             self.archive.decide(cand.id, accepted=False, temperature=None, probability=0.0, delta=None,
                                 competitor_id=None, leaving=[], reason=f"failed ({cand.fail_reason})")
             if self._is_seed(cand):

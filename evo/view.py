@@ -14,12 +14,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from evo.archive import ACTIVE, Event, Run
+from evo.archive import ACTIVE, STALE_AFTER_SECONDS, Event, Run
 
 STOPPED, UNRESPONSIVE = "STOPPED", "UNRESPONSIVE"
 
 
-def run_status(run: Run, owner_alive: bool, heartbeat_age: float | None, stale_after: float) -> tuple[str, str]:
+def run_status(run: Run, owner_alive: bool, heartbeat_age: float | None,
+               stale_after: float = STALE_AFTER_SECONDS) -> tuple[str, str]:
     """A run's status as a person should read it, and a note on it. The archive keeps ACTIVE until
     its owner writes otherwise, which an owner killed with -9, or lost with its machine, never does:
     ACTIVE is shown only while the owner lives and its heartbeat is fresh."""

@@ -279,7 +279,7 @@ def test_non_operator_exception_in_a_proposal_is_archived(tmp_path: Path) -> Non
     cands = archive.candidates(engine.run.id)
     assert len(cands) == 4
     failed = [c for c in cands if c.state == FAIL]
-    assert len(failed) == 1 and failed[0].fail_reason == "invalid"
+    assert len(failed) == 1 and failed[0].fail_reason == "harness"  # evo's own bug, not the candidate's
     assert "KeyError" in failed[0].fail_detail and "parent_val_bpb" in failed[0].fail_detail
     assert failed[0].accepted is False and archive.evaluations(engine.run.id, failed[0].id) == []
     assert sum(c.state == COMPLETE for c in cands) == 3
@@ -373,3 +373,27 @@ def test_seed_that_cannot_run_here_fails_once_and_the_run_says_so(tmp_path: Path
     run = archive.find_run("c")
     assert run.status == FAILED
     assert len(archive.evaluations(run.id)) == 3 and len(archive.candidates(run.id)) == 1
+
+
+def test_seed_that_times_out_here_is_measured_again_on_resume(tmp_path: Path) -> None:
+    """A seed that overran its start-up allowance (a loaded box, a cold compile) is not given up:
+    the run stops, says what to raise, and `--resume` with the larger allowance measures it again."""
+    slow = tmp_path / "slow_train.py"
+    slow.write_text(SEED_CODE.replace("t0 = time.time()", "time.sleep(4)\nt0 = time.time()"))
+    args = ["run", "--name", "t", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(slow),
+            "--preset", "smoke", "--operator", "tweak", "--replicates", "2", "--max-candidates", "1"]
+    first = evo_cli(tmp_path, *args, "--startup-allowance", "1")
+    assert first.returncode == 2 and "timeout" in first.stderr and "--resume --name t" in first.stderr, first.stderr
+    assert len(first.stderr.strip().splitlines()) == 1 and "Traceback" not in first.stderr
+    archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
+    run = archive.find_run("t")
+    assert run.status == INTERRUPTED and run.owner is None
+    seed = archive.candidate_by_id(run.seed_id)
+    assert seed.state == FAIL and seed.accepted is None, "undecided: it may still be measured"
+
+    resumed = evo_cli(tmp_path, *args, "--resume", "--startup-allowance", "120")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    run = archive.find_run("t")
+    seed = archive.candidate_by_id(run.seed_id)
+    assert run.status == FINISHED and seed.accepted and seed.n_evals == 2
+    assert [e.state for e in archive.evaluations(run.id, seed.id)] == [COMPLETE, COMPLETE]

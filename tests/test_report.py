@@ -531,6 +531,20 @@ def test_default_path_and_most_recent_run(night: Archive, tmp_path: Path, monkey
     assert write_report(night, "night", tmp_path / "dir") == tmp_path / "dir" / "night.html"
 
 
+def test_a_run_whose_owner_died_is_not_reported_as_going(tmp_path: Path) -> None:
+    """kill -9 leaves the stored status ACTIVE: the report judges the owner as `evo status` does."""
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    run = synthesize(archive, 6, name="dead", code=(ROOT / "seed_train.py").read_text(), slots=2, seed=3, live=True)
+    dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_pid.wait()
+    archive.update_run(run.id, owner=f"{os.uname().nodename}:{dead_pid.pid}")
+    page = build_report(archive, "dead").html
+    assert "This run is still going" not in page
+    assert "This run is stopped" in page and "evo run --resume --name dead" in page
+    d, _ = embedded(page)
+    assert d["meta"]["status"] == "STOPPED" and d["meta"]["live"] is False
+
+
 def test_empty_and_live_runs(night: Archive, tmp_path: Path) -> None:
     html = write_report(night, "empty", tmp_path / "e.html").read_text()
     d, chunks = embedded(html)

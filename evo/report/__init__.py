@@ -83,7 +83,7 @@ def _figures(s, snap: load.Snapshot, tz: tzinfo | None) -> tuple:
     cands, evals, calls = snap.cands, snap.evals, snap.calls
     lin = data.lineage(cands, snap.run.seed_id)
     deltas = data.delta_vs_parent(cands, lin.parent)
-    meta = data.summary(snap.run, snap.config, cands, evals, calls, lin, snap.now)
+    meta = data.summary(snap.run, snap.config, cands, evals, calls, lin, snap.now, snap.owner_alive)
     prog = data.progress(cands, lin)
     lay = data.layout(cands, lin)
     timeline = data.timeline(evals, lin, snap.now)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import bisect
-import difflib
 import json
 import math
 import zlib
@@ -25,7 +24,8 @@ from typing import Any, Iterable, Sequence
 
 from evo.report.diff import unified_diff  # noqa: F401  (re-exported: the details' diffs)
 
-COMPLETE, FAIL, PRUNED, RUNNING, WAITING = "COMPLETE", "FAIL", "PRUNED", "RUNNING", "WAITING"
+from evo.archive import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, WAITING
+from evo.view import run_status
 
 MAX_CODE_CHARS = 200_000   # a root candidate's code shown in full up to this size
 
@@ -165,8 +165,8 @@ def outcome(c: Any) -> str:
 # ---------------------------------------------------------------------------
 
 def summary(run: Any, config: dict, cands: Sequence[Any], evals: Sequence[Any], calls: Sequence[Any],
-            lin: Lineage, now: datetime) -> dict:
-    """The header: the run's settings and its totals."""
+            lin: Lineage, now: datetime, owner_alive: bool = False) -> dict:
+    """The header: the run's settings and its totals, and its status as `evo status` shows it."""
     by_state: dict[str, int] = defaultdict(int)
     for c in cands:
         by_state[c.state] += 1
@@ -186,12 +186,15 @@ def summary(run: Any, config: dict, cands: Sequence[Any], evals: Sequence[Any], 
     started = utc(run.created_at)
     finished = utc(run.finished_at)
     heartbeat = utc(run.heartbeat_at)
+    heartbeat_age = (now - heartbeat).total_seconds() if heartbeat else None
+    status, status_note = run_status(run, owner_alive, heartbeat_age)
     return {
         "name": run.name,
-        "status": run.status,
+        "status": status,
+        "status_note": status_note,
         "owner": run.owner,
-        "live": run.status == "ACTIVE" and run.owner is not None,
-        "heartbeat_age": (now - heartbeat).total_seconds() if heartbeat else None,
+        "live": status == ACTIVE,
+        "heartbeat_age": heartbeat_age,
         "created": started.isoformat() if started else None,
         "finished": finished.isoformat() if finished else None,
         "generated": now.isoformat(),

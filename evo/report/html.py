@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evo import __version__
+from evo.archive import FAILED
 from evo.report import data
 
 ASSETS = Path(__file__).parent / "assets"
@@ -115,9 +116,10 @@ def header(meta: dict, tz: tzinfo | None) -> str:
         beat = f" (heartbeat {age:.0f} s before this report)" if age is not None else ""
         banner = (f'<div class="banner">This run is still going{e(beat)}: the report is a snapshot taken at '
                   f'{e(_local(meta["generated"], tz))}. Run <code>evo report</code> again for a fresh one.</div>')
-    elif meta["status"] == "ACTIVE":
-        banner = '<div class="banner warn">This run has no owner but never finished (it may have crashed): ' \
-                 '<code>evo run --resume</code> continues it.</div>'
+    elif meta["status_note"]:  # stopped or unresponsive: nobody is running it, or nobody can tell
+        banner = (f'<div class="banner warn">This run is {e(meta["status"].lower())}: {e(meta["status_note"])}.</div>')
+    elif meta["status"] == FAILED:
+        banner = '<div class="banner warn">This run failed: its seed cannot run here (see the seed\'s log tail below).</div>'
     return f'{banner}<div class="cards">{"".join(cards)}</div><div class="config">{config}</div>'
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, select
 
-from evo.archive import Archive, Candidate, Code, CurvePoint, Evaluation, LLMCall, Run
+from evo.archive import Archive, Candidate, Code, CurvePoint, Evaluation, LLMCall, Run, liveness
 from evo.report import data
 
 # Evaluation columns the figures need (not the log tail or the failure detail: those stream later).
@@ -43,6 +43,7 @@ class Snapshot:
     evals: list[Any]                 # rows with EVAL_COLUMNS as attributes
     calls: list[Any]                 # rows with CALL_COLUMNS as attributes
     now: datetime
+    owner_alive: bool = False        # whether the run's owner process lives, as far as this host can tell
 
 
 @contextmanager
@@ -87,7 +88,7 @@ def snapshot(s: Session, run_id: int) -> Snapshot:
         config = json.loads(run.config)
     except (TypeError, ValueError):
         config = {}
-    return Snapshot(run, config, cands, evals, calls, now)
+    return Snapshot(run, config, cands, evals, calls, now, liveness(run)[0])
 
 
 def curve_points(s: Session, evaluation_ids: dict[int, int]) -> dict[int, list[CurvePoint]]:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import bindparam, update
 
-from evo.archive import COMPLETE, FAIL, FINISHED, PRUNED, Archive, Candidate, Evaluation, LLMCall, Run
+from evo.archive import COMPLETE, FAIL, FINISHED, PRUNED, Archive, Candidate, Evaluation, LLMCall, Run, utcnow
 from evo.operators.tweak import _format, find_constants, perturb
 
 MODELS = ("claude-sonnet-4-5", "gpt-5-mini")
@@ -310,7 +310,7 @@ def synthesize(archive: Archive, n: int, *, name: str = "synthetic", seed: int =
         r.created_at = t_start - timedelta(seconds=30)
         r.active_seconds = end
         if live:
-            r.heartbeat_at, r.owner = t_start + timedelta(seconds=end), "synthetic:1"
+            r.heartbeat_at, r.owner = utcnow(), "synthetic:1"  # running now, on another host
         else:
             r.status, r.finished_at = FINISHED, t_start + timedelta(seconds=end)
         s.add(r)
