@@ -15,13 +15,17 @@ SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", 
 EXIT_DIVERGED = 3
 
 # A training loop checks its clock after each step, so an honest one ends past the budget by at
-# most one step; on a loaded machine that step can be several times the usual, so the slack is this
-# many of the slowest recent steps (never below the preset's base slack) ...
-SLACK_STEPS = 3.0
-# ... measured over this many of the latest progress lines ...
-RECENT_POINTS = 8
-# ... and never more than this share of the budget, whatever the candidate claims its steps took.
-MAX_SLACK_SHARE = 0.5
+# most one step, and on a loaded machine that step can be several times the usual. The slack is
+# this many of the longest recent intervals at which the harness saw progress lines arrive (its own
+# clock: step times a candidate prints do not count; a long interval is real time the candidate
+# spent inside its training window, so stretching one buys it no more than the cap below) ...
+SLACK_GAPS = 2.0
+# ... over this many of the latest intervals ...
+RECENT_GAPS = 8
+# ... never below the preset's base slack, and never above this share of the budget, or
+# MIN_SLACK_CAP seconds for the seconds-long test budgets, where one step under load is a large share.
+MAX_SLACK_SHARE = 0.15
+MIN_SLACK_CAP = 4.0
 # Longer step numbers are nonsense a candidate printed (they overflow an SQLite integer, and past
 # 4,300 digits int() refuses them).
 MAX_STEP_DIGITS = 15
@@ -111,23 +115,16 @@ def _finite(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def step_seconds(curve: list[tuple[int, float, float]]) -> float:
-    """The slowest recent training step in seconds of the candidate's clock: elapsed between
-    consecutive progress lines over the steps between them (0 with fewer than two lines)."""
-    recent = curve[-RECENT_POINTS:]
-    return max(((e2 - e1) / (s2 - s1) for (s1, e1, _), (s2, e2, _) in zip(recent, recent[1:])
-                if s2 > s1 and e2 >= e1), default=0.0)
-
-
 def max_slack(time_budget: float, base: float) -> float:
-    return max(base, MAX_SLACK_SHARE * time_budget)
+    return max(base, MIN_SLACK_CAP, MAX_SLACK_SHARE * time_budget)
 
 
-def training_slack(curve: list[tuple[int, float, float]], time_budget: float, base: float) -> float:
-    """How far past the budget training may end: the base slack, or SLACK_STEPS of the slowest
-    recent step when the machine is slower than that (so one slow last step under load passes),
-    capped at max_slack."""
-    return min(max(base, SLACK_STEPS * step_seconds(curve)), max_slack(time_budget, base))
+def training_slack(gaps: list[float], time_budget: float, base: float) -> float:
+    """How far past the budget training may end, by the harness's clock: SLACK_GAPS of the longest
+    recent interval between the polls that brought progress lines (`gaps`, seconds), so that one
+    slow last step under load passes; at least the base slack, at most max_slack."""
+    longest = max(gaps[-RECENT_GAPS:], default=0.0)
+    return min(max(base, SLACK_GAPS * longest), max_slack(time_budget, base))
 
 
 @dataclass(frozen=True)
@@ -146,7 +143,8 @@ def classify(returncode: int | None, output: str, *, timed_out: str | None, inte
     """Decide an evaluation's outcome from its exit status, its output and the evaluator's own
     record (`recorded_bpb`: the values evaluate_bpb signed, None when no record was asked for).
     `timed_out` is the runner's sentence saying which phase overran its limit (None: none did);
-    `training_wall` the seconds of training the harness's own clock saw (None: unknown).
+    `budget_slack` how far past the budget training may end (logs.training_slack, from what the
+    harness saw); `training_wall` the seconds of training the harness's own clock saw (None: unknown).
 
     Order matters: what the harness observed itself (interruption, timeout, a modified prepare.py)
     outranks anything the candidate printed.
@@ -178,25 +176,22 @@ def classify(returncode: int | None, output: str, *, timed_out: str | None, inte
             why = "the evaluator recorded no result" if not recorded_bpb else \
                 f"the evaluator recorded {', '.join(f'{r:.6f}' for r in recorded_bpb)}"
             return Outcome("FAIL", "invalid", f"printed val_bpb {bpb:.6f} but {why}", summary)
-    overrun = budget_overrun(summary["training_seconds"], training_wall, parse_curve(output, time_budget),
-                             time_budget, budget_slack)
+    overrun = budget_overrun(summary["training_seconds"], training_wall, time_budget, budget_slack)
     if overrun:
         return Outcome("FAIL", "over_budget", overrun, summary)
     return Outcome("COMPLETE", None, "", summary)
 
 
-def budget_overrun(trained: float, training_wall: float | None, curve: list[tuple[int, float, float]],
-                   time_budget: float, base_slack: float) -> str | None:
+def budget_overrun(trained: float, training_wall: float | None, time_budget: float, slack: float) -> str | None:
     """Why training went clearly past the budget, by the candidate's clock (`trained`) or the
     harness's (`training_wall`); None when it stayed within the budget plus the slack. Distinct
     from cheating: a loaded machine makes this happen to honest candidates."""
-    slack = training_slack(curve, time_budget, base_slack)
     limit = time_budget + slack
-    why = (f"past the {time_budget:g} s budget and its {slack:.1f} s of slack ({SLACK_STEPS:g} x the slowest "
-           f"recent step of {step_seconds(curve):.2f} s, kept between {base_slack:g} and "
-           f"{max_slack(time_budget, base_slack):g} s); training must stop once elapsed reaches the budget")
+    why = (f"past the {time_budget:g} s budget and its {slack:.1f} s of slack (sized from the intervals at which the "
+           f"harness saw progress lines); training must stop once elapsed reaches the budget")
     if not trained <= limit:  # also catches a training_seconds of nan
         return f"trained {trained:.1f} s by its own clock, {why}"
     if training_wall is not None and training_wall > limit:
-        return f"the harness clock saw {training_wall:.1f} s of training (first timed step to last progress line), {why}"
+        return (f"the harness clock saw {training_wall:.1f} s of training (from the start of its training clock to the "
+                f"last progress line, or to the start of the final evaluation when that came later), {why}")
     return None

@@ -6,7 +6,8 @@ own process group with a scrubbed environment (an allowlist: no API keys or toke
 code); the watchdog kills the group if evo dies. The runner reads the log as it grows and holds
 each phase to its own limit (`Phases`): start-up, the training budget, the final evaluation. On an
 overrun or interrupt the whole group gets SIGTERM, then SIGKILL, so children the candidate spawned
-die with it. Deciding what the output means is `evo.logs`' job.
+die with it (unless they left the group: see evo.watchdog). Deciding what the output means is
+`evo.logs`' job.
 """
 
 from __future__ import annotations
@@ -62,8 +63,17 @@ class Limits:
 
     @property
     def budget_slack(self) -> float:
-        # The base slack; logs.training_slack widens it when the measured steps are slow.
+        # The base slack; logs.training_slack widens it when the harness sees progress lines slowly.
         return max(2.0, 0.1 * self.time_budget)
+
+    @property
+    def warmup_window(self) -> float:
+        """How long untimed warm-up steps (progress lines saying elapsed 0) may go on after the first
+        progress line before the harness's training clock starts anyway. Compilation ends before
+        the first step's line; what follows is about ten steps (seed_train.py, autoresearch) and
+        perhaps a recompile, while longer would be training outside the budget. As long as the base
+        slack, whose job is the same: a few steps' worth of the budget."""
+        return self.budget_slack
 
     @property
     def hard_timeout(self) -> float:
@@ -74,81 +84,116 @@ class Limits:
 
 @dataclass
 class Phases:
-    """Where a running candidate is, from its progress lines and when the harness saw them. Pure:
-    the runner feeds it the log as it grows and its own clock.
+    """Where a running candidate is, from its progress lines and the evaluator's records and when
+    the harness saw them. The harness's clock bounds training: the elapsed seconds a candidate
+    prints are information only. Pure: the runner feeds it what the log and the record gained and
+    its own clock.
 
     - startup: until the first progress line reporting elapsed training seconds above 0 (imports,
       data loading, compilation and untimed warm-up steps, as autoresearch leaves them outside the
-      budget), bounded by the startup allowance;
-    - training: the budget plus a slack sized from the measured steps (logs.training_slack),
-      counted from the first timed step; a progress line written after that is an overrun;
+      budget), bounded by the startup allowance; warm-up lines (elapsed 0) only for the warm-up
+      window after the first one, after which the training clock starts without a timed line;
+    - training: the budget plus a slack sized from the intervals at which the harness saw progress
+      lines (logs.training_slack), counted from when the harness saw the first timed line; a
+      progress line written after that is an overrun, also after a line reporting the budget reached;
     - evaluation: the eval allowance, counted from the line reporting the budget reached (or from
-      the end of the training window when no line does).
+      the end of the training window when no line does). Time between the last progress line and
+      the start of the final evaluation (from the evaluator's signed record: when the harness saw
+      it, less the seconds it says the evaluation took) counts as training.
     """
 
     limits: Limits
-    started: float                                   # harness clock when the candidate started
-    recent: list[tuple[int, float, float]] = field(default_factory=list)  # latest points, for the slack
-    training_start: float | None = None              # harness clock at the first timed step
-    training_end: float | None = None                # when the line reporting the budget reached arrived
-    last_line: tuple[float, float] | None = None     # (written no earlier than, elapsed) of the latest training line
-    warming_up: bool = False                         # progress lines seen, none timed yet
-    _partial: str = ""                               # the log's last line, not yet ended
-    _previous: float | None = None                   # the clock at the previous feed
+    started: float                                    # harness clock when the candidate started
+    gaps: list[float] = field(default_factory=list)   # seconds between polls that brought progress lines in training
+    first_line: float | None = None                   # when the first progress line of any kind was seen
+    training_start: float | None = None               # the harness's training clock
+    clock_from_warmup: bool = False                   # it started at the warm-up window's end, not at a timed line
+    training_end: float | None = None                 # when the first line reporting the budget reached was seen
+    last_line: tuple[float, float] | None = None      # (written no earlier than, elapsed) of the latest progress line
+    evaluation_from: float | None = None              # the latest evaluation began no earlier than this
+    _partial: str = ""                                # the log's last line, not yet ended
+    _previous: float | None = None                    # the clock at the previous feed
+    _line_seen: float | None = None                   # the clock at the previous feed that brought a training line
 
-    def feed(self, text: str, now: float) -> None:
-        """Take what the log gained since the previous feed, seen at `now`."""
+    def feed(self, text: str, now: float, evaluations: tuple[float, ...] = ()) -> None:
+        """Take what the log gained since the previous feed, and the durations (seconds) of the
+        evaluator records that appeared, all seen at `now`."""
         *lines, partial = re.split(r"[\r\n]", self._partial + text)
         self._partial = partial[-10_000:]  # a line without an end is not a progress line yet
         written_after = self.started if self._previous is None else self._previous
         self._previous = now
+        for seconds in evaluations:
+            # Seen now, so written after the previous feed: began no earlier than that, less its duration.
+            self.evaluation_from = written_after - seconds
         points = logs.parse_curve("\n".join(lines), self.limits.time_budget)
-        self.recent = (self.recent + points)[-logs.RECENT_POINTS:]
-        for _, elapsed, _ in points:
-            if self.training_end is not None:
-                break
-            if self.training_start is None:
-                if elapsed <= 0:
-                    self.warming_up = True
-                    continue
-                self.training_start = now - elapsed  # `now` is when the line was seen, no earlier than written
-            self.last_line = (written_after, elapsed)
-            if elapsed >= self.limits.time_budget:
-                self.training_end = now
+        if points:
+            if self.first_line is None:
+                self.first_line = now
+            self.last_line = (written_after, points[-1][1])
+        self._start_clock(now)
+        if self.training_start is None and any(elapsed > 0 for _, elapsed, _ in points):
+            self.training_start = now  # when the harness saw it; the elapsed it reports is not trusted
+        if self.training_start is None or not points:
+            return
+        if self._line_seen is not None:
+            self.gaps = (self.gaps + [now - self._line_seen])[-logs.RECENT_GAPS:]
+        self._line_seen = now
+        if self.training_end is None and any(elapsed >= self.limits.time_budget for _, elapsed, _ in points):
+            self.training_end = now
+
+    def _start_clock(self, now: float) -> None:
+        """Warm-up past the window is training, whatever the lines say."""
+        if self.training_start is not None or self.first_line is None:
+            return
+        end = self.first_line + self.limits.warmup_window
+        if now >= end:
+            self.training_start = self._line_seen = end
+            self.clock_from_warmup = True
+
+    @property
+    def slack(self) -> float:
+        return logs.training_slack(self.gaps, self.limits.time_budget, self.limits.budget_slack)
 
     @property
     def training_wall(self) -> float | None:
-        """Seconds of training by the harness's clock, from the first timed step to the latest
-        training line, counted short (the poll's uncertainty is the candidate's benefit)."""
-        if self.training_start is None or self.last_line is None:
+        """Seconds of training by the harness's clock, from the start of its training clock to the
+        latest progress line or the start of the latest evaluation, whichever is later; counted
+        short (the poll's uncertainty is the candidate's benefit)."""
+        ends = ([self.last_line[0]] if self.last_line else []) + ([] if self.evaluation_from is None
+                                                                   else [self.evaluation_from])
+        if self.training_start is None or not ends:
             return None
-        return max(0.0, self.last_line[0] - self.training_start)
+        return max(0.0, max(ends) - self.training_start)
 
     def overrun(self, now: float) -> str | None:
         """The sentence saying which phase ran past its limit at `now`, or None."""
         lim = self.limits
         run = lim.run_name or "RUN"
+        self._start_clock(now)
         if self.training_start is None:
             if now - self.started <= lim.startup_allowance:
                 return None
-            seen = ("printed only warm-up progress lines (elapsed 0)" if self.warming_up else
+            seen = ("printed only warm-up progress lines (elapsed 0)" if self.first_line is not None else
                     "printed no progress line (`step N | elapsed: Xs | loss: L`)")
             return (f"training had not started after the --startup-allowance of {lim.startup_allowance:g} s: the candidate "
                     f"{seen}; imports, data loading and compilation took longer, or the candidate hangs; raise it with "
                     f"`evo run --resume --name {run} --startup-allowance {_more(lim.startup_allowance)}`")
-        slack = logs.training_slack(self.recent, lim.time_budget, lim.budget_slack)
+        slack = self.slack
         window_end = self.training_start + lim.time_budget + slack
-        if self.training_end is None and self.last_line[0] > window_end:
-            return (f"still training {now - self.training_start:.0f} s after its first timed step (its latest progress "
-                    f"line says elapsed {self.last_line[1]:.1f} s), past the {lim.time_budget:g} s budget and "
-                    f"{slack:.1f} s of slack by the harness's clock")
+        latest = self.last_line[1] if self.last_line else 0.0
+        if self.last_line is not None and self.last_line[0] > window_end:
+            since = (f"{lim.warmup_window:g} s after its first warm-up progress line (elapsed 0), the longest warm-up "
+                     f"may take" if self.clock_from_warmup else "at its first timed progress line")
+            return (f"still training {now - self.training_start:.0f} s after the harness's training clock started "
+                    f"({since}; its latest progress line says elapsed {latest:.1f} s), past the {lim.time_budget:g} s "
+                    f"budget and {slack:.1f} s of slack by the harness's clock")
         if self.training_end is not None and now > self.training_end + lim.eval_allowance:
-            return (f"training finished at {self.last_line[1]:.1f} s; the final evaluation did not finish within "
+            return (f"training finished at {latest:.1f} s; the final evaluation did not finish within "
                     f"--eval-allowance {lim.eval_allowance:g} s; raise it with "
                     f"`evo run --resume --name {run} --eval-allowance {_more(lim.eval_allowance)}`")
         if self.training_end is None and now > window_end + lim.eval_allowance:
             return (f"no progress line reached the {lim.time_budget:g} s budget (the latest said elapsed "
-                    f"{self.last_line[1]:.1f} s), and the candidate did not finish within --eval-allowance "
+                    f"{latest:.1f} s), and the candidate did not finish within --eval-allowance "
                     f"{lim.eval_allowance:g} s after its training window ({lim.time_budget:g} s + {slack:.1f} s slack) "
                     f"closed; raise it with `evo run --resume --name {run} --eval-allowance {_more(lim.eval_allowance)}`")
         if now - self.started > lim.hard_timeout:
@@ -231,21 +276,50 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def read_records(path: Path, key: str) -> list[float]:
-    """val_bpb values the evaluator signed with this evaluation's key; forged lines are ignored."""
-    if not path.exists():
-        return []
-    values = []
-    for line in path.read_text(errors="replace").splitlines():
+def signed_records(text: str, key: str) -> list[dict]:
+    """The records the evaluator signed with this evaluation's key; forged lines are ignored."""
+    records = []
+    for line in text.splitlines():
         try:
             entry = json.loads(line)
             payload = json.dumps(entry["record"], sort_keys=True)
             signature = hmac.new(key.encode(), payload.encode(), hashlib.sha256).hexdigest()
             if hmac.compare_digest(signature, entry["hmac"]):
-                values.append(float(entry["record"]["val_bpb"]))
+                records.append(entry["record"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return records
+
+
+def read_records(path: Path, key: str) -> list[float]:
+    """val_bpb values the evaluator signed with this evaluation's key."""
+    if not path.exists():
+        return []
+    values = []
+    for record in signed_records(path.read_text(errors="replace"), key):
+        try:
+            values.append(float(record["val_bpb"]))
         except (ValueError, KeyError, TypeError):
             continue
     return values
+
+
+def _new_evaluations(path: Path, offset: int, key: str) -> tuple[tuple[float, ...], int]:
+    """The durations (the evaluator's `seconds`) of signed records appended to `path` since
+    `offset`, and the offset after the last complete line."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return (), offset
+    complete = data[:data.rfind(b"\n") + 1]
+    durations = []
+    for record in signed_records(complete.decode(errors="replace"), key):
+        seconds = record.get("seconds") if isinstance(record, dict) else None
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0:
+            durations.append(float(seconds))
+    return tuple(durations), offset + len(complete)
 
 
 def _downsample(curve: list[tuple[int, float, float]], n: int = MAX_CURVE_POINTS) -> list[tuple[int, float, float]]:
@@ -276,18 +350,35 @@ def kill_group(proc: subprocess.Popen, grace: float) -> None:
 
 def kill_orphan(workdir: Path) -> bool:
     """Kill the process group of an evaluation whose harness died (kill -9, power loss on a
-    shared box). Returns whether one was still alive."""
+    shared box). Returns whether one was still alive. The pid file lies in the candidate's folder,
+    so the candidate may have rewritten it: only a group led by evo's watchdog for this very folder
+    is killed (checked in /proc; without /proc nothing is, and the watchdog's lifeline remains)."""
     try:
         pgid = int((workdir / PID_FILE).read_text())
     except (OSError, ValueError):
         return False
-    if not _group_alive(pgid):
+    if not _is_watchdog_of(pgid, workdir):
         return False
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def _is_watchdog_of(pid: int, workdir: Path) -> bool:
+    """Whether `pid` is a live evo watchdog leading its own process group in `workdir`."""
+    if pid <= 1 or pid in (os.getpid(), os.getpgrp()):
+        return False
+    proc = Path("/proc") / str(pid)
+    try:
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+        stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        cwd = Path(os.readlink(proc / "cwd"))
+    except (OSError, IndexError):
+        return False
+    return (stat[0] != "Z" and int(stat[2]) == pid and cwd == workdir.resolve()
+            and any(Path(os.fsdecode(arg)).parts[-2:] == ("evo", WATCHDOG.name) for arg in argv))
 
 
 def _group_alive(pgid: int) -> bool:
@@ -340,6 +431,7 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         p0 = time.monotonic()
         phases = Phases(limits, p0)
+        record_offset = 0
         proc, lifeline = _launch(python, workdir, env, log)
         try:
             (workdir / PID_FILE).write_text(str(proc.pid))  # lets a resumed run kill what a crash left behind
@@ -350,7 +442,8 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
                 except subprocess.TimeoutExpired:
                     pass
                 now = time.monotonic()
-                phases.feed(decoder.decode(reader.read()), now)
+                evaluations, record_offset = _new_evaluations(record, record_offset, key)
+                phases.feed(decoder.decode(reader.read()), now, evaluations)
                 if stop is not None and stop.is_set():
                     interrupted = True
                 else:
@@ -359,7 +452,8 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
                     kill_group(proc, limits.kill_grace)
                     break
             p1 = time.monotonic()
-            phases.feed(decoder.decode(reader.read(), final=True), p1)
+            evaluations, record_offset = _new_evaluations(record, record_offset, key)
+            phases.feed(decoder.decode(reader.read(), final=True), p1, evaluations)
             # Children the candidate left behind die with it.
             if _group_alive(proc.pid):
                 kill_group(proc, limits.kill_grace)
@@ -368,7 +462,7 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
     output = log_path.read_text(errors="replace")
     prepare_changed = not prepare.exists() or file_hash(prepare) != locked_hash or file_hash(prepare_src) != locked_hash
     outcome = logs.classify(proc.returncode, output, timed_out=timed_out, interrupted=interrupted,
-                            time_budget=limits.time_budget, budget_slack=limits.budget_slack,
+                            time_budget=limits.time_budget, budget_slack=phases.slack,
                             recorded_bpb=read_records(record, key), prepare_changed=prepare_changed,
                             training_wall=phases.training_wall)
     curve = _downsample(logs.parse_curve(output, limits.time_budget))

@@ -1,4 +1,4 @@
-"""The watchdog every candidate runs under, so that no train.py outlives its evo process.
+"""The watchdog every candidate runs under, so that a train.py does not outlive its evo process.
 
 `evo.runner` starts `python -I watchdog.py FD PROGRAM ARGS...` as the leader of a new process
 group, passing FD, the read end of a pipe whose write end only evo holds. The watchdog starts the
@@ -14,6 +14,13 @@ A pipe rather than PR_SET_PDEATHSIG on the candidate, because that signal follow
 forked, and evo starts candidates from short-lived pool threads. The candidate itself does get
 PR_SET_PDEATHSIG (on Linux) for the single-threaded watchdog's death, so killing its watchdog does
 not free it from the guard.
+
+What it does not cover: a process the candidate starts that calls setsid() (or setpgid()) leaves
+the group, so killpg misses it, and PR_SET_PDEATHSIG does not follow a fork (a grandchild that was
+never given it, or that cleared it, ignores the watchdog's death). Such a process outlives evo
+and the resume's orphan kill alike; only an OS boundary (a container or cgroup per evaluation)
+would hold it. The watchdog stops honest candidates, and careless ones that leave children
+behind, not a candidate that means to escape.
 
 Standard library only, and run in isolated mode (-I): nothing from the candidate's folder or the
 environment's PYTHON* variables reaches the watchdog's own interpreter.

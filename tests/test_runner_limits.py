@@ -1,7 +1,8 @@
 """The runner's limits against hostile and slow candidates (issue 9, items 2, 3, 13, 18, 19): parsing
 that never raises, a summary that cannot write the harness's columns, phase-aware timeouts that say
-which phase overran, over_budget sized from the measured steps, and a watchdog that kills candidates
-whose evo died."""
+which phase overran, over_budget on the harness's own clock with a slack sized from what the
+harness saw, and a watchdog that kills candidates whose evo died (and a pid file that cannot aim the
+resume's orphan kill elsewhere)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from evo.archive import COMPLETE, RUNNING, Archive
-from evo.logs import SUMMARY_KEYS, classify, parse_curve, parse_summary, training_slack
+from evo.config import DEFAULT_ALLOWANCES
+from evo.logs import SUMMARY_KEYS, budget_overrun, classify, parse_curve, parse_summary, training_slack
 from evo.runner import Limits, Phases, Slot, file_hash, kill_orphan, run_evaluation
 
-from conftest import wait_until
+from conftest import PREPARE as REAL_PREPARE, SEED_TRAIN, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SURROGATE = ROOT / "tests" / "fixtures" / "surrogate"
@@ -160,8 +162,10 @@ def test_startup_overrun_names_the_phase_and_the_flag(tmp_path: Path) -> None:
 
 
 def test_warm_up_lines_count_as_startup(tmp_path: Path) -> None:
-    """Untimed steps (elapsed 0: torch.compile's warm-up on CUDA) are start-up, not training."""
-    limits = Limits(time_budget=2, startup_allowance=5, eval_allowance=60, kill_grace=1, run_name="night")
+    """Untimed steps (elapsed 0: torch.compile's warm-up on CUDA) are start-up, not training, and
+    the start-up allowance still ends a candidate that never gets past them."""
+    limits = Limits(time_budget=200, startup_allowance=8, eval_allowance=60, kill_grace=1, run_name="night")
+    assert limits.warmup_window > limits.startup_allowance  # so the start-up allowance ends it first
     code = f"import time\nwhile True:\n    print({progress(0, 0.0)!r})\n    time.sleep(0.1)\n"
     outcome = evaluate(tmp_path, code, limits).outcome
     assert outcome.fail_reason == "timeout" and "printed only warm-up progress lines" in outcome.detail
@@ -186,20 +190,22 @@ def test_no_line_reaching_the_budget_counts_evaluation_from_the_window(tmp_path:
 
 
 def test_phases_deadlines_on_the_harness_clock() -> None:
-    """The phase logic alone, on a made-up clock: start-up until the first timed step, then the
-    budget and slack, then the evaluation allowance from the line that reported the budget reached."""
+    """The phase logic alone, on a made-up clock: start-up until the harness sees the first timed
+    step (the elapsed it reports is not trusted), then the budget and slack, then the evaluation
+    allowance from the line that reported the budget reached."""
     limits = Limits(time_budget=10, startup_allowance=5, eval_allowance=3, run_name="n")
     phases = Phases(limits, started=100.0)
     phases.feed("importing...\n" + progress(0, 0.0) + "\n", 103.0)   # a warm-up step
     assert phases.overrun(104.9) is None and phases.training_start is None
-    phases.feed(progress(1, 1.0) + "\n" + progress(2, 2.0)[:12], 105.5)  # the second line is not ended yet
+    phases.feed(progress(1, 1.0) + "\n" + progress(2, 2.0)[:12], 104.5)  # the second line is not ended yet
     assert phases.training_start == 104.5 and phases.overrun(106) is None
-    phases.feed(progress(2, 2.0)[12:] + "\n", 106.5)
+    phases.feed(progress(2, 2.0)[12:] + "\n", 105.5)
     for step in range(3, 11):
-        phases.feed(progress(step, float(step)) + "\n", 104.5 + step)
-    assert phases.training_end == 114.5 and phases.training_wall == pytest.approx(113.5 - 104.5)
-    assert phases.overrun(117.4) is None
-    assert phases.overrun(117.6).startswith("training finished at 10.0 s; the final evaluation did not finish within "
+        phases.feed(progress(step, float(step)) + "\n", 103.5 + step)  # one line a second
+    assert phases.training_end == 113.5 and phases.training_wall == pytest.approx(112.5 - 104.5)
+    assert phases.slack == 2.0  # the base slack: lines a second apart, x2
+    assert phases.overrun(116.4) is None
+    assert phases.overrun(116.6).startswith("training finished at 10.0 s; the final evaluation did not finish within "
                                             "--eval-allowance 3 s")
     late = Phases(limits, started=100.0)
     assert late.overrun(105.1).startswith("training had not started after the --startup-allowance of 5 s")
@@ -227,16 +233,19 @@ def _summary(trained: float, steps: int) -> str:
             "mfu_percent: 0\ntotal_tokens_M: 0\n" + f"num_steps: {steps}\n" + "num_params_M: 0\ndepth: 1\n")
 
 
-def _classify(output: str, training_wall: float | None = None):
-    return classify(0, output, timed_out=None, interrupted=False, time_budget=8, budget_slack=2, recorded_bpb=None,
+def _classify(output: str, training_wall: float | None = None, slack: float = 2):
+    return classify(0, output, timed_out=None, interrupted=False, time_budget=8, budget_slack=slack, recorded_bpb=None,
                     prepare_changed=False, training_wall=training_wall)
 
 
 def test_one_slow_last_step_under_load_is_accepted() -> None:
-    """The smoke run of the issue: steps of 0.4 s, then a last step of 3 s on an 8 s budget."""
+    """The smoke run of the issue: steps of 0.4 s, then a last step of 3 s on an 8 s budget, which
+    the harness saw as the gap before the last line."""
     steps = [progress(i, 0.4 * i) for i in range(1, 20)] + [progress(20, 7.6 + 3.0)]
-    outcome = _classify("\n".join(steps) + "\n" + _summary(10.6, 20))
+    slack = training_slack([0.4] * 18 + [3.0], 8, 2)
+    outcome = _classify("\n".join(steps) + "\n" + _summary(10.6, 20), training_wall=10.3, slack=slack)
     assert outcome.state == "COMPLETE", outcome
+    assert _classify("\n".join(steps) + "\n" + _summary(10.6, 20)).fail_reason == "over_budget"  # unseen, it is not
 
 
 def test_clearly_past_the_budget_is_over_budget_not_invalid() -> None:
@@ -253,21 +262,129 @@ def test_harness_clock_catches_a_candidate_clock_that_runs_slow() -> None:
     assert _classify("\n".join(steps) + "\n" + _summary(8.0, 20), training_wall=9.0).state == "COMPLETE"
 
 
-def test_slack_follows_the_slowest_recent_step_within_bounds() -> None:
-    quick = [(i, 0.1 * i, 1.0) for i in range(1, 30)]
+def test_slack_follows_the_slowest_recent_interval_the_harness_saw_within_bounds() -> None:
+    quick = [0.2] * 30
     assert training_slack(quick, 8, 2) == 2  # the base slack
-    slow_last = quick + [(30, 2.9 + 1.2, 1.0)]
-    assert training_slack(slow_last, 8, 2) == pytest.approx(3 * 1.2)
-    assert training_slack(quick + [(30, 2.9 + 100, 1.0)], 8, 2) == 4  # never more than half the budget
+    assert training_slack(quick + [1.6], 8, 2) == pytest.approx(2 * 1.6)
+    assert training_slack(quick + [100.0], 8, 2) == 4  # a few seconds at most on a seconds-long test budget
+    assert training_slack(quick + [100.0], 300, 30) == 45  # and 15 % of a real one
     assert training_slack([], 300, 30) == 30
 
 
 def test_a_slow_last_step_passes_the_real_runner(tmp_path: Path) -> None:
-    """The same through a real candidate: its summary reports 10.6 s of training on an 8 s budget."""
-    lines = "".join(f"print({progress(i, 0.4 * i)!r})\n" for i in range(1, 20)) + f"print({progress(20, 10.6)!r})\n"
-    code = candidate(lines).replace('print("training_seconds: 0.3")', 'print("training_seconds: 10.6")')
-    outcome = evaluate(tmp_path, code, Limits(time_budget=8, startup_allowance=60, eval_allowance=60)).outcome
+    """The same through a real candidate: quick steps, then a last step of 2.5 s on a 2 s budget
+    that its summary reports as 4.4 s of training; the base slack alone would call it over_budget."""
+    code = candidate("step = 0\nwhile time.time() - t0 < 1.9:\n    step += 1\n"
+                     "    print(f'step {step:05d} | elapsed: {time.time() - t0:.1f}s | loss: 2.0')\n    time.sleep(0.1)\n"
+                     "time.sleep(2.5)\ntrained = time.time() - t0\n"
+                     "print(f'step {step + 1:05d} | elapsed: {trained:.1f}s | loss: 2.0')\n")
+    code = code.replace('print("training_seconds: 0.3")', 'print(f"training_seconds: {trained:.1f}")')
+    limits = Limits(time_budget=2, startup_allowance=60, eval_allowance=60)
+    assert 2 + limits.budget_slack < 4.4
+    outcome = evaluate(tmp_path, code, limits).outcome
     assert outcome.state == "COMPLETE", outcome
+
+
+# ----- the harness's clock bounds training, whatever a candidate prints ---------------------------
+
+LOOSE = Limits(time_budget=2, startup_allowance=60, eval_allowance=60, kill_grace=1, run_name="night")
+
+
+def test_warm_up_lines_cannot_buy_untimed_training(tmp_path: Path) -> None:
+    """(a) 15 s of training reported as warm-up (elapsed 0), then a quick honest-looking 2 s: the
+    harness's clock starts at the end of the warm-up window and stops it."""
+    code = candidate("while time.time() - t0 < 15:\n    print('step 00000 | elapsed: 0.0s | loss: 2.0')\n"
+                     "    time.sleep(0.1)\n" + "".join(f"print({progress(i, 0.5 * i)!r})\n" for i in range(1, 5)))
+    outcome = evaluate(tmp_path, code, LOOSE).outcome
+    assert (outcome.state, outcome.fail_reason) == ("FAIL", "timeout"), outcome
+    assert outcome.detail.startswith("still training ")
+    assert "2 s after its first warm-up progress line (elapsed 0), the longest warm-up may take" in outcome.detail
+
+
+def test_a_tiny_first_elapsed_after_long_untimed_training_is_caught(tmp_path: Path) -> None:
+    """(b) One warm-up line, 12 s of training without a line, then a first timed line saying elapsed
+    0.1 s: the harness does not start its clock from the reported elapsed."""
+    code = candidate(f"print({progress(0, 0.0)!r})\ntime.sleep(12)\n"
+                     + "".join(f"print({progress(i, 0.1 + 0.5 * i)!r})\n" for i in range(4)))
+    outcome = evaluate(tmp_path, code, LOOSE).outcome
+    # Stopped while it runs, or, when it exits between two polls, judged on the harness's clock.
+    assert (outcome.state, outcome.fail_reason) in {("FAIL", "timeout"), ("FAIL", "over_budget")}, outcome
+    assert "past the 2 s budget" in outcome.detail
+
+
+def test_warm_up_window_starts_the_clock_whatever_the_first_timed_line_says() -> None:
+    """(b) on a made-up clock: the window ends 2 s after the first warm-up line."""
+    phases = Phases(Limits(time_budget=10, startup_allowance=60, eval_allowance=30), started=100.0)
+    phases.feed(progress(0, 0.0) + "\n", 101.0)
+    phases.feed(progress(0, 0.0) + "\n", 102.9)
+    assert phases.overrun(102.9) is None and phases.training_start is None
+    phases.feed(progress(1, 0.1) + "\n", 110.0)
+    assert (phases.training_start, phases.clock_from_warmup) == (103.0, True)
+    assert phases.training_wall == 0.0 and phases.overrun(110.0) is None
+    phases.feed(progress(2, 0.2) + "\n", 121.0)
+    phases.feed(progress(3, 0.3) + "\n", 121.2)  # written after 121.0: past the window (103 + 10 + 4 s of slack)
+    assert phases.overrun(121.2).startswith("still training 18 s after the harness's training clock started")
+
+
+def test_faked_step_times_do_not_widen_the_slack() -> None:
+    """(c) Progress lines claiming 100 s steps, seen 0.2 s apart: the slack is the base slack (the
+    old rule, from printed step times, gave half the budget); and lines truly far apart give no
+    more than the cap."""
+    limits = Limits(time_budget=300, startup_allowance=60, eval_allowance=60)
+    phases = Phases(limits, started=0.0)
+    for step in range(1, 12):
+        phases.feed(progress(step, 100.0 * step) + "\n", 10 + 0.2 * step)
+    assert phases.slack == limits.budget_slack == 30
+    slow = Phases(limits, started=0.0)
+    for step in range(1, 4):
+        slow.feed(progress(step, 0.1 * step) + "\n", 100.0 * step)
+    assert slow.slack == 45  # 15 % of the budget, not 2 x 100 s
+
+
+def test_lines_after_the_budget_reached_are_still_watched(tmp_path: Path) -> None:
+    """(d) A line saying the budget is reached, then 12 s more of printed training: stopped by the
+    harness's clock rather than waved through into the evaluation allowance."""
+    code = candidate(f"print({progress(1, 2.0)!r})\n" + "while time.time() - t0 < 12:\n"
+                     "    print('step 00002 | elapsed: 2.0s | loss: 1.0')\n    time.sleep(0.1)\n")
+    outcome = evaluate(tmp_path, code, LOOSE).outcome
+    assert (outcome.state, outcome.fail_reason) == ("FAIL", "timeout"), outcome
+    assert outcome.detail.startswith("still training ") and "past the 2 s budget" in outcome.detail
+
+
+def test_silent_training_after_the_budget_reached_is_over_budget(tmp_path: Path) -> None:
+    """(d) Lines up to the budget, then 10 s of training without a line before the final
+    evaluation: the evaluator's record says when it began, and the harness counts the gap."""
+    code = candidate("".join(f"print({progress(i, 0.5 * i)!r})\n" for i in range(1, 5)) + "time.sleep(10)\n")
+    outcome = evaluate(tmp_path, code, LOOSE).outcome
+    assert (outcome.state, outcome.fail_reason) == ("FAIL", "over_budget"), outcome
+    assert outcome.detail.startswith("the harness clock saw ") and "to the start of the final evaluation" in outcome.detail
+
+
+def test_the_start_of_the_final_evaluation_ends_the_training_wall() -> None:
+    """(d) on a made-up clock: a record seen at 120.0 (not there at 119.8) of a 0.5 s evaluation."""
+    limits = Limits(time_budget=10, startup_allowance=5, eval_allowance=30)
+    phases = Phases(limits, started=100.0)
+    phases.feed(progress(1, 1.0) + "\n" + progress(2, 10.0) + "\n", 101.0)
+    phases.feed("", 119.8)
+    assert phases.training_wall == 0.0
+    phases.feed("", 120.0, evaluations=(0.5,))
+    assert phases.training_wall == pytest.approx(119.3 - 101.0)
+    assert budget_overrun(10.0, phases.training_wall, 10, phases.slack).startswith("the harness clock saw 18.3 s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train", [SEED_TRAIN, ROOT / "tests" / "fixtures" / "autoresearch_style_train.py"],
+                         ids=["seed_train", "autoresearch_style"])
+def test_honest_candidates_complete_under_the_harness_clock(tmp_path: Path, smoke_cache: Path, train: Path) -> None:
+    """The rules above leave honest training alone: our seed (one untimed step) and autoresearch's
+    style (`remaining:` lines, rounded, so its first ones say elapsed 0) finish COMPLETE on the
+    smoke preset with its default allowances, through the real runner and prepare.py."""
+    startup, evaluation = DEFAULT_ALLOWANCES["smoke"]
+    result = run_evaluation(code=train.read_text(), workdir=tmp_path / "work", prepare_src=REAL_PREPARE,
+                            locked_hash=file_hash(REAL_PREPARE), seed=1, preset="smoke",
+                            slot=Slot("cpu", {"CUDA_VISIBLE_DEVICES": "", "EVO_CACHE_DIR": str(smoke_cache)}),
+                            limits=Limits(8, startup, evaluation))
+    assert result.outcome.state == "COMPLETE", (result.outcome, result.log_tail[-2000:])
 
 
 # ----- item 13: candidates die with their evo ----------------------------------------------------
@@ -352,3 +469,48 @@ def test_pid_file_still_names_the_candidates_group(tmp_path: Path) -> None:
     assert kill_orphan(work)
     thread.join(timeout=120)
     assert results and results[0].outcome.state == "FAIL" and not _group_members(pgid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="checks process groups in /proc")
+def test_a_rewritten_pid_file_cannot_aim_the_orphan_kill(tmp_path: Path) -> None:
+    """The pid file lies in the candidate's folder: rewritten to 0 (killpg(0) is the caller's own
+    group), 1, a negative number, evo's own group, or another live process's group (one of them
+    even in the candidate's folder), a resumed evo's kill_orphan kills none of them."""
+    work = tmp_path / "work"
+    work.mkdir()
+    bystanders = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], cwd=cwd,
+                                   start_new_session=True) for cwd in (tmp_path, work)]
+    try:
+        for pid in ("0", "1", "-1", str(-os.getpgrp()), str(os.getpgrp()), str(os.getpid()),
+                    *(str(b.pid) for b in bystanders)):
+            (work / "pid").write_text(pid)
+            assert not kill_orphan(work), pid
+        assert [b.poll() for b in bystanders] == [None, None]
+    finally:
+        for b in bystanders:
+            b.kill()
+            b.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="checks process groups in /proc")
+def test_a_candidate_aiming_the_orphan_kill_at_evo_is_ignored(tmp_path: Path) -> None:
+    """The same from a running candidate: it finds evo's process group and writes it into the pid
+    file; kill_orphan leaves evo alone (this test is evo here), and the run is stopped as usual."""
+    code = ("import os, time\n"
+            "evo = int(open(f'/proc/{os.getppid()}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+            "open('pid', 'w').write(str(os.getpgid(evo)))\nopen('started', 'w').write('1')\ntime.sleep(600)\n")
+    stop = threading.Event()
+    results = []
+    work = tmp_path / "work"
+    thread = threading.Thread(target=lambda: results.append(run_evaluation(
+        code=code, workdir=work, prepare_src=PREPARE, locked_hash=file_hash(PREPARE), slot=Slot("cpu", {}), seed=1,
+        limits=Limits(2, 600, 600, kill_grace=1), preset="smoke", stop=stop)))
+    thread.start()
+    try:
+        wait_until(lambda: (work / "started").exists(), "the candidate to rewrite the pid file")
+        assert (work / "pid").read_text() == str(os.getpgrp())
+        assert not kill_orphan(work)
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    assert results and results[0].outcome.fail_reason == "interrupted"
