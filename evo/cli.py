@@ -589,5 +589,5 @@ def report(
     try:
         path = write_report(archive, name, out, cdn)
     except ArchiveError as e:
-        raise fail(str(e))
+        raise fail(str(e), e.code)
     typer.echo(f"wrote {path}")
