@@ -53,7 +53,7 @@ Searchers (every evaluation counts, replicates and confirmations included):
           in [-4, 4], which holds both optima); returns the best measured. `random-tweak` (with
           --random tweak or both): each evaluation a random tweak of the seed.
 
-Every searcher returns one candidate as its best (the Engine's `best_candidate`: lowest mean
+Every searcher returns one candidate as its best (evo.core.lineage's `best`: lowest mean
 val_bpb among accepted candidates; random: lowest measurement); the score is that candidate's TRUE
 (noise-free) val_bpb. One slot, lookahead 0 (--lookahead to change). The engine keeps a proposal
 ready for every slot, so even then the next child is drawn while the previous one evaluates: its
@@ -82,7 +82,8 @@ from _common import SURROGATE, header, percentile, table
 from evo.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
 from evo.config import RunConfig
-from evo.engine import Engine, best_candidate, SeedPlan
+from evo.core.lineage import best as best_of
+from evo.engine import Engine, SeedPlan
 from evo.logs import Outcome
 from evo.operators.tweak import TweakOperator, find_constants, tweak
 from evo.runner import EvalResult
@@ -184,7 +185,7 @@ def engine_search(landscape: str, bench_seed: int, sigma: float, root: Path, *, 
     holder.append(engine)
     engine.execute()
     evaluations = [e for e in archive.evaluations(run.id) if e.state == COMPLETE]
-    best = best_candidate(archive, run.id)
+    best = best_of(archive.candidates(run.id))
     code = archive.code(best.code_hash)
     run_row = archive.run_by_id(run.id)
     cands = archive.candidates(run.id)

@@ -24,6 +24,7 @@ from evo import __version__
 from evo.archive import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, Archive, ArchiveError, Candidate, OwnershipLost,
                          STALE_AFTER_SECONDS, Run, liveness, owner_id)
 from evo.config import ConfigError, RunConfig, pyproject_defaults
+from evo.core.lineage import best as best_of, first_parents
 from evo.view import run_status
 
 
@@ -274,7 +275,7 @@ def _seed_code(path: str) -> str:
 
 def _header(archive: Archive, run_id: int, name: str) -> str:
     cands = archive.candidates(run_id)
-    best = _best(cands)
+    best = best_of(cands)
     best_text = f"best #{best.number} {best.val_bpb:.6f}" if best else "best: none yet"
     return f"evo run {name}: {len(cands)} candidates, {best_text}"
 
@@ -293,11 +294,6 @@ def run_command_params() -> list:
 # ---------------------------------------------------------------------------
 # Reading the archive
 # ---------------------------------------------------------------------------
-
-def _best(cands: list[Candidate]) -> Candidate | None:
-    pool = [c for c in cands if c.accepted and c.val_bpb is not None]
-    return min(pool, key=lambda c: (c.val_bpb, c.number), default=None)
-
 
 def _fmt_bpb(c: Candidate, sigma: float | None = None) -> str:
     if c.val_bpb is None:
@@ -337,7 +333,7 @@ def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], wrap_las
 
 def _resolve(archive: Archive, run_id: int, which: str) -> Candidate:
     if which == "best":
-        best = _best(archive.candidates(run_id))
+        best = best_of(archive.candidates(run_id))
         if best is None:
             raise ArchiveError("the run has no evaluated, accepted candidate yet.")
         return best
@@ -372,7 +368,7 @@ def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     for c in cands:
         by_state[c.state] = by_state.get(c.state, 0) + 1
     config = json.loads(r.config)
-    best = _best(cands)
+    best = best_of(cands)
     population = [c for c in cands if c.in_population]
     label, detail = run_status(r, *liveness(r))
     lines = [
@@ -400,7 +396,7 @@ def list_runs(storage: Storage = DEFAULT_STORAGE) -> None:
     rows = []
     for r in archive.runs():
         cands = archive.candidates(r.id)
-        best = _best(cands)
+        best = best_of(cands)
         label, _ = run_status(r, *liveness(r))
         rows.append((r.name, label, str(len(cands)), _short_bpb(best) if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}"))
     _print_table(("run", "status", "candidates", "best val_bpb", "created"), rows)
@@ -524,12 +520,8 @@ def best(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     archive, r, (c,) = open_run(storage, name, "best")
     typer.echo(f"best of run {r.name}: candidate {c.number}, val_bpb {_fmt_bpb(c, r.sigma)}")
     typer.echo(f"hypothesis: {c.hypothesis}")
-    chain, node = [], c
-    while node is not None:
-        chain.append(node)
-        node = archive.candidate_by_id(node.parent_id) if node.parent_id else None
     typer.echo("path from the seed:")
-    for node in reversed(chain):
+    for node in reversed(first_parents(c, archive.candidate_by_id)):
         typer.echo(f"  #{node.number:<5} {_short_bpb(node)}  {node.operator:<9} {node.hypothesis}")
 
 

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from evo.acceptance import COOLING_SCHEDULES
+from evo.core.acceptance import COOLING_SCHEDULES
 
 if sys.version_info >= (3, 11):
     import tomllib

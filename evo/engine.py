@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from evo import acceptance, selection
+from evo.core import acceptance, decision, lineage, selection
 from evo.apparatus import Apparatus
 from evo.archive import (COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive, ArchiveError,
                          Candidate, Run, code_hash, owner_id)
@@ -479,11 +479,8 @@ class Engine:
         """A crashed child may get one repair proposal, bounded per line of descent."""
         if cand.fail_reason != "crash" or not hasattr(self.operator, "propose_fix") or self._is_seed(cand):
             return False
-        fixes, node = 0, cand
-        while node is not None:
-            fixes += node.hypothesis.startswith("fix:")
-            node = self.archive.candidate_by_id(node.parent_id) if node.parent_id else None
-        return fixes < MAX_FIXES_PER_LINEAGE
+        line = lineage.first_parents(cand, self.archive.candidate_by_id)
+        return sum(node.hypothesis.startswith("fix:") for node in line) < MAX_FIXES_PER_LINEAGE
 
     # ----- acceptance -------------------------------------------------------------------------
 
@@ -514,41 +511,26 @@ class Engine:
         members = self.members()
         if not members:  # cannot happen once the seed is in; guard against a corrupted archive
             raise EngineError("the population is empty; the archive may be damaged.")
-        elite = selection.best(members)
         evaluations = self.archive.evaluations(run_id, cand.id)
-        failed = [e for e in evaluations if e.state == FAIL]
-        if failed:  # only a confirmation gives a child a second evaluation: confirmed at most once
-            self.archive.decide(cand.id, accepted=False, temperature=None, probability=0.0, delta=None,
-                                competitor_id=None, leaving=[],
-                                reason=f"would-be new best ({cand.val_bpb:.6f}), but its confirmation failed "
-                                f"({failed[-1].fail_reason}: {failed[-1].detail})")
-            return
-        if self.config.confirm and len(evaluations) < 2 and cand.val_bpb < elite.score:
-            n = len(evaluations)
+        child = decision.Child(cand.id, cand.number, cand.val_bpb, cand.parent_id, len(evaluations),
+                               tuple((e.fail_reason, e.detail) for e in evaluations if e.state == FAIL))
+        numbers = {c.id: c.number for c in self.archive.population(run_id)}
+        verdict = decision.decide(child, members, selection.best(members), self.temperature(), self.rng.random,
+                                  confirm=self.config.confirm, population=self.config.population, numbers=numbers)
+        if isinstance(verdict, decision.Confirm):
+            n = verdict.replicate
             self.archive.queue_evaluation(run_id, cand.id, n, EVAL_SEED_BASE + n)
-            self.archive.update_run(run_id, f"candidate {cand.number} would be the new best "
-                                    f"({cand.val_bpb:.6f} < {elite.score:.6f}): confirming with another evaluation")
+            self.archive.update_run(run_id, verdict.message)
             return
-        child = selection.Member(cand.id, cand.val_bpb)
-        rival = selection.competitor(members, cand.parent_id)
-        delta = child.score - rival.score
-        temperature = self.temperature()
-        ok, p = acceptance.accept(delta, temperature, self.rng.random())
-        leaving: list[int] = []
-        reason = f"Δ {delta:+.6f} vs candidate {self.archive.candidate_by_id(rival.id).number}, T {temperature:.6f}, p {p:.3f}"
-        if ok:
-            rep = selection.replacement(members, child, rival, self.config.population)
-            if rep.enters:
-                leaving = rep.leaving
-            else:
-                ok, reason = False, reason + "; the population's only member is the best, which never leaves"
-        if ok and child.score < elite.score:
-            reason += "; new best"
-        self.archive.decide(cand.id, accepted=ok, temperature=temperature, probability=p, delta=delta,
-                            competitor_id=rival.id, leaving=leaving, reason=reason, rng_state=_rng_to_json(self.rng))
-        if cand.model and hasattr(self.operator, "record_outcome"):  # feeds the model bandit
+        accepted = isinstance(verdict, decision.Accept)
+        leaving = list(verdict.leaving) if isinstance(verdict, decision.Accept) else []
+        judged = verdict.competitor_id is not None  # the Metropolis rule drew from the run's RNG
+        self.archive.decide(cand.id, accepted=accepted, temperature=verdict.temperature,
+                            probability=verdict.probability, delta=verdict.delta, competitor_id=verdict.competitor_id,
+                            leaving=leaving, reason=verdict.reason, rng_state=_rng_to_json(self.rng) if judged else None)
+        if judged and cand.model and hasattr(self.operator, "record_outcome"):  # feeds the model bandit
             spent = sum(c.cost_usd for c in self.archive.llm_calls(run_id) if c.candidate_id == cand.id)
-            self.operator.record_outcome(cand.model, delta < 0, spent)
+            self.operator.record_outcome(cand.model, verdict.delta < 0, spent)
 
 
 def _in_daemon_thread(fn: Callable[..., Proposal], *args: Any) -> Future:
@@ -575,10 +557,3 @@ def _rng_to_json(rng: random.Random) -> str:
 def _rng_from_json(text: str) -> tuple:
     version, state, gauss = json.loads(text)
     return version, tuple(state), gauss
-
-
-def best_candidate(archive: Archive, run_id: int) -> Candidate | None:
-    """The best candidate by mean val_bpb among those ever accepted (confirmed where confirmation applied)."""
-    accepted = [c for c in archive.candidates(run_id) if c.accepted and c.val_bpb is not None]
-    return min(accepted, key=lambda c: (c.val_bpb, c.number), default=None)
-

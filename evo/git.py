@@ -62,6 +62,7 @@ import git as gitpython
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from evo.archive import COMPLETE, FAIL, Archive, ArchiveError, Candidate
+from evo.core.lineage import ancestors, best as best_of, nearest
 from evo.engine import Imported, SeedPlan
 
 TRAIN = "train.py"
@@ -574,16 +575,11 @@ def _read_results(repo: gitpython.Repo, tip: str, ref_name: str, *, checked_out:
 # Seeding from another evo run
 # ---------------------------------------------------------------------------
 
-def _best(cands: list[Candidate]) -> Candidate | None:
-    pool = [c for c in cands if c.accepted and c.val_bpb is not None]
-    return min(pool, key=lambda c: (c.val_bpb, c.number), default=None)
-
-
 def _find(archive: Archive, run_name: str | None, which: str) -> tuple[str, Candidate]:
     try:
         run = archive.find_run(run_name)
         if which == "best":
-            cand = _best(archive.candidates(run.id))
+            cand = best_of(archive.candidates(run.id))
             if cand is None:
                 raise GitError(f"run {run.name!r} has no evaluated, accepted candidate yet.")
             return run.name, cand
@@ -594,15 +590,6 @@ def _find(archive: Archive, run_name: str | None, which: str) -> tuple[str, Cand
         return run.name, archive.candidate(run.id, number)
     except ArchiveError as e:
         raise GitError(str(e)) from None
-
-
-def _ancestors(archive: Archive, cand: Candidate) -> list[Candidate]:
-    """The candidate's line of first parents, oldest first, without the candidate."""
-    chain, node = [], cand
-    while node.parent_id is not None:
-        node = archive.candidate_by_id(node.parent_id)
-        chain.append(node)
-    return chain[::-1]
 
 
 def seed_from_evo(archive: Archive, spec: str) -> ImportPlan:
@@ -616,16 +603,15 @@ def seed_from_evo(archive: Archive, spec: str) -> ImportPlan:
         raise GitError(f"{spec!r} is not evo:RUN or evo:RUN:NUMBER.")
     run_name, cand = _find(archive, m.group(1), m.group(2) or "best")
     key = lambda c: f"evo:{run_name}:{c.number}"  # noqa: E731
-    lineage = {c.id for c in _ancestors(archive, cand)} | {cand.id}
+    lineage = {c.id for c in ancestors(cand, archive.candidate_by_id)} | {cand.id}
     cands = archive.candidates(cand.run_id)
     by_id = {c.id: c for c in cands}
+    first_parent = lambda i: by_id[i].parent_id if i in by_id else None  # noqa: E731
     chosen = [c for c in cands if c.id in lineage or (c.accepted is not None and c.state in (COMPLETE, FAIL))]
     imported: set[int] = set()
     history = []
     for c in chosen:  # in number order: parents first
-        parent = c.parent_id
-        while parent is not None and parent not in imported:
-            parent = by_id[parent].parent_id if parent in by_id else None
+        parent = nearest(c.parent_id, first_parent, imported.__contains__)
         status = "keep" if c.accepted else "crash" if c.state == FAIL else "discard"
         how = c.operator + (f" of #{by_id[c.parent_id].number} and #{by_id[c.parent2_id].number}"
                             if c.parent2_id in by_id and c.parent_id in by_id else "")
@@ -798,7 +784,7 @@ def candidate_message(archive: Archive, run_name: str, c: Candidate, sigma: floa
     parts += metrics + _measurements(c, sigma)
     if c.rationale.strip():
         parts += ["", c.rationale.strip()]
-    chain = _ancestors(archive, c) + [c]
+    chain = ancestors(c, archive.candidate_by_id) + [c]
     parts += ["", "Lineage (root -> this):"]
     shown = chain if len(chain) <= MAX_LINEAGE_LINES else chain[:5] + [None] + chain[-(MAX_LINEAGE_LINES - 6):]
     for node in shown:
@@ -864,10 +850,10 @@ def export_lineage(archive: Archive, run_name: str, repo_path: Path) -> dict:
             sha_of: dict[int, str] = {}
             has_child: set[int] = set()
 
+            first_parent = lambda i: by_id[i].parent_id if i in by_id else None  # noqa: E731
+
             def exported(cid: int | None) -> int | None:
-                while cid is not None and cid not in sha_of:
-                    cid = by_id[cid].parent_id if cid in by_id else None
-                return cid
+                return nearest(cid, first_parent, sha_of.__contains__)
 
             with tempfile.TemporaryDirectory(prefix="evo-git-") as tmp:
                 trees = _Trees(repo, base, tmp)
@@ -880,7 +866,7 @@ def export_lineage(archive: Archive, run_name: str, repo_path: Path) -> dict:
                     tree = trees.tree_for(archive.code(c.code_hash))
                     sha_of[c.id] = _commit_tree(repo, tree, parents, _lineage_message(archive, name, c, by_id, run.sigma),
                                                 c.created_at)
-            best = _best(chosen)
+            best = best_of(chosen)
             if best is None:  # nothing measured here yet: the seed, else the best imported value
                 imported = [c for c in chosen if c.imported_val_bpb is not None]
                 best = (by_id[run.seed_id] if run.seed_id in sha_of else

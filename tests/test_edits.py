@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from evo.core.lineage import lowest_common_ancestor
 from evo.operators.base import OperatorError
 from evo.operators.edits import MAX_REPLY_CHARS, Block, EditError, apply_blocks, apply_reply, parse_reply
-from evo.operators.merge import lowest_common_ancestor, merge3
+from evo.operators.merge import merge3
 from evo.operators.prompts import (CandidateSummary, Lineage, PromptTooLarge, approx_tokens, count_tokens,
                                    crossover_prompt, fix_prompt, mutation_prompt, token_counter)
 from evo.operators.validate import ALLOWED_IMPORTS, prepare_imports, validate_child

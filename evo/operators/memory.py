@@ -6,6 +6,7 @@ dataclasses (CandidateSummary, Lineage), so prompts never see the database."""
 from __future__ import annotations
 
 from evo.archive import FAIL, Archive, Candidate
+from evo.core.lineage import best as best_of, first_parents
 from evo.operators.prompts import CandidateSummary, Lineage
 
 METRICS = ("peak_vram_mb", "num_steps", "num_params_M", "mfu_percent", "total_tokens_M", "training_seconds", "depth")
@@ -30,17 +31,11 @@ class ArchiveMemory:
 
     def lineage(self, candidate_id: int) -> Lineage:
         node = self.archive.candidate_by_id(candidate_id)
-        chain: list[Candidate] = []
-        parent_id = node.parent_id
-        while parent_id is not None:
-            ancestor = self.archive.candidate_by_id(parent_id)
-            chain.append(ancestor)
-            parent_id = ancestor.parent_id
+        chain = first_parents(node, self.archive.candidate_by_id)[1:]  # nearest first
         everyone = self.archive.candidates(self.run_id)
         near = {candidate_id} | {c.id for c in chain}
         failures = [c for c in everyone if c.state == FAIL and c.parent_id in near][-RECENT_FAILURES:][::-1]
-        scored = [c for c in everyone if c.accepted and c.val_bpb is not None]
-        best = min(scored, key=lambda c: (c.val_bpb, c.number), default=None)
+        best = best_of(everyone)
         return Lineage(
             node=self.summary(node),
             ancestors=tuple(self.summary(c, False) for c in reversed(chain)),

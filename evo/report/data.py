@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 from evo.report.diff import unified_diff  # noqa: F401  (re-exported: the details' diffs)
 
 from evo.archive import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, WAITING
+from evo.core.lineage import best_index, line
 from evo.view import run_status
 
 MAX_CODE_CHARS = 200_000   # a root candidate's code shown in full up to this size
@@ -102,23 +103,14 @@ def lineage(cands: Sequence[Any], seed_id: int | None) -> Lineage:
 
 
 def best_position(cands: Sequence[Any]) -> int:
-    """The best candidate: lowest mean val_bpb among those ever accepted (ties: the earlier one).
-    The same rule as `evo best`; a would-be best awaiting confirmation is not accepted yet."""
-    best, key = -1, None
-    for i, c in enumerate(cands):
-        if c.accepted and c.val_bpb is not None and (key is None or (c.val_bpb, c.number) < key):
-            best, key = i, (c.val_bpb, c.number)
-    return best
+    """The best candidate's position (evo.core.lineage's rule, the same as `evo best`), -1 if none;
+    a would-be best awaiting confirmation is not accepted yet."""
+    return best_index(cands)
 
 
 def ancestry(parent: Sequence[int], end: int) -> list[int]:
     """Positions from the root of `end`'s primary-parent line down to `end` (empty for -1)."""
-    out, seen, node = [], set(), end
-    while node >= 0 and node not in seen:
-        seen.add(node)
-        out.append(node)
-        node = parent[node]
-    return out[::-1]
+    return line(end if end >= 0 else None, lambda i: parent[i] if parent[i] >= 0 else None)[::-1]
 
 
 def delta_vs_parent(cands: Sequence[Any], parent: Sequence[int]) -> list[float | None]:
