@@ -4,7 +4,6 @@ engine, and print. Bad input gets one sentence on stderr and exit status 2, neve
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import signal
@@ -24,6 +23,7 @@ from evo import __version__
 from evo.archive import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, Archive, ArchiveError, Candidate, OwnershipLost,
                          STALE_AFTER_SECONDS, Run, liveness, owner_id)
 from evo.config import ConfigError, RunConfig, pyproject_defaults
+from evo.core.format import candidate_bpb, short_bpb
 from evo.core.lineage import best as best_of, first_parents
 from evo.view import run_status
 
@@ -295,20 +295,6 @@ def run_command_params() -> list:
 # Reading the archive
 # ---------------------------------------------------------------------------
 
-def _fmt_bpb(c: Candidate, sigma: float | None = None) -> str:
-    if c.val_bpb is None:
-        return f"- (imported {c.imported_val_bpb:.6f}, measured elsewhere)" if c.imported_val_bpb is not None else "-"
-    spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
-    return f"{c.val_bpb:.6f} ± {spread:.6f} (n={c.n_evals})" if spread is not None else f"{c.val_bpb:.6f} (n={c.n_evals})"
-
-
-def _short_bpb(c: Candidate) -> str:
-    """val_bpb in a table cell: measured here, else what another machine measured, in parentheses."""
-    if c.val_bpb is not None:
-        return f"{c.val_bpb:.6f}"
-    return f"({c.imported_val_bpb:.6f} imported)" if c.imported_val_bpb is not None else "-"
-
-
 def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], wrap_last: bool = False) -> None:
     """A rich table on a terminal wide enough for it, else plain aligned columns, one row a line,
     that survive a pipe, a file and grep. Only the last column may wrap (with `wrap_last`): a run
@@ -345,8 +331,10 @@ def _resolve(archive: Archive, run_id: int, which: str) -> Candidate:
 
 
 def _diff(a_code: str, b_code: str, a_name: str, b_name: str) -> str:
-    return "".join(difflib.unified_diff(a_code.splitlines(keepends=True), b_code.splitlines(keepends=True),
-                                        fromfile=a_name, tofile=b_name))
+    """The report's diff engine, so `evo diff`, `evo show` and the report show the same hunks
+    (imported here: the report package is not loaded for other commands)."""
+    from evo.report.diff import unified_diff
+    return unified_diff(a_code, b_code, a_name, b_name)
 
 
 def _print_diff(text: str) -> None:
@@ -379,7 +367,7 @@ def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
         f"candidates {len(cands)}: " + ", ".join(f"{k} {v}" for k, v in sorted(by_state.items()))
         + f"; accepted {sum(1 for c in cands if c.accepted)}",
         f"active {r.active_seconds / 3600:.2f} h, LLM spend ${archive.cost(r.id):.2f}",
-        f"best: #{best.number} val_bpb {_fmt_bpb(best, r.sigma)}  {best.hypothesis}" if best else "best: none yet",
+        f"best: #{best.number} val_bpb {candidate_bpb(best, r.sigma)}  {best.hypothesis}" if best else "best: none yet",
     ]
     typer.echo("\n".join(lines))
     events = archive.events(r.id, limit=5)
@@ -398,7 +386,7 @@ def list_runs(storage: Storage = DEFAULT_STORAGE) -> None:
         cands = archive.candidates(r.id)
         best = best_of(cands)
         label, _ = run_status(r, *liveness(r))
-        rows.append((r.name, label, str(len(cands)), _short_bpb(best) if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}"))
+        rows.append((r.name, label, str(len(cands)), short_bpb(best) if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}"))
     _print_table(("run", "status", "candidates", "best val_bpb", "created"), rows)
 
 
@@ -431,7 +419,7 @@ def candidates(
             state = c.state + (f"({c.fail_reason})" if c.fail_reason else "")
             acc = "-" if c.accepted is None else ("yes" if c.accepted else "no") + (
                 f" p={c.accept_probability:.2f}" if c.accept_probability is not None and c.number else "")
-            rows.append((str(c.number), parents, c.operator, state, _short_bpb(c), acc, c.hypothesis))
+            rows.append((str(c.number), parents, c.operator, state, short_bpb(c), acc, c.hypothesis))
         _print_table(("#", "parent", "operator", "state", "val_bpb", "accepted", "hypothesis"), rows, wrap_last=True)
 
 
@@ -473,7 +461,7 @@ def show(
     if c.rationale:
         typer.echo(f"rationale: {c.rationale}")
     typer.echo(f"state: {c.state}" + (f" ({c.fail_reason}: {c.fail_detail})" if c.fail_reason else ""))
-    typer.echo(f"val_bpb: {_fmt_bpb(c, r.sigma)}")
+    typer.echo(f"val_bpb: {candidate_bpb(c, r.sigma)}")
     if parent and parent.val_bpb is not None and c.val_bpb is not None:
         typer.echo(f"Δ vs parent #{parent.number}: {c.val_bpb - parent.val_bpb:+.6f}"
                    + (f" (σ {r.sigma:.6f})" if r.sigma is not None else ""))
@@ -518,11 +506,11 @@ def diff(
 def best(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     """The best candidate found, with the path of changes that led to it."""
     archive, r, (c,) = open_run(storage, name, "best")
-    typer.echo(f"best of run {r.name}: candidate {c.number}, val_bpb {_fmt_bpb(c, r.sigma)}")
+    typer.echo(f"best of run {r.name}: candidate {c.number}, val_bpb {candidate_bpb(c, r.sigma)}")
     typer.echo(f"hypothesis: {c.hypothesis}")
     typer.echo("path from the seed:")
     for node in reversed(first_parents(c, archive.candidate_by_id)):
-        typer.echo(f"  #{node.number:<5} {_short_bpb(node)}  {node.operator:<9} {node.hypothesis}")
+        typer.echo(f"  #{node.number:<5} {short_bpb(node)}  {node.operator:<9} {node.hypothesis}")
 
 
 @app.command()

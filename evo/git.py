@@ -62,6 +62,7 @@ import git as gitpython
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from evo.archive import COMPLETE, FAIL, Archive, ArchiveError, Candidate
+from evo.core import format as fmt
 from evo.core.lineage import ancestors, best as best_of, nearest
 from evo.engine import Imported, SeedPlan
 
@@ -740,16 +741,6 @@ def _checked_out(repo: gitpython.Repo) -> set[str]:
             return set()
 
 
-def _fmt(value: float | None) -> str:
-    return f"{value:.6f}" if value is not None else "-"
-
-
-def _bpb_text(c: Candidate) -> str:
-    if c.val_bpb is None:
-        return f"{_fmt(c.imported_val_bpb)} (imported)" if c.imported_val_bpb is not None else "-"
-    return f"{c.val_bpb:.6f}" + (f" ± {c.val_bpb_std:.6f}" if c.val_bpb_std is not None else "")
-
-
 def _trailer_block(run_name: str, c: Candidate) -> str:
     lines = [f"Evo-Run: {run_name}", f"Evo-Candidate: {c.number}", f"Evo-Operator: {c.operator}"]
     if c.val_bpb is not None:
@@ -764,24 +755,12 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _measurements(c: Candidate, sigma: float | None) -> list[str]:
-    """val_bpb here (mean ± spread) and as imported, one line each, for commit messages."""
-    lines = []
-    if c.val_bpb is not None:
-        spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
-        lines.append(f"val_bpb {c.val_bpb:.6f}" + (f" ± {spread:.6f}" if spread is not None else "")
-                     + f" over {c.n_evals} evaluation(s)")
-    if c.imported_val_bpb is not None:
-        lines.append(f"imported val_bpb {c.imported_val_bpb:.6f} (measured elsewhere)")
-    return lines
-
-
 def candidate_message(archive: Archive, run_name: str, c: Candidate, sigma: float | None = None) -> str:
     """Subject: the hypothesis; body: metrics, rationale, lineage from the root; evo trailers."""
     subject = _one_line(c.hypothesis) or f"evo run {run_name} candidate {c.number} ({c.operator})"
     parts = [subject, ""]
     metrics = [f"evo run {run_name}, candidate #{c.number} ({c.operator}), state {c.state}"]
-    parts += metrics + _measurements(c, sigma)
+    parts += metrics + fmt.measurements(c, sigma)
     if c.rationale.strip():
         parts += ["", c.rationale.strip()]
     chain = ancestors(c, archive.candidate_by_id) + [c]
@@ -795,7 +774,7 @@ def candidate_message(archive: Archive, run_name: str, c: Candidate, sigma: floa
         if node.parent2_id is not None:
             other = archive.candidate_by_id(node.parent2_id)
             extra = f" (with #{other.number})"
-        parts.append(f"  #{node.number:<4} {node.operator:<9} {_bpb_text(node):<22} {_one_line(node.hypothesis)[:100]}{extra}")
+        parts.append(f"  #{node.number:<4} {node.operator:<9} {fmt.line_bpb(node):<22} {_one_line(node.hypothesis)[:100]}{extra}")
     parts += ["", _trailer_block(run_name, c)]
     return "\n".join(parts) + "\n"
 
@@ -896,13 +875,13 @@ def _find_run(archive: Archive, run_name: str | None):
 def _lineage_message(archive: Archive, run_name: str, c: Candidate, by_id: dict[int, Candidate],
                      sigma: float | None) -> str:
     hypothesis = _one_line(c.hypothesis) or c.operator
-    subject = f"#{c.number} {c.operator} {_bpb_text(c)}: {hypothesis}"
+    subject = f"#{c.number} {c.operator} {fmt.line_bpb(c)}: {hypothesis}"
     body = []
     if c.parent2_id is not None and c.parent_id is not None:
         body.append(f"{c.operator} of #{by_id[c.parent_id].number} and #{by_id[c.parent2_id].number}")
     elif c.parent_id is not None:
         body.append(f"child of #{by_id[c.parent_id].number}")
-    body += _measurements(c, sigma)
+    body += fmt.measurements(c, sigma)
     if c.accept_probability is not None and c.accept_temperature is not None:
         body.append(f"accepted at T {c.accept_temperature:.6f} with probability {c.accept_probability:.3f}")
     if c.rationale.strip():

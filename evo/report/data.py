@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 from evo.report.diff import unified_diff  # noqa: F401  (re-exported: the details' diffs)
 
 from evo.archive import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, WAITING
+from evo.core import format as fmt
 from evo.core.lineage import best_index, line
 from evo.view import run_status
 
@@ -46,16 +47,6 @@ def utc(moment: datetime | None) -> datetime | None:
 
 def operator_symbol(operator: str) -> str:
     return OPERATOR_SYMBOLS.get(operator, "circle")
-
-
-def fmt_bpb(value: float | None, spread: float | None = None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.6f} ± {spread:.6f}" if spread is not None else f"{value:.6f}"
-
-
-def fmt_delta(delta: float | None) -> str:
-    return "–" if delta is None else f"{delta:+.6f}"
 
 
 def escape(text: str | None) -> str:
@@ -364,7 +355,7 @@ def hover(c: Any, parent_number: int | None, delta: float | None, sigma: float |
     if c.hypothesis:
         lines.append(escape(shorten(c.hypothesis, 90)))
     if c.val_bpb is not None and c.val_bpb_std is not None:
-        lines.append(f"val_bpb {fmt_bpb(c.val_bpb, c.val_bpb_std)} (n={c.n_evals})")
+        lines.append(f"val_bpb {fmt.bpb(c.val_bpb, c.val_bpb_std)} (n={c.n_evals})")
     elif c.val_bpb is not None:
         lines.append(f"val_bpb {c.val_bpb:.6f} (n={c.n_evals}" + (f"; noise σ {sigma:.6f})" if sigma else ")"))
     elif c.imported_val_bpb is not None:

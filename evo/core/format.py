@@ -1,0 +1,55 @@
+"""How val_bpb is written, in one place: the CLI, commit messages and the report all use these.
+
+Values have six decimals (the noise is ~3e-4, so the fourth decimal matters); a spread (the
+candidate's own standard deviation, else the run's noise σ) follows as `± s`; a value imported from
+elsewhere is marked as such, because it was not measured on this machine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def bpb(value: float | None, spread: float | None = None, missing: str = "-") -> str:
+    """`1.234567`, `1.234567 ± 0.000300`, or `missing`."""
+    if value is None:
+        return missing
+    return f"{value:.6f} ± {spread:.6f}" if spread is not None else f"{value:.6f}"
+
+
+def delta(value: float | None, missing: str = "-") -> str:
+    """A signed difference: `+0.000123`."""
+    return missing if value is None else f"{value:+.6f}"
+
+
+def candidate_bpb(c: Any, sigma: float | None = None) -> str:
+    """A candidate's val_bpb with its spread and evaluation count (`evo show`, `evo status`)."""
+    if c.val_bpb is None:
+        return f"- (imported {bpb(c.imported_val_bpb)}, measured elsewhere)" if c.imported_val_bpb is not None else "-"
+    spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
+    return f"{bpb(c.val_bpb, spread)} (n={c.n_evals})"
+
+
+def short_bpb(c: Any) -> str:
+    """val_bpb in a table cell: measured here, else what another machine measured, in parentheses."""
+    if c.val_bpb is not None:
+        return bpb(c.val_bpb)
+    return f"({bpb(c.imported_val_bpb)} imported)" if c.imported_val_bpb is not None else "-"
+
+
+def line_bpb(c: Any) -> str:
+    """val_bpb on a commit message's lineage line: the candidate's own spread only."""
+    if c.val_bpb is None:
+        return f"{bpb(c.imported_val_bpb)} (imported)" if c.imported_val_bpb is not None else "-"
+    return bpb(c.val_bpb, c.val_bpb_std)
+
+
+def measurements(c: Any, sigma: float | None) -> list[str]:
+    """val_bpb here (mean ± spread) and as imported, one line each, for commit messages."""
+    lines = []
+    if c.val_bpb is not None:
+        spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
+        lines.append(f"val_bpb {bpb(c.val_bpb, spread)} over {c.n_evals} evaluation(s)")
+    if c.imported_val_bpb is not None:
+        lines.append(f"imported val_bpb {bpb(c.imported_val_bpb)} (measured elsewhere)")
+    return lines
