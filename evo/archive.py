@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from evo.core.acceptance import noise_sigma
 from evo.logs import SUMMARY_KEYS
 
 SCHEMA_VERSION = 1
@@ -775,7 +776,7 @@ class Archive:
             values = [e.val_bpb for e in done]
             mean = sum(values) / len(values)
             cand.val_bpb = mean
-            cand.val_bpb_std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+            cand.val_bpb_std = noise_sigma(values)
         pending = [e for e in evs if e.state in (WAITING, RUNNING)]
         failed = [e for e in evs if e.state == FAIL]
         if pending:

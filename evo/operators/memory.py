@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from evo.archive import FAIL, Archive, Candidate
 from evo.core.lineage import best as best_of, first_parents
+from evo.logs import SUMMARY_KEYS
 from evo.operators.prompts import CandidateSummary, Lineage
 
-METRICS = ("peak_vram_mb", "num_steps", "num_params_M", "mfu_percent", "total_tokens_M", "training_seconds", "depth")
+METRICS = tuple(key for key in SUMMARY_KEYS if key != "val_bpb")  # val_bpb is told on its own
 RECENT_FAILURES = 10
 
 

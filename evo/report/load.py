@@ -24,13 +24,13 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session, select
 
 from evo.archive import Archive, Candidate, Code, CurvePoint, Evaluation, LLMCall, Run, liveness
+from evo.logs import SUMMARY_KEYS
 from evo.report import data
 
 # Evaluation columns the figures need (not the log tail or the failure detail: those stream later).
 EVAL_COLUMNS = (Evaluation.id, Evaluation.candidate_id, Evaluation.replicate, Evaluation.seed, Evaluation.state,
-                Evaluation.fail_reason, Evaluation.slot, Evaluation.val_bpb, Evaluation.wall_seconds,
-                Evaluation.num_steps, Evaluation.peak_vram_mb, Evaluation.mfu_percent, Evaluation.num_params_M,
-                Evaluation.total_tokens_M, Evaluation.started_at, Evaluation.finished_at)
+                Evaluation.fail_reason, Evaluation.slot, Evaluation.wall_seconds, Evaluation.started_at,
+                Evaluation.finished_at, *(getattr(Evaluation, key) for key in SUMMARY_KEYS))
 CALL_COLUMNS = (LLMCall.id, LLMCall.candidate_id, LLMCall.at, LLMCall.model, LLMCall.purpose, LLMCall.tokens_in,
                 LLMCall.tokens_out, LLMCall.latency_s, LLMCall.cost_usd, LLMCall.error)
 

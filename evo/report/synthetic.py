@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import bindparam, update
 
 from evo.archive import COMPLETE, FAIL, FINISHED, PRUNED, Archive, Candidate, Evaluation, LLMCall, Run, utcnow
+from evo.core.acceptance import noise_sigma
 from evo.operators.tweak import _format, find_constants, perturb
 
 MODELS = ("claude-sonnet-4-5", "gpt-5-mini")
@@ -160,7 +161,7 @@ def synthesize(archive: Archive, n: int, *, name: str = "synthetic", seed: int =
         values.append(value)
         ends.append(evaluate(seed_cand.id, r, value, None, 0.0)[1])
     mean = sum(values) / 3
-    sigma = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+    sigma = noise_sigma(values)
     t0 = 2 * sigma
     times_cand[seed_cand.id] = (0.0, max(ends))
     archive.update_run(run.id, f"noise σ = {sigma:.6f} from 3 replicates; T0 = {t0:.6f}", sigma=sigma, temperature0=t0)
