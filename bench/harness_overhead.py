@@ -44,7 +44,8 @@ from _common import SURROGATE, header, summary, table
 from evo.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
 from evo.config import RunConfig
-from evo.engine import Engine, SeedPlan
+from evo.engine.loop import Engine
+from evo.engine.seeding import SeedPlan
 from evo.logs import Outcome
 from evo.operators.tweak import TweakOperator
 from evo.runner import EvalResult, Limits, Slot, run_evaluation

@@ -26,7 +26,8 @@ from evo import operators  # noqa: E402
 from evo.apparatus import Apparatus  # noqa: E402
 from evo.archive import Archive  # noqa: E402
 from evo.config import RunConfig  # noqa: E402
-from evo.engine import Engine, SeedPlan  # noqa: E402
+from evo.engine.loop import Engine
+from evo.engine.seeding import SeedPlan  # noqa: E402
 from evo.runner import Slot  # noqa: E402
 
 

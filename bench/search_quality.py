@@ -39,7 +39,7 @@ as on a deterministic GPU). F is in units of σ:
 
 Searchers (every evaluation counts, replicates and confirmations included):
 
-  evo     the real `evo.engine.Engine`: population 8, temperature auto (T0 = 2σ̂ from 3
+  evo     the real `evo.engine.loop.Engine`: population 8, temperature auto (T0 = 2σ̂ from 3
           replicates of the seed), cooling exp, confirm on, tweak operator, max_candidates M
           (--evo-candidates); it uses E evaluations (counted in the archive; it is stopped at
           --evaluations if it gets there first);
@@ -83,7 +83,8 @@ from evo.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
 from evo.config import RunConfig
 from evo.core.lineage import best as best_of
-from evo.engine import Engine, SeedPlan
+from evo.engine.loop import Engine
+from evo.engine.seeding import SeedPlan
 from evo.logs import Outcome
 from evo.operators.tweak import TweakOperator, find_constants, tweak
 from evo.runner import EvalResult

@@ -1,6 +1,6 @@
 """Slot utilisation: the share of wall time the slots spend evaluating. Target >= 95 %.
 
-The real `evo.engine.Engine` runs with 4 slots (`Slot("cpu0")` .. `Slot("cpu3")`), an in-process
+The real `evo.engine.loop.Engine` runs with 4 slots (`Slot("cpu0")` .. `Slot("cpu3")`), an in-process
 simulated evaluation (passed as `Engine(..., evaluate=...)`) that sleeps B seconds and returns a
 COMPLETE `EvalResult`, and an operator whose `propose` sleeps 0.2·B before making a real
 `evo.operators.tweak.tweak` of its parent (an LLM call that takes a fifth of a training run).
@@ -38,7 +38,8 @@ from _common import SURROGATE, header, table
 from evo.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
 from evo.config import RunConfig
-from evo.engine import Engine, SeedPlan
+from evo.engine.loop import Engine
+from evo.engine.seeding import SeedPlan
 from evo.logs import Outcome
 from evo.operators.base import Parent, Proposal
 from evo.operators.tweak import find_constants, tweak

@@ -138,8 +138,8 @@ def run(
 ) -> None:
     """Evolve train.py: evaluate the seed, then propose, train, score and select until the budget ends."""
     from evo import apparatus
-    from evo.engine import Engine, EngineError
-    from evo.git import GitError, summarize_plan
+    from evo.engine.loop import Engine, EngineError
+    from evo.engine.seeding import SeedError, summarize_plan
     from evo import operators
     from evo.operators import OperatorError
     from evo.runner import detect_slots, device_description
@@ -182,7 +182,7 @@ def run(
         if resume and changed:  # stored, so that a later plain --resume keeps them
             archive.update_run(run_row.id, "resumed with " + ", ".join(f"{k} {v}" for k, v in changed.items()),
                                config=json.dumps(config.to_dict(), sort_keys=True))
-    except (ArchiveError, ConfigError, OperatorError, apparatus.ApparatusError, GitError, ValueError) as e:
+    except (ArchiveError, ConfigError, OperatorError, apparatus.ApparatusError, SeedError, ValueError) as e:
         raise fail(str(e), getattr(e, "code", 2))
 
     view = RunView(config.name)
@@ -251,8 +251,8 @@ def _give_up(archive: Archive, run_row: Run, resume: bool, message: str, code: i
 def _seed_plan(config: RunConfig, archive: Archive):
     """The seed of a new run: a greedy run's best commit or another evo run's candidate (with their
     history), else the --seed-train file; both: that history with the file as the seed."""
-    from evo.engine import SeedPlan
-    from evo.git import seed_from, with_seed_file
+    from evo.engine.seeding import SeedPlan, with_seed_file
+    from evo.git import seed_from
 
     if config.seed_from:
         plan = seed_from(config.seed_from, archive)

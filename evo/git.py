@@ -61,15 +61,14 @@ from typing import Iterator
 import git as gitpython
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
-from evo.archive import COMPLETE, FAIL, Archive, ArchiveError, Candidate
+from evo.archive import Archive, ArchiveError, Candidate
 from evo.core import format as fmt
 from evo.core.lineage import ancestors, best as best_of, nearest
-from evo.engine import Imported, SeedPlan
+from evo.engine.seeding import (STATUSES, UNRECORDED, Imported, ImportPlan, SeedError, SeedPlan, find_candidate,
+                                seed_from_evo)
 
 TRAIN = "train.py"
 RESULTS = "results.tsv"
-STATUSES = ("keep", "discard", "crash")
-UNRECORDED = "unrecorded"      # a commit on the chain that results.tsv does not list: imported, not kept
 COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
 MAX_TIP_HISTORY = 200          # without a results.tsv: at most this many train.py commits as history
 MAX_LINEAGE_LINES = 40         # lineage lines in an export's commit message
@@ -78,16 +77,9 @@ _HEX = re.compile(r"[0-9a-fA-F]{4,64}")
 _TRAILER = re.compile(r"^(Evo-[A-Za-z-]+):\s*(.*?)\s*$", re.MULTILINE)
 
 
-class GitError(Exception):
+class GitError(SeedError):
     """Bad input for git import or export (not a repository, unknown ref, bad results.tsv, a branch
     that exists): one sentence."""
-
-
-@dataclass(frozen=True)
-class ImportPlan(SeedPlan):
-    """A SeedPlan brought in by --seed-from, with what the import says about itself for the plan
-    summary: which results.tsv it read and so which mode it ran in, what it could not resolve."""
-    notes: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -572,62 +564,11 @@ def _read_results(repo: gitpython.Repo, tip: str, ref_name: str, *, checked_out:
     return _decode(blob.data_stream.read(), where), where
 
 
-# ---------------------------------------------------------------------------
-# Seeding from another evo run
-# ---------------------------------------------------------------------------
-
 def _find(archive: Archive, run_name: str | None, which: str) -> tuple[str, Candidate]:
     try:
-        run = archive.find_run(run_name)
-        if which == "best":
-            cand = best_of(archive.candidates(run.id))
-            if cand is None:
-                raise GitError(f"run {run.name!r} has no evaluated, accepted candidate yet.")
-            return run.name, cand
-        try:
-            number = int(which)
-        except ValueError:
-            raise GitError(f"{which!r} is not a candidate number or 'best'.") from None
-        return run.name, archive.candidate(run.id, number)
-    except ArchiveError as e:
+        return find_candidate(archive, run_name, which)
+    except SeedError as e:
         raise GitError(str(e)) from None
-
-
-def seed_from_evo(archive: Archive, spec: str) -> ImportPlan:
-    """`evo:RUN[:NUMBER]`: that run's best accepted candidate (or candidate NUMBER) as the seed, the
-    run's decided candidates as history (accepted: kept, rejected: discarded, failed: crashed, each
-    on its first parent; pruned duplicates and undecided ones stay behind), with the candidate's
-    ancestors always among them. As with a greedy repository, the candidate itself is imported and
-    the seed is its re-measured child."""
-    m = re.fullmatch(r"evo:(.+?)(?::(\d+|best))?", spec.strip())
-    if not m:
-        raise GitError(f"{spec!r} is not evo:RUN or evo:RUN:NUMBER.")
-    run_name, cand = _find(archive, m.group(1), m.group(2) or "best")
-    key = lambda c: f"evo:{run_name}:{c.number}"  # noqa: E731
-    lineage = {c.id for c in ancestors(cand, archive.candidate_by_id)} | {cand.id}
-    cands = archive.candidates(cand.run_id)
-    by_id = {c.id: c for c in cands}
-    first_parent = lambda i: by_id[i].parent_id if i in by_id else None  # noqa: E731
-    chosen = [c for c in cands if c.id in lineage or (c.accepted is not None and c.state in (COMPLETE, FAIL))]
-    imported: set[int] = set()
-    history = []
-    for c in chosen:  # in number order: parents first
-        parent = nearest(c.parent_id, first_parent, imported.__contains__)
-        status = "keep" if c.accepted else "crash" if c.state == FAIL else "discard"
-        how = c.operator + (f" of #{by_id[c.parent_id].number} and #{by_id[c.parent2_id].number}"
-                            if c.parent2_id in by_id and c.parent_id in by_id else "")
-        failed = f", {c.state} {c.fail_reason}" if c.state == FAIL else ""
-        history.append(Imported(key=key(c), parent_key=key(by_id[parent]) if parent is not None else None,
-                                code=archive.code(c.code_hash),
-                                hypothesis=f"evo run {run_name} #{c.number} ({how}{failed}): {c.hypothesis}",
-                                val_bpb=c.val_bpb if c.val_bpb is not None else c.imported_val_bpb, status=status))
-        imported.add(c.id)
-    note = (f"history: evo run {run_name}'s {len(history)} decided candidate(s) (accepted ones kept, rejected "
-            f"discarded, failed crashed); the seed is #{cand.number}, re-measured here")
-    return ImportPlan(code=archive.code(cand.code_hash), operator="import",
-                      hypothesis=f"from evo run {run_name} #{cand.number}: {cand.hypothesis}",
-                      imported_val_bpb=cand.val_bpb if cand.val_bpb is not None else cand.imported_val_bpb,
-                      parent_key=key(cand), history=tuple(history), notes=(note,))
 
 
 def seed_from(spec: str, archive: Archive | None = None) -> SeedPlan:
@@ -637,29 +578,6 @@ def seed_from(spec: str, archive: Archive | None = None) -> SeedPlan:
             raise GitError("evo:RUN needs an archive to read the run from.")
         return seed_from_evo(archive, spec)
     return seed_from_repo(spec)
-
-
-def with_seed_file(plan: SeedPlan, code: str, path: str) -> ImportPlan:
-    """`--seed-from X --seed-train FILE`: X's history, with FILE as the seed (measured here) in
-    place of X's best; its parent is the imported best, so the lineage shows where it came from."""
-    notes = getattr(plan, "notes", ())
-    best = plan.parent_key[:7] if plan.parent_key else "none"
-    return ImportPlan(code=code, operator="seed",
-                      hypothesis=f"{path} (--seed-train), on top of the imported best {best}",
-                      parent_key=plan.parent_key, history=plan.history,
-                      notes=(*notes, f"--seed-train {path} is the seed instead of the imported best "
-                                     f"({plan.hypothesis}), which stays in the history as its parent"))
-
-
-def summarize_plan(plan: SeedPlan) -> str:
-    """Lines for the CLI: what the seed is and how much history came with it, then what the import
-    says about itself (which results.tsv it read, which mode, what it could not resolve)."""
-    counts = {s: sum(1 for h in plan.history if h.status == s) for s in (*STATUSES, UNRECORDED)}
-    measured = f" (val_bpb {plan.imported_val_bpb:.6f} there; re-measured here)" if plan.imported_val_bpb else ""
-    unrecorded = f", {counts[UNRECORDED]} not in results.tsv" if counts[UNRECORDED] else ""
-    head = (f"seed: {plan.hypothesis}{measured}; history: {counts['keep']} kept, {counts['discard']} discarded, "
-            f"{counts['crash']} crashed{unrecorded}")
-    return "\n".join([head, *getattr(plan, "notes", ())])
 
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import pytest
 from evo import apparatus
 from evo.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive
 from evo.config import RunConfig
-from evo.engine import Engine, SeedPlan
+from evo.engine.loop import Engine
+from evo.engine.seeding import SeedPlan
 from evo.operators.base import Parent, Proposal
 from evo.runner import Slot
 
@@ -403,8 +404,8 @@ class ScriptedOperator:
 
 
 def test_unavailable_operator_pauses_then_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import evo.engine
-    monkeypatch.setattr(evo.engine, "PAUSE_FIRST", 0.3)
+    import evo.engine.loop
+    monkeypatch.setattr(evo.engine.loop, "PAUSE_FIRST", 0.3)
     archive, engine = engine_for(tmp_path, ScriptedOperator(unavailable=2), max_candidates=3)
     assert engine.execute() == FINISHED
     messages = [e.message for e in archive.events(engine.run.id)]

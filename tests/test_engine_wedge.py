@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-import evo.engine
+import evo.engine.loop
 from evo import apparatus
 from evo.archive import COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, Archive, Candidate, Evaluation
 from evo.config import RunConfig
-from evo.engine import Engine, EngineError, Imported, SeedPlan, _Asked
+from evo.engine.loop import Engine, EngineError, _Asked
+from evo.engine.seeding import Imported, SeedPlan
 from evo.operators import OperatorUnavailable
 from evo.operators.base import Parent, Proposal
 from evo.runner import Slot, run_evaluation
@@ -286,7 +287,7 @@ def test_non_operator_exception_in_a_proposal_is_archived(tmp_path: Path) -> Non
 
 
 def test_repeated_proposal_bugs_count_toward_the_failure_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(evo.engine, "MAX_OPERATOR_FAILURES", 3)
+    monkeypatch.setattr(evo.engine.loop, "MAX_OPERATOR_FAILURES", 3)
     operator = StepOperator(raise_on={n: RuntimeError("database is locked") for n in range(1, 100)})
     archive, engine = make_engine(tmp_path, operator, max_candidates=50)
     assert engine.execute() == FINISHED
@@ -319,7 +320,7 @@ class OutageOperator(StepOperator):
 
 def test_an_outage_seen_by_many_proposals_doubles_the_pause_once(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(evo.engine, "PAUSE_FIRST", 0.2)
+    monkeypatch.setattr(evo.engine.loop, "PAUSE_FIRST", 0.2)
     operator = OutageOperator(outage=4)
     archive, engine = make_engine(tmp_path, operator, lookahead=3, max_candidates=8, confirm=False)
     assert engine.execute() == FINISHED
@@ -333,12 +334,12 @@ def test_an_outage_seen_by_many_proposals_doubles_the_pause_once(tmp_path: Path,
 def test_pause_doubles_again_for_a_new_outage(tmp_path: Path) -> None:
     archive, engine = make_engine(tmp_path, StepOperator())
     down = OperatorUnavailable("API down")
-    asked_before = evo.engine.time.monotonic() - 1.0
+    asked_before = evo.engine.loop.time.monotonic() - 1.0
     engine._pause_proposals(down, asked_before)
     engine._pause_proposals(down, asked_before)  # in flight when the outage began: the same outage
-    assert engine._pause == 2 * evo.engine.PAUSE_FIRST
-    engine._pause_proposals(down, evo.engine.time.monotonic())  # asked after the pause began: still down
-    assert engine._pause == 4 * evo.engine.PAUSE_FIRST
+    assert engine._pause == 2 * evo.engine.loop.PAUSE_FIRST
+    engine._pause_proposals(down, evo.engine.loop.time.monotonic())  # asked after the pause began: still down
+    assert engine._pause == 4 * evo.engine.loop.PAUSE_FIRST
 
 
 # ----- 14: a seed that cannot run here ends the run, once -------------------------------------------------

@@ -14,9 +14,9 @@ import pytest
 from evo import apparatus
 from evo.archive import COMPLETE, FAIL, Archive
 from evo.config import RunConfig
-from evo.engine import Engine, SeedPlan
-from evo.git import (GitError, export_candidate, export_lineage, parse_results_tsv, seed_from, seed_from_evo,
-                     seed_from_repo, summarize_plan)
+from evo.engine.loop import Engine
+from evo.engine.seeding import SeedError, SeedPlan, seed_from_evo, summarize_plan
+from evo.git import GitError, export_candidate, export_lineage, parse_results_tsv, seed_from, seed_from_repo
 from evo.runner import Slot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -440,7 +440,7 @@ def test_seed_from_evo_carries_the_ancestors(tmp_path: Path, evo_archive) -> Non
     plan5 = seed_from_evo(archive, "evo:r:5")
     assert plan5.code == code[5] and plan5.parent_key == "evo:r:5" and keys(plan5) == keys(plan)
     for spec, message in [("evo:nope", "no run named 'nope'"), ("evo:r:9", "no candidate number 9"), ("evo:", "is not evo:RUN")]:
-        with pytest.raises(GitError, match=message):
+        with pytest.raises(SeedError, match=message):
             seed_from_evo(archive, spec)
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from evo.archive import COMPLETE, FAIL, Archive
 from evo.config import RunConfig
-from evo.git import GitError, parse_results_tsv, seed_from_evo, seed_from_repo, summarize_plan, with_seed_file
+from evo.engine.seeding import seed_from_evo, summarize_plan, with_seed_file
+from evo.git import GitError, parse_results_tsv, seed_from_repo
 from evo.report import data, figures
 from test_git import (HEADER, accept_measured_seed, SURROGATE, Greedy, commit_file, evo_archive, greedy_repo, keys, new_repo,  # noqa: F401
                       seeded_archive, train_code)

@@ -32,6 +32,7 @@ from evo.archive import (COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, 
                          Candidate, Run, code_hash, owner_id)
 from evo.config import RunConfig
 from evo.operators import Operator, OperatorError, OperatorUnavailable, Parent, Proposal
+from evo.engine.seeding import SeedPlan
 from evo.runner import EvalResult, Limits, Slot, file_hash, kill_orphan, run_evaluation
 
 HEARTBEAT_SECONDS = 10.0
@@ -44,30 +45,6 @@ DETERMINISTIC_FAILURES = frozenset({"crash", "invalid", "oom"})
 # Failures that say more about this machine's load, the limits or evo itself than about the code: a
 # seed that failed only so is measured again on --resume (with new allowances), not given up.
 MACHINE_FAILURES = frozenset({"timeout", "over_budget", "harness"})
-
-
-@dataclass(frozen=True)
-class Imported:
-    """A candidate brought in from elsewhere (a greedy run's commit, another evo run) as history:
-    archived with what was measured there, never evaluated here."""
-    key: str                      # identifies it among the imports (a commit hash)
-    parent_key: str | None
-    code: str
-    hypothesis: str
-    val_bpb: float | None         # as measured elsewhere
-    status: str                   # keep, discard or crash
-
-
-@dataclass(frozen=True)
-class SeedPlan:
-    """Where a run starts: the seed's code (re-measured here `replicates` times) and the history
-    before it, oldest first."""
-    code: str
-    operator: str = "seed"
-    hypothesis: str = "seed"
-    imported_val_bpb: float | None = None
-    parent_key: str | None = None
-    history: tuple[Imported, ...] = ()
 
 
 class EngineError(Exception):
