@@ -252,7 +252,7 @@ def _seed_plan(config: RunConfig, archive: Archive):
     """The seed of a new run: a greedy run's best commit or another evo run's candidate (with their
     history), else the --seed-train file; both: that history with the file as the seed."""
     from evo.engine.seeding import SeedPlan, with_seed_file
-    from evo.git import seed_from
+    from evo.gitio.greedy import seed_from
 
     if config.seed_from:
         plan = seed_from(config.seed_from, archive)
@@ -525,7 +525,8 @@ def export(
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """Export a candidate to a file (--to) or a git branch (--branch), or a run's lineage to git (--lineage)."""
-    from evo.git import GitError, export_candidate, export_lineage
+    from evo.gitio import GitError
+    from evo.gitio.export import export_candidate, export_lineage
 
     modes = sum(x is not None for x in (to, branch, lineage))
     if modes != 1:

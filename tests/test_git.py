@@ -16,7 +16,10 @@ from evo.archive import COMPLETE, FAIL, Archive
 from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedError, SeedPlan, seed_from_evo, summarize_plan
-from evo.git import GitError, export_candidate, export_lineage, parse_results_tsv, seed_from, seed_from_repo
+from evo.gitio import GitError
+from evo.gitio.export import export_candidate, export_lineage
+from evo.gitio.greedy import seed_from, seed_from_repo
+from evo.gitio.results_tsv import parse_results_tsv
 from evo.runner import Slot
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,9 @@ import pytest
 from evo.archive import COMPLETE, FAIL, Archive
 from evo.config import RunConfig
 from evo.engine.seeding import seed_from_evo, summarize_plan, with_seed_file
-from evo.git import GitError, parse_results_tsv, seed_from_repo
+from evo.gitio import GitError
+from evo.gitio.greedy import seed_from_repo
+from evo.gitio.results_tsv import parse_results_tsv
 from evo.report import data, figures
 from test_git import (HEADER, accept_measured_seed, SURROGATE, Greedy, commit_file, evo_archive, greedy_repo, keys, new_repo,  # noqa: F401
                       seeded_archive, train_code)

@@ -1,6 +1,6 @@
 """Where a run starts: the seed plan (the seed's code and the history imported before it), the
 import of another evo run's candidates (`evo:RUN[:N]`, no git involved), the seed file placed on top
-of an import, and the plan's summary for the CLI. Git repositories are read by evo.git."""
+of an import, and the plan's summary for the CLI. Git repositories are read by evo.gitio."""
 
 from __future__ import annotations
 
