@@ -13,7 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from evo.logs import parse_summary
+from evo.launch.logs import parse_summary
 
 _PROGRESS = re.compile(r"^step (\d+) .*\| dt: (\d+)ms \| tok/sec: ([\d,]+)")
 WARMUP_STEPS = 10  # seed_train.py prints each of its first 10 steps; when compiled they include compilation

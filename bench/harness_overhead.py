@@ -4,7 +4,7 @@ Target: < 1 s per evaluation (a 300 s GPU evaluation then loses < 0.3 % to the h
 
 Three measurements, all with the real code:
 
-1. runner   `evo.runner.run_evaluation` on the surrogate candidate (tests/fixtures/surrogate/
+1. runner   `evo.launch.runner.run_evaluation` on the surrogate candidate (tests/fixtures/surrogate/
             train.py + prepare.py; it "trains" instantly), N times. `EvalResult.harness_seconds` is
             the runner's own account: folder set-up, prepare.py copy and hash checks before and after,
             reading the log, classifying, parsing the curve. As a cross-check, the same train.py is
@@ -41,14 +41,14 @@ from pathlib import Path
 
 from _common import SURROGATE, header, summary, table
 
-from evo.apparatus import Apparatus
+from evo.launch.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
 from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan
-from evo.logs import Outcome
+from evo.launch.logs import Outcome
 from evo.operators.tweak import TweakOperator
-from evo.runner import EvalResult, Limits, Slot, run_evaluation
+from evo.launch.runner import EvalResult, Limits, Slot, run_evaluation
 
 SUMMARY = {"val_bpb": 1.0, "training_seconds": 300.1, "total_seconds": 420.0, "peak_vram_mb": 45060.2,
            "mfu_percent": 39.8, "total_tokens_M": 499.6, "num_steps": 953, "num_params_M": 50.3, "depth": 8}
@@ -193,7 +193,7 @@ def main() -> None:
                          fmt_ms(wall), fmt_ms(statistics.fmean(bare)), fmt_ms(wall - statistics.fmean(bare))])
         table(["runner: run_evaluation", "n", "harness mean ms", "p50 ms", "p95 ms", "max ms", "eval wall mean ms",
                "bare subprocess mean ms", "wall - bare ms"], rows,
-              "Runner (evo.runner.run_evaluation, EvalResult.harness_seconds; 1 warm-up not counted)")
+              "Runner (evo.launch.runner.run_evaluation, EvalResult.harness_seconds; 1 warm-up not counted)")
 
         times = bench_archive(args.bookkeeping_n, args.curve_points, args.tail_lines, root)
         rows = []

@@ -23,12 +23,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from llm_server import FakeLLMServer  # noqa: E402
 
 from evo import operators  # noqa: E402
-from evo.apparatus import Apparatus  # noqa: E402
+from evo.launch.apparatus import Apparatus  # noqa: E402
 from evo.archive import Archive  # noqa: E402
 from evo.config import RunConfig  # noqa: E402
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan  # noqa: E402
-from evo.runner import Slot  # noqa: E402
+from evo.launch.runner import Slot  # noqa: E402
 
 
 def one_run(server: FakeLLMServer, args: argparse.Namespace, lookahead: int, root: Path) -> dict:

@@ -79,15 +79,15 @@ from pathlib import Path
 
 from _common import SURROGATE, header, percentile, table
 
-from evo.apparatus import Apparatus
+from evo.launch.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
 from evo.config import RunConfig
 from evo.core.lineage import best as best_of
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan
-from evo.logs import Outcome
+from evo.launch.logs import Outcome
 from evo.operators.tweak import TweakOperator, find_constants, tweak
-from evo.runner import EvalResult
+from evo.launch.runner import EvalResult
 
 N_CONST = 5
 BASE = 1.0
@@ -199,7 +199,7 @@ def engine_search(landscape: str, bench_seed: int, sigma: float, root: Path, *, 
 
 
 def _slot():
-    from evo.runner import Slot
+    from evo.launch.runner import Slot
     return Slot("cpu")
 
 

@@ -35,15 +35,15 @@ from pathlib import Path
 
 from _common import SURROGATE, header, table
 
-from evo.apparatus import Apparatus
+from evo.launch.apparatus import Apparatus
 from evo.archive import COMPLETE, Archive
 from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan
-from evo.logs import Outcome
+from evo.launch.logs import Outcome
 from evo.operators.base import Parent, Proposal
 from evo.operators.tweak import find_constants, tweak
-from evo.runner import EvalResult, Slot
+from evo.launch.runner import EvalResult, Slot
 
 TARGETS = (2.0, 0.5, 4.0, 1.5)  # the surrogate's landscape, as in tests/fixtures/surrogate/prepare.py
 

@@ -34,7 +34,7 @@ from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAl
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from evo.core.acceptance import noise_sigma
-from evo.logs import SUMMARY_KEYS
+from evo.launch.logs import SUMMARY_KEYS
 
 SCHEMA_VERSION = 1
 DEFAULT_STORAGE = "sqlite:///archive/evo.db"

@@ -137,12 +137,12 @@ def run(
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """Evolve train.py: evaluate the seed, then propose, train, score and select until the budget ends."""
-    from evo import apparatus
+    from evo.launch import apparatus
     from evo.engine.loop import Engine, EngineError
     from evo.engine.seeding import SeedError, summarize_plan
     from evo import operators
     from evo.operators import OperatorError
-    from evo.runner import detect_slots, device_description
+    from evo.launch.runner import detect_slots, device_description
     from evo.view import RunView
 
     archive = open_archive(storage, writer=True)

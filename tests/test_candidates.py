@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PREPARE, SEED_TRAIN
-from evo.logs import EXIT_DIVERGED, parse_curve, parse_summary
+from evo.launch.logs import EXIT_DIVERGED, parse_curve, parse_summary
 
 FIXTURES = Path(__file__).parent / "fixtures"
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from evo.archive import ACTIVE, Archive, owner_id
-from evo.runner import detect_slots
+from evo.launch.runner import detect_slots
 from evo.view import RunView
 
 ROOT = Path(__file__).resolve().parent.parent

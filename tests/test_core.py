@@ -9,7 +9,7 @@ import random
 import pytest
 
 from evo.core import acceptance, selection
-from evo.logs import SummaryError, classify, parse_curve, parse_summary
+from evo.launch.logs import SummaryError, classify, parse_curve, parse_summary
 from evo.operators.base import OperatorError
 from evo.operators.tweak import find_constants, tweak
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from evo import apparatus
+from evo.launch import apparatus
 from evo.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive
 from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan
 from evo.operators.base import Parent, Proposal
-from evo.runner import Slot
+from evo.launch.runner import Slot
 
 from conftest import wait_until
 

@@ -20,14 +20,14 @@ import pytest
 from sqlmodel import Session
 
 import evo.engine.loop
-from evo import apparatus
+from evo.launch import apparatus
 from evo.archive import COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, Archive, Candidate, Evaluation
 from evo.config import RunConfig
 from evo.engine.loop import Engine, EngineError, _Asked
 from evo.engine.seeding import Imported, SeedPlan
 from evo.operators import OperatorUnavailable
 from evo.operators.base import Parent, Proposal
-from evo.runner import Slot, run_evaluation
+from evo.launch.runner import Slot, run_evaluation
 
 from conftest import wait_until
 from llm_server import FakeLLMServer

@@ -11,7 +11,7 @@ from pathlib import Path
 import git as gitpython
 import pytest
 
-from evo import apparatus
+from evo.launch import apparatus
 from evo.archive import COMPLETE, FAIL, Archive
 from evo.config import RunConfig
 from evo.engine.loop import Engine
@@ -20,7 +20,7 @@ from evo.gitio import GitError
 from evo.gitio.export import export_candidate, export_lineage
 from evo.gitio.greedy import seed_from, seed_from_repo
 from evo.gitio.results_tsv import parse_results_tsv
-from evo.runner import Slot
+from evo.launch.runner import Slot
 
 ROOT = Path(__file__).resolve().parent.parent
 SURROGATE = ROOT / "tests" / "fixtures" / "surrogate"

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from conftest import PREPARE, SEED_TRAIN
-from evo.logs import parse_curve, parse_summary
+from evo.launch.logs import parse_curve, parse_summary
 
 CUDA_REASON = "needs a CUDA GPU (torch.cuda.is_available() is False here); run on a GPU machine: pytest -m gpu"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)

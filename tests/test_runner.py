@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evo.runner import Limits, Slot, detect_slots, file_hash, run_evaluation, scrub_env
+from evo.launch.runner import Limits, Slot, detect_slots, file_hash, run_evaluation, scrub_env
 
 from conftest import wait_until
 

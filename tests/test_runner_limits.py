@@ -18,8 +18,8 @@ import pytest
 
 from evo.archive import COMPLETE, RUNNING, Archive
 from evo.config import DEFAULT_ALLOWANCES
-from evo.logs import SUMMARY_KEYS, budget_overrun, classify, parse_curve, parse_summary, training_slack
-from evo.runner import Limits, Phases, Slot, file_hash, kill_orphan, run_evaluation
+from evo.launch.logs import SUMMARY_KEYS, budget_overrun, classify, parse_curve, parse_summary, training_slack
+from evo.launch.runner import Limits, Phases, Slot, file_hash, kill_orphan, run_evaluation
 
 from conftest import PREPARE as REAL_PREPARE, SEED_TRAIN, wait_until
 

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evo.core import acceptance, decision, lineage, selection
-from evo.apparatus import Apparatus
+from evo.launch.apparatus import Apparatus
 from evo.archive import (COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive, ArchiveError,
                          Candidate, Run, code_hash, owner_id)
 from evo.config import RunConfig
 from evo.operators import Operator, OperatorError, OperatorUnavailable, Parent, Proposal
 from evo.engine.seeding import SeedPlan
-from evo.runner import EvalResult, Limits, Slot, file_hash, kill_orphan, run_evaluation
+from evo.launch.runner import EvalResult, Limits, Slot, file_hash, kill_orphan, run_evaluation
 
 HEARTBEAT_SECONDS = 10.0
 MAX_OPERATOR_FAILURES = 20   # consecutive proposals that failed to produce code: stop proposing

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from evo.archive import FAIL, Archive, Candidate
 from evo.core.lineage import best as best_of, first_parents
-from evo.logs import SUMMARY_KEYS
+from evo.launch.logs import SUMMARY_KEYS
 from evo.operators.prompts import CandidateSummary, Lineage
 
 METRICS = tuple(key for key in SUMMARY_KEYS if key != "val_bpb")  # val_bpb is told on its own

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session, select
 
 from evo.archive import Archive, Candidate, Code, CurvePoint, Evaluation, LLMCall, Run, liveness
-from evo.logs import SUMMARY_KEYS
+from evo.launch.logs import SUMMARY_KEYS
 from evo.report import data
 
 # Evaluation columns the figures need (not the log tail or the failure detail: those stream later).

@@ -1,13 +1,13 @@
 """The runner: one evaluation of one candidate, as a real subprocess on one slot.
 
 Each evaluation gets its own folder holding the candidate as train.py beside a copy of the locked
-prepare.py, whose hash is checked before and after. The process runs under `evo.watchdog` in its
+prepare.py, whose hash is checked before and after. The process runs under `evo.launch.watchdog` in its
 own process group with a scrubbed environment (an allowlist: no API keys or tokens reach candidate
 code); the watchdog kills the group if evo dies. The runner reads the log as it grows and holds
 each phase to its own limit (`Phases`): start-up, the training budget, the final evaluation. On an
 overrun or interrupt the whole group gets SIGTERM, then SIGKILL, so children the candidate spawned
-die with it (unless they left the group: see evo.watchdog). Deciding what the output means is
-`evo.logs`' job.
+die with it (unless they left the group: see evo.launch.watchdog). Deciding what the output means is
+`evo.launch.logs`' job.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evo import logs
+from evo.launch import logs
 
 LOG_TAIL_LINES = 200
 PID_FILE = "pid"
 MAX_CURVE_POINTS = 500
 POLL_SECONDS = 0.2
-WATCHDOG = Path(__file__).with_name("watchdog.py")
+WATCHDOG = Path(__file__).with_name("watchdog.py")  # started by path; kill_orphan matches its last two parts
 
 # Environment variables a candidate may see. Everything else is dropped, and so is anything that
 # looks like a credential even when a prefix below would admit it.
@@ -378,7 +378,7 @@ def _is_watchdog_of(pid: int, workdir: Path) -> bool:
     except (OSError, IndexError):
         return False
     return (stat[0] != "Z" and int(stat[2]) == pid and cwd == workdir.resolve()
-            and any(Path(os.fsdecode(arg)).parts[-2:] == ("evo", WATCHDOG.name) for arg in argv))
+            and any(Path(os.fsdecode(arg)).parts[-2:] == WATCHDOG.parts[-2:] for arg in argv))
 
 
 def _group_alive(pgid: int) -> bool:
@@ -392,7 +392,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _launch(python: str, workdir: Path, env: dict[str, str], log) -> tuple[subprocess.Popen, int]:
-    """Start `python train.py` under evo.watchdog as the leader of a new process group. Returns the
+    """Start `python train.py` under evo.launch.watchdog as the leader of a new process group. Returns the
     process and the write end of the watchdog's lifeline: closing it, or evo dying, kills the group."""
     lifeline_read, lifeline = os.pipe()  # not inheritable: no other child of evo holds the lifeline open
     try:

@@ -1,6 +1,6 @@
 """The watchdog every candidate runs under, so that a train.py does not outlive its evo process.
 
-`evo.runner` starts `python -I watchdog.py FD PROGRAM ARGS...` as the leader of a new process
+`evo.launch.runner` starts `python -I watchdog.py FD PROGRAM ARGS...` as the leader of a new process
 group, passing FD, the read end of a pipe whose write end only evo holds. The watchdog starts the
 candidate as its child in the same group, then waits for whichever comes first:
 
