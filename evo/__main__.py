@@ -1,4 +1,4 @@
-from evo.cli import app
+from evo.cli.app import app
 
 if __name__ == "__main__":
     app(prog_name="evo")

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from evo.archive import (ACTIVE, COMPLETE, FINISHED, RUNNING, Archive, ArchiveError, OwnershipLost,
                          StorageError, owner_alive, utcnow)
-from evo.cli import app
+from evo.cli.app import app
 from test_engine import SURROGATE, check_invariants, evo, slow_surrogate, surrogate_run
 
 HOST = os.uname().nodename
@@ -367,7 +367,7 @@ from sqlalchemy.engine import Engine
 limit = int(sys.argv.pop(1))
 event.listen(Engine, "connect",
              lambda dbapi_conn, _record: dbapi_conn.execute(f"PRAGMA max_page_count = {limit}"))
-from evo.cli import app
+from evo.cli.app import app
 app(prog_name="evo")
 """
 

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from evo.archive import ACTIVE, Archive, owner_id
 from evo.launch.runner import detect_slots
-from evo.view import RunView
+from evo.cli.view import RunView
 
 ROOT = Path(__file__).resolve().parent.parent
 SURROGATE = ROOT / "tests" / "fixtures" / "surrogate"

@@ -212,7 +212,7 @@ def test_evo_run_brings_its_rejected_and_failed_candidates(tmp_path: Path, evo_a
 # ----- 14: --seed-train with --seed-from ---------------------------------------------------------------
 
 def test_seed_train_with_seed_from_keeps_the_history(tmp_path: Path, evo_archive) -> None:
-    from evo.cli import _seed_plan
+    from evo.cli.app import _seed_plan
 
     g = greedy_repo(tmp_path)
     here = tmp_path / "cpu_train.py"

@@ -27,7 +27,7 @@ from evo.report.diff import unified_diff  # noqa: F401  (re-exported: the detail
 from evo.archive import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, WAITING
 from evo.core import format as fmt
 from evo.core.lineage import best_index, line
-from evo.view import run_status
+from evo.cli.view import run_status
 
 MAX_CODE_CHARS = 200_000   # a root candidate's code shown in full up to this size
 

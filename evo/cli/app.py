@@ -25,7 +25,7 @@ from evo.archive import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, Archive, 
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb
 from evo.core.lineage import best as best_of, first_parents
-from evo.view import run_status
+from evo.cli.view import run_status
 
 
 class _Commands(typer.core.TyperGroup):
@@ -143,7 +143,7 @@ def run(
     from evo import operators
     from evo.operators import OperatorError
     from evo.launch.runner import detect_slots, device_description
-    from evo.view import RunView
+    from evo.cli.view import RunView
 
     archive = open_archive(storage, writer=True)
     given = {p: _given(ctx, p) for p in ctx.params}
