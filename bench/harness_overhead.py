@@ -42,7 +42,7 @@ from pathlib import Path
 from _common import SURROGATE, header, summary, table
 
 from evo.launch.apparatus import Apparatus
-from evo.archive import COMPLETE, Archive
+from evo.storage.archive import COMPLETE, Archive
 from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan

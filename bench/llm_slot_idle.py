@@ -24,7 +24,7 @@ from llm_server import FakeLLMServer  # noqa: E402
 
 from evo import operators  # noqa: E402
 from evo.launch.apparatus import Apparatus  # noqa: E402
-from evo.archive import Archive  # noqa: E402
+from evo.storage.archive import Archive  # noqa: E402
 from evo.config import RunConfig  # noqa: E402
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan  # noqa: E402

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from _common import ROOT, header, table
 
-from evo.archive import Archive
+from evo.storage.archive import Archive
 from evo.report import build_report, write_report
 from evo.report.synthetic import synthesize
 

@@ -80,7 +80,7 @@ from pathlib import Path
 from _common import SURROGATE, header, percentile, table
 
 from evo.launch.apparatus import Apparatus
-from evo.archive import COMPLETE, Archive
+from evo.storage.archive import COMPLETE, Archive
 from evo.config import RunConfig
 from evo.core.lineage import best as best_of
 from evo.engine.loop import Engine

@@ -18,7 +18,7 @@ import git as gitpython
 import pytest
 from rich.console import Console
 
-from evo.archive import ACTIVE, Archive, owner_id
+from evo.storage.archive import ACTIVE, Archive, owner_id
 from evo.launch.runner import detect_slots
 from evo.cli.view import RunView
 

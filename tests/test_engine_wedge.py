@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 import evo.engine.loop
 from evo.launch import apparatus
-from evo.archive import COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, Archive, Candidate, Evaluation
+from evo.storage.archive import COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, Archive, Candidate, Evaluation
 from evo.config import RunConfig
 from evo.engine.loop import Engine, EngineError, _Asked
 from evo.engine.seeding import Imported, SeedPlan

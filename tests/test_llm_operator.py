@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evo.archive import LLMCall
+from evo.storage.archive import LLMCall
 from evo.operators.base import OperatorError, OperatorUnavailable, Parent
 from evo.operators.llm import (DEFAULT_PRICES, LLMClient, LLMUnavailable, ModelSpec, check_credentials, cost_usd,
                                default_max_tokens, is_self_hosted, parse_model_spec, price_for)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from evo.archive import Archive, ArchiveError, Candidate, CurvePoint, Evaluation, LLMCall, Run
+from evo.storage.archive import Archive, ArchiveError, Candidate, CurvePoint, Evaluation, LLMCall, Run
 from evo.report import ReportError, build_report, data, default_path, figures, write_report
 from evo.report.diff import unified_diff
 from evo.report.synthetic import synthesize

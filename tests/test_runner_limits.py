@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from evo.archive import COMPLETE, RUNNING, Archive
+from evo.storage.archive import COMPLETE, RUNNING, Archive
 from evo.config import DEFAULT_ALLOWANCES
 from evo.launch.logs import SUMMARY_KEYS, budget_overrun, classify, parse_curve, parse_summary, training_slack
 from evo.launch.runner import Limits, Phases, Slot, file_hash, kill_orphan, run_evaluation

@@ -20,7 +20,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from evo import __version__
-from evo.archive import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, Archive, ArchiveError, Candidate, OwnershipLost,
+from evo.storage.archive import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, Archive, ArchiveError, Candidate, OwnershipLost,
                          STALE_AFTER_SECONDS, Run, liveness, owner_id)
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb

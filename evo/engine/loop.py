@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from evo.core import acceptance, decision, lineage, selection
 from evo.launch.apparatus import Apparatus
-from evo.archive import (COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive, ArchiveError,
+from evo.storage.archive import (COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive, ArchiveError,
                          Candidate, Run, code_hash, owner_id)
 from evo.config import RunConfig
 from evo.operators import Operator, OperatorError, OperatorUnavailable, Parent, Proposal

@@ -44,7 +44,7 @@ from typing import Iterator
 import git as gitpython
 from git.exc import GitCommandError
 
-from evo.archive import Archive
+from evo.storage.archive import Archive
 from evo.engine.seeding import STATUSES, UNRECORDED, Imported, ImportPlan, SeedPlan, seed_from_evo
 from evo.gitio import GitError
 from evo.gitio.repo import (RESULTS, TRAIN, blob_of, commit_subject, decode_text, git_failed, head_sha, open_repo,

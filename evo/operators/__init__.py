@@ -11,7 +11,7 @@ from evo.operators.base import Operator, OperatorError, OperatorUnavailable, Par
 from evo.operators.tweak import TweakOperator
 
 if TYPE_CHECKING:
-    from evo.archive import Archive
+    from evo.storage.archive import Archive
     from evo.config import RunConfig
 
 OPERATORS = ("llm", "tweak")

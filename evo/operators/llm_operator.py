@@ -284,7 +284,7 @@ def _failure(error: OperatorError, calls: list[dict], operator: str) -> Operator
 
 def _record(spec: ModelSpec, purpose: str, prompt: str, reply: LLMReply | None = None, error: str | None = None,
             latency: float = 0.0) -> dict:
-    """One LLMCall row's fields (evo.archive.LLMCall)."""
+    """One LLMCall row's fields (evo.storage.archive.LLMCall)."""
     if reply is None:
         return dict(model=str(spec), purpose=purpose, tokens_in=0, tokens_out=0, latency_s=latency, cost_usd=0.0,
                     error=error, prompt=clip(prompt), response=None)

@@ -5,7 +5,7 @@ dataclasses (CandidateSummary, Lineage), so prompts never see the database."""
 
 from __future__ import annotations
 
-from evo.archive import FAIL, Archive, Candidate
+from evo.storage.archive import FAIL, Archive, Candidate
 from evo.core.lineage import best as best_of, first_parents
 from evo.launch.logs import SUMMARY_KEYS
 from evo.operators.prompts import CandidateSummary, Lineage

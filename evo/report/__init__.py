@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
 
-from evo.archive import Archive, ArchiveError
+from evo.storage.archive import Archive, ArchiveError
 from evo.report import data, figures, html, load
 
 __all__ = ["ReportError", "write_report", "build_report", "default_path"]

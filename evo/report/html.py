@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evo import __version__
-from evo.archive import FAILED
+from evo.storage.archive import FAILED
 from evo.report import data
 
 ASSETS = Path(__file__).parent / "assets"

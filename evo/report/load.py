@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, select
 
-from evo.archive import Archive, Candidate, Code, CurvePoint, Evaluation, LLMCall, Run, liveness
+from evo.storage.archive import Archive, Candidate, Code, CurvePoint, Evaluation, LLMCall, Run, liveness
 from evo.launch.logs import SUMMARY_KEYS
 from evo.report import data
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import bindparam, update
 
-from evo.archive import COMPLETE, FAIL, FINISHED, PRUNED, Archive, Candidate, Evaluation, LLMCall, Run, utcnow
+from evo.storage.archive import COMPLETE, FAIL, FINISHED, PRUNED, Archive, Candidate, Evaluation, LLMCall, Run, utcnow
 from evo.core.acceptance import noise_sigma
 from evo.operators.tweak import _format, find_constants, perturb
 
