@@ -37,7 +37,7 @@ from typing import Callable, Mapping, Sequence
 from evo.core.lineage import lowest_common_ancestor
 from evo.operators.base import OperatorError, OperatorUnavailable, Parent, Proposal
 from evo.operators.edits import EditError, apply_reply, parse_reply
-from evo.operators.llm import LLMClient, LLMReply, LLMUnavailable, ModelSpec, clip, cost_usd, normalize_prices
+from evo.operators.llm import LLMClient, LLMReply, ModelSpec, clip, cost_usd, normalize_prices
 from evo.operators.merge import merge3
 from evo.operators.prompts import (DEFAULT_PROMPT_TOKENS, CandidateSummary, Lineage, Prompt, crossover_prompt,
                                    fix_prompt, mutation_prompt, repair_message)

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
-from evo.report.diff import unified_diff  # noqa: F401  (re-exported: the details' diffs)
-
 from evo.storage.archive import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, WAITING
 from evo.core import format as fmt
 from evo.core.lineage import best_index, line

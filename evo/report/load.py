@@ -26,6 +26,7 @@ from sqlmodel import Session, select
 from evo.storage.archive import Archive, Candidate, Code, CurvePoint, Evaluation, LLMCall, Run, liveness
 from evo.launch.logs import SUMMARY_KEYS
 from evo.report import data
+from evo.report.diff import unified_diff
 
 # Evaluation columns the figures need (not the log tail or the failure detail: those stream later).
 EVAL_COLUMNS = (Evaluation.id, Evaluation.candidate_id, Evaluation.replicate, Evaluation.seed, Evaluation.state,
@@ -144,7 +145,7 @@ def detail_chunks(s: Session, ids: list[int], known_evals: set[int], last_call: 
             parent = lookup.get(c.parent_id) if c.parent_id is not None else None
             parent2 = lookup.get(c.parent2_id) if c.parent2_id is not None else None
             code = codes.get(c.code_hash, "")
-            diff = data.unified_diff(codes.get(parent.code_hash, ""), code, f"#{parent.number}", f"#{c.number}") \
+            diff = unified_diff(codes.get(parent.code_hash, ""), code, f"#{parent.number}", f"#{c.number}") \
                 if parent is not None else ""
             _, replicate, tail = tails.get(cid, (None, None, None))
             record = data.detail(c, parent, parent2, diff, evals_of.get(cid, []), tail, replicate, calls_of.get(cid, []))
