@@ -41,14 +41,14 @@ from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan
 from evo.launch.logs import Outcome
-from evo.operators.base import Parent, Proposal
+from evo.operators.base import Operator, Parent, Proposal
 from evo.operators.tweak import find_constants, tweak
 from evo.launch.runner import EvalResult, Slot
 
 TARGETS = (2.0, 0.5, 4.0, 1.5)  # the surrogate's landscape, as in tests/fixtures/surrogate/prepare.py
 
 
-class SlowTweak:
+class SlowTweak(Operator):
     """The tweak operator behind a fixed proposal latency."""
     name = "tweak"
     n_parents = 1

@@ -20,7 +20,7 @@ from evo.storage.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, R
 from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan
-from evo.operators.base import Parent, Proposal
+from evo.operators.base import Operator, Parent, Proposal
 from evo.launch.runner import Slot
 
 from conftest import wait_until
@@ -147,7 +147,7 @@ def test_greedy_baseline_behaves_like_autoresearch(tmp_path: Path) -> None:
     assert len(archive.population(run.id)) == 1
 
 
-class FixedOperator:
+class FixedOperator(Operator):
     """Always proposes the same edit: the second proposal is a duplicate."""
     name = "tweak"
     n_parents = 1
@@ -374,10 +374,11 @@ def engine_for(tmp_path: Path, operator, **config) -> tuple[Archive, Engine]:
     return archive, Engine(archive, run, cfg, operator, [Slot("cpu")], app, SeedPlan((SURROGATE / "train.py").read_text()))
 
 
-class ScriptedOperator:
+class ScriptedOperator(Operator):
     """Tweaks X1; optionally unavailable for the first proposals, costly, or crashing."""
     name = "tweak"
     n_parents = 1
+    repairs = True
 
     def __init__(self, unavailable: int = 0, cost: float = 0.0, crash_first: bool = False):
         self.unavailable, self.cost, self.crash_first, self.calls = unavailable, cost, crash_first, 0

@@ -26,7 +26,7 @@ from evo.config import RunConfig
 from evo.engine.loop import Engine, EngineError, _Asked
 from evo.engine.seeding import Imported, SeedPlan
 from evo.operators import OperatorUnavailable
-from evo.operators.base import Parent, Proposal
+from evo.operators.base import Operator, Parent, Proposal
 from evo.launch.runner import Slot, run_evaluation
 
 from conftest import wait_until
@@ -52,7 +52,7 @@ def with_x1(code: str, value: float) -> str:
     return re.sub(r"X1 = [0-9.]+", f"X1 = {value}", code)
 
 
-class StepOperator:
+class StepOperator(Operator):
     """Each proposal moves X1 one step (distinct code every time); `extra` is appended to the
     proposal numbered `extra_on`, and proposals numbered in `raise_on` raise that exception."""
     name = "tweak"

@@ -454,7 +454,7 @@ class Engine:
 
     def _wants_fix(self, cand: Candidate) -> bool:
         """A crashed child may get one repair proposal, bounded per line of descent."""
-        if cand.fail_reason != "crash" or not hasattr(self.operator, "propose_fix") or self._is_seed(cand):
+        if cand.fail_reason != "crash" or not self.operator.repairs or self._is_seed(cand):
             return False
         line = lineage.first_parents(cand, self.archive.candidate_by_id)
         return sum(node.hypothesis.startswith("fix:") for node in line) < MAX_FIXES_PER_LINEAGE
@@ -505,7 +505,7 @@ class Engine:
         self.archive.decide(cand.id, accepted=accepted, temperature=verdict.temperature,
                             probability=verdict.probability, delta=verdict.delta, competitor_id=verdict.competitor_id,
                             leaving=leaving, reason=verdict.reason, rng_state=_rng_to_json(self.rng) if judged else None)
-        if judged and cand.model and hasattr(self.operator, "record_outcome"):  # feeds the model bandit
+        if judged and cand.model:  # feeds the model bandit
             spent = sum(c.cost_usd for c in self.archive.llm_calls(run_id) if c.candidate_id == cand.id)
             self.operator.record_outcome(cand.model, verdict.delta < 0, spent)
 

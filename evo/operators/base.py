@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Protocol
 
 
 class OperatorError(Exception):
@@ -41,10 +40,21 @@ class Proposal:
     extra: dict = field(default_factory=dict)
 
 
-class Operator(Protocol):
+class Operator:
+    """Every hook the engine calls, declared here: an operator subclasses this, names itself
+    (`name`, a glossary operator), says how many parents it takes, and overrides what it does."""
+
     name: str
     n_parents: int
+    repairs: bool = False  # whether propose_fix repairs a child that crashed
 
-    def propose(self, parents: list[Parent], rng: random.Random) -> Proposal: ...
+    def propose(self, parents: list[Parent], rng: random.Random) -> Proposal:
+        raise NotImplementedError
 
-    # Optional: `propose_fix(failed: Parent, rng) -> Proposal` repairs a child that crashed.
+    def propose_fix(self, failed: Parent, rng: random.Random) -> Proposal:
+        """A repair of the crashed child `failed`; called only when `repairs` is set."""
+        raise NotImplementedError
+
+    def record_outcome(self, model: str, improved: bool, cost: float) -> None:
+        """How a child proposed by `model` fared against its competitor, and what it cost (the
+        LLM operator's model bandit learns from it); operators without models ignore it."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from evo.core.lineage import lowest_common_ancestor
-from evo.operators.base import OperatorError, OperatorUnavailable, Parent, Proposal
+from evo.operators.base import Operator, OperatorError, OperatorUnavailable, Parent, Proposal
 from evo.operators.edits import EditError, apply_reply, parse_reply
 from evo.operators.llm import LLMClient, LLMReply, ModelSpec, clip, cost_usd, normalize_prices
 from evo.operators.merge import merge3
@@ -73,9 +73,10 @@ class _Arm:
     prior_cost: float = 0.0
 
 
-class LLMOperator:
+class LLMOperator(Operator):
     name = "mutate"
     n_parents = 2
+    repairs = True
 
     def __init__(self, models: Sequence[ModelSpec], context: LLMContext, clients: dict | None = None,
                  crossover_rate: float = 0.2, prompt_token_budget: int = DEFAULT_PROMPT_TOKENS,

@@ -12,7 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from evo.operators.base import OperatorError, Parent, Proposal
+from evo.operators.base import Operator, OperatorError, Parent, Proposal
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # Constants that are contracts with the harness, not hyperparameters.
@@ -143,7 +143,7 @@ def tweak(code: str, rng: random.Random, n: int | None = None) -> tuple[str, lis
     return "".join(pieces), changes
 
 
-class TweakOperator:
+class TweakOperator(Operator):
     name = "tweak"
     n_parents = 1
 
