@@ -182,7 +182,7 @@ class Run(SQLModel, table=True):
     next_number: int = 0
     seed_id: Optional[int] = None              # the candidate the population starts from
     active_seconds: float = 0.0                # wall time spent running, summed over resumes
-    owner: Optional[str] = None                # host:pid of the process running it
+    owner: Optional[str] = None                # host:pid:start of the process running it (see owner_id)
     heartbeat_at: Optional[datetime] = None
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
