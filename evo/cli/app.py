@@ -26,6 +26,7 @@ from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb
 from evo.core.lineage import best as best_of, first_parents
 from evo.cli.view import run_status
+from evo.core import format as fmt
 
 
 class _Commands(typer.core.TyperGroup):
@@ -173,7 +174,7 @@ def run(
                                prices=(ctx.obj or {}).get("prices", {})).validate()
         operators.check(config)
         # A resumed run already has its seed (unless it died before archiving it).
-        plan = None if resume and run_row.seed_id is not None else _seed_plan(config, archive)
+        plan = None if resume and run_row.seed_id is not None else _seed_plan(config, archive, prepare)
         slot_list = detect_slots(config.gpus, config.slots)
         app_ = apparatus.load(prepare, config.preset)
         if not resume:
@@ -248,7 +249,7 @@ def _give_up(archive: Archive, run_row: Run, resume: bool, message: str, code: i
     return fail(message, code)
 
 
-def _seed_plan(config: RunConfig, archive: Archive):
+def _seed_plan(config: RunConfig, archive: Archive, prepare: Path = Path("prepare.py")):
     """The seed of a new run: a greedy run's best commit or another evo run's candidate (with their
     history), else the --seed-train file; both: that history with the file as the seed."""
     from evo.engine.seeding import SeedPlan, with_seed_file
@@ -258,11 +259,12 @@ def _seed_plan(config: RunConfig, archive: Archive):
         plan = seed_from(config.seed_from, archive)
         if config.seed_train is None:
             return plan
-        return with_seed_file(plan, _seed_code(config.seed_train), config.seed_train)
-    return SeedPlan(_seed_code(config.seed_train))
+        return with_seed_file(plan, _seed_code(config, prepare), config.seed_train)
+    return SeedPlan(_seed_code(config, prepare))
 
 
-def _seed_code(path: str) -> str:
+def _seed_code(config: RunConfig, prepare: Path) -> str:
+    path = config.seed_train
     try:
         code = Path(path).read_text()
         compile(code, path, "exec")
@@ -270,13 +272,16 @@ def _seed_code(path: str) -> str:
         raise ConfigError(f"cannot read the seed file {path} ({getattr(e, 'strerror', None) or e}).")
     except SyntaxError as e:
         raise ConfigError(f"the seed file {path} is not valid Python ({e.msg}, line {e.lineno}).")
-    return code
+    from evo.launch import apparatus
+
+    # seed_train.py gets the preset's model and batch size as plain numbers
+    return apparatus.seed_for(prepare, config.preset, code, path)
 
 
 def _header(archive: Archive, run_id: int, name: str) -> str:
     cands = archive.candidates(run_id)
     best = best_of(cands)
-    best_text = f"best #{best.number} {best.val_bpb:.6f}" if best else "best: none yet"
+    best_text = f"best #{best.number} {fmt.bpb(best.val_bpb)}" if best else "best: none yet"
     return f"evo run {name}: {len(cands)} candidates, {best_text}"
 
 
@@ -363,7 +368,7 @@ def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
         f"run {r.name}: {label}" + (f" ({detail})" if detail else ""),
         f"preset {config['preset']}, population {len(population)}/{config['population']}, temperature "
         f"{config['temperature']} ({config['cooling']}), operator {config['operator']}",
-        f"noise σ {r.sigma:.6f}, T0 {r.temperature0:.6f}" if r.sigma is not None and r.temperature0 is not None else "noise σ: not measured yet",
+        f"noise σ {fmt.bpb(r.sigma)}, T0 {fmt.bpb(r.temperature0)}" if r.sigma is not None and r.temperature0 is not None else "noise σ: not measured yet",
         f"candidates {len(cands)}: " + ", ".join(f"{k} {v}" for k, v in sorted(by_state.items()))
         + f"; accepted {sum(1 for c in cands if c.accepted)}",
         f"active {r.active_seconds / 3600:.2f} h, LLM spend ${archive.cost(r.id):.2f}",
@@ -393,16 +398,16 @@ def list_runs(storage: Storage = DEFAULT_STORAGE) -> None:
 @app.command()
 def candidates(
     name: RunName = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table, json, or tsv (autoresearch's results.tsv).")] = "table",
+    output_format: Annotated[str, typer.Option("--format", "-f", help="table, json, or tsv (autoresearch's results.tsv).")] = "table",
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """Every candidate of a run."""
-    if fmt not in ("table", "json", "tsv"):
-        raise fail(f"--format must be table, json or tsv, not {fmt!r}.")
+    if output_format not in ("table", "json", "tsv"):
+        raise fail(f"--format must be table, json or tsv, not {output_format!r}.")
     archive, r, _ = open_run(storage, name)
     cands = archive.candidates(r.id)
     numbers = {c.id: c.number for c in cands}
-    if fmt == "json":
+    if output_format == "json":
         rows = []
         for c in cands:
             row = c.model_dump(mode="json")
@@ -410,7 +415,7 @@ def candidates(
             row["parent2"] = numbers.get(c.parent2_id)
             rows.append(row)
         typer.echo(json.dumps(rows, indent=1))
-    elif fmt == "tsv":
+    elif output_format == "tsv":
         typer.echo(results_tsv(archive, r.id, cands), nl=False)
     else:
         rows = []
@@ -441,7 +446,7 @@ def results_tsv(archive: Archive, run_id: int, cands: list[Candidate]) -> str:
         else:
             continue
         description = (c.hypothesis or c.operator).replace("\t", " ").replace("\n", " ")
-        writer.writerow([c.code_hash[:7], f"{bpb:.6f}", f"{peak.get(c.id, 0.0) / 1024:.1f}", status_, description])
+        writer.writerow([c.code_hash[:7], f"{fmt.bpb(bpb)}", f"{peak.get(c.id, 0.0) / 1024:.1f}", status_, description])
     return out.getvalue()
 
 
@@ -463,13 +468,13 @@ def show(
     typer.echo(f"state: {c.state}" + (f" ({c.fail_reason}: {c.fail_detail})" if c.fail_reason else ""))
     typer.echo(f"val_bpb: {candidate_bpb(c, r.sigma)}")
     if parent and parent.val_bpb is not None and c.val_bpb is not None:
-        typer.echo(f"Δ vs parent #{parent.number}: {c.val_bpb - parent.val_bpb:+.6f}"
-                   + (f" (σ {r.sigma:.6f})" if r.sigma is not None else ""))
+        typer.echo(f"Δ vs parent #{parent.number}: {fmt.delta(c.val_bpb - parent.val_bpb)}"
+                   + (f" (σ {fmt.bpb(r.sigma)})" if r.sigma is not None else ""))
     if c.accepted is not None:
         verdict = "accepted" if c.accepted else "rejected"
         extra = ""
         if c.accept_temperature is not None and c.accept_probability is not None:
-            extra = f" at T {c.accept_temperature:.6f} with probability {c.accept_probability:.3f}"
+            extra = f" at T {fmt.bpb(c.accept_temperature)} with probability {c.accept_probability:.3f}"
         typer.echo(f"decision: {verdict}{extra}" + (" (in population)" if c.in_population else ""))
     calls = [call for call in archive.llm_calls(r.id) if call.candidate_id == c.id]
     if c.model or calls:
@@ -477,7 +482,7 @@ def show(
                    f"{sum(x.tokens_out for x in calls)} out, cost ${sum(x.cost_usd for x in calls):.4f}")
     evals = archive.evaluations(r.id, c.id)
     for ev in evals:
-        metrics = (f"val_bpb {ev.val_bpb:.6f}, {ev.num_steps} steps, {ev.training_seconds:.1f}s training, "
+        metrics = (f"val_bpb {fmt.bpb(ev.val_bpb)}, {ev.num_steps} steps, {ev.training_seconds:.1f}s training, "
                    f"peak {ev.peak_vram_mb:.0f} MB, mfu {ev.mfu_percent:.1f}%") if ev.state == COMPLETE else \
             f"{ev.fail_reason}: {ev.detail}" if ev.state == FAIL else ""
         typer.echo(f"  evaluation {ev.replicate} (seed {ev.seed}, slot {ev.slot}): {ev.state} {metrics}")

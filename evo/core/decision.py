@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from evo.core import acceptance, selection
+from evo.core import format as fmt
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,16 @@ def decide(child: Child, members: Sequence[selection.Member], elite: selection.M
     `numbers` maps member ids to the candidate numbers the reason names."""
     if child.failures:  # only a confirmation gives a child a second evaluation: confirmed at most once
         reason, detail = child.failures[-1]
-        return Reject(f"would-be new best ({child.score:.6f}), but its confirmation failed ({reason}: {detail})")
+        return Reject(f"would-be new best ({fmt.bpb(child.score)}), but its confirmation failed ({reason}: {detail})")
     if confirm and child.n_evaluations < 2 and child.score < elite.score:
         return Confirm(child.n_evaluations, f"candidate {child.number} would be the new best "
-                       f"({child.score:.6f} < {elite.score:.6f}): confirming with another evaluation")
+                       f"({fmt.bpb(child.score)} < {fmt.bpb(elite.score)}): confirming with another evaluation")
     me = selection.Member(child.id, child.score)
     rival = selection.competitor(list(members), child.parent_id)
     delta = me.score - rival.score
     ok, p = acceptance.accept(delta, temperature, draw())
     leaving: list[int] = []
-    reason = f"Δ {delta:+.6f} vs candidate {numbers[rival.id]}, T {temperature:.6f}, p {p:.3f}"
+    reason = f"Δ {fmt.delta(delta)} vs candidate {numbers[rival.id]}, T {fmt.bpb(temperature)}, p {p:.3f}"
     if ok:
         rep = selection.replacement(list(members), me, rival, population)
         if rep.enters:

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
+DECIMALS = 6  # the report's script reads this too, so a value reads the same everywhere
+
 
 def bpb(value: float | None, spread: float | None = None, missing: str = "-") -> str:
     """`1.234567`, `1.234567 ± 0.000300`, or `missing`."""
     if value is None:
         return missing
-    return f"{value:.6f} ± {spread:.6f}" if spread is not None else f"{value:.6f}"
+    text = f"{value:.{DECIMALS}f}"
+    return f"{text} ± {spread:.{DECIMALS}f}" if spread is not None else text
 
 
 def delta(value: float | None, missing: str = "-") -> str:
     """A signed difference: `+0.000123`."""
-    return missing if value is None else f"{value:+.6f}"
+    return missing if value is None else f"{value:+.{DECIMALS}f}"
 
 
 def candidate_bpb(c: Any, sigma: float | None = None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from evo.core import format as fmt
 from dataclasses import dataclass
 
 # The block autoresearch's train.py ends with, in order; the harness needs all of them.
@@ -174,8 +175,8 @@ def classify(returncode: int | None, output: str, *, timed_out: str | None, inte
         # The printed value is rounded to 6 decimals; it must match one the evaluator signed.
         if not any(abs(bpb - r) <= 1e-6 + 1e-9 * abs(r) for r in recorded_bpb):
             why = "the evaluator recorded no result" if not recorded_bpb else \
-                f"the evaluator recorded {', '.join(f'{r:.6f}' for r in recorded_bpb)}"
-            return Outcome("FAIL", "invalid", f"printed val_bpb {bpb:.6f} but {why}", summary)
+                f"the evaluator recorded {', '.join(f'{fmt.bpb(r)}' for r in recorded_bpb)}"
+            return Outcome("FAIL", "invalid", f"printed val_bpb {fmt.bpb(bpb)} but {why}", summary)
     overrun = budget_overrun(summary["training_seconds"], training_wall, time_budget, budget_slack)
     if overrun:
         return Outcome("FAIL", "over_budget", overrun, summary)

@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Callable, Mapping, Sequence
 
 from evo.operators.base import OperatorError
+from evo.core import format as fmt
 
 DEFAULT_PROMPT_TOKENS = 24_000
 LOG_TAIL_LINES = 20          # lines of a failure's log kept in a mutation prompt
@@ -194,9 +195,9 @@ def _outcome(c: CandidateSummary, sigma: float | None) -> str:
         return f"PRUNED({c.fail_reason or '?'})"
     if c.val_bpb is None:
         return c.state.lower()
-    out = f"val_bpb {c.val_bpb:.6f}"
+    out = f"val_bpb {fmt.bpb(c.val_bpb)}"
     if c.delta is not None:
-        out += f", Δ {c.delta:+.6f}{_in_sigma(c.delta, sigma)}"
+        out += f", Δ {fmt.delta(c.delta)}{_in_sigma(c.delta, sigma)}"
     if c.accepted is not None:
         out += ", kept" if c.accepted else ", rejected"
     return out
@@ -214,19 +215,19 @@ def _line(c: CandidateSummary, sigma: float | None) -> str:
 def _metrics(c: CandidateSummary) -> str:
     m = c.metrics or {}
     parts = []
-    for key, label, fmt in (("peak_vram_mb", "peak VRAM", "{:.0f} MB"), ("num_steps", "steps", "{:.0f}"),
+    for key, label, spec in (("peak_vram_mb", "peak VRAM", "{:.0f} MB"), ("num_steps", "steps", "{:.0f}"),
                             ("num_params_M", "params", "{:.1f}M"), ("mfu_percent", "MFU", "{:.1f}%"),
                             ("total_tokens_M", "tokens", "{:.1f}M"), ("training_seconds", "training", "{:.0f} s"),
                             ("depth", "depth", "{:.0f}")):
         if m.get(key) is not None:
-            parts.append(f"{label} {fmt.format(m[key])}")
+            parts.append(f"{label} {spec.format(m[key])}")
     return ", ".join(parts)
 
 
 def _facts(facts: Mapping[str, str], sigma: float | None, parent: CandidateSummary | None) -> str:
     lines = [f"- {k}: {v}" for k, v in facts.items()]
     if sigma is not None:
-        lines.append(f"- run-to-run noise σ of val_bpb (same code, different seed): {sigma:.6f}")
+        lines.append(f"- run-to-run noise σ of val_bpb (same code, different seed): {fmt.bpb(sigma)}")
     if parent is not None and (parent.metrics or {}).get("peak_vram_mb") is not None:
         lines.append(f"- the parent's peak VRAM: {parent.metrics['peak_vram_mb']:.0f} MB")
     return "## Hardware and budget\n" + ("\n".join(lines) if lines else "- (not known)")
@@ -237,15 +238,15 @@ def _describe(c: CandidateSummary, sigma: float | None, title: str) -> str:
     if c.hypothesis:
         out.append(f"hypothesis: {_short(c.hypothesis, 400)}")
     if c.val_bpb is not None:
-        stat = f"val_bpb {c.val_bpb:.6f}"
+        stat = f"val_bpb {fmt.bpb(c.val_bpb)}"
         if c.sigma is not None and c.n_evals > 1:
-            stat += f" ± {c.sigma:.6f} over {c.n_evals} evaluations"
+            stat += f" ± {fmt.bpb(c.sigma)} over {c.n_evals} evaluations"
         elif c.n_evals:
             stat += f" ({c.n_evals} evaluation{'s' if c.n_evals != 1 else ''})"
         out.append(stat)
     if c.delta is not None:
-        out.append(f"Δ vs its parent: {c.delta:+.6f}{_in_sigma(c.delta, sigma)}"
-                   + (f", σ = {sigma:.6f}" if sigma else ""))
+        out.append(f"Δ vs its parent: {fmt.delta(c.delta)}{_in_sigma(c.delta, sigma)}"
+                   + (f", σ = {fmt.bpb(sigma)}" if sigma else ""))
     metrics = _metrics(c)
     if metrics:
         out.append(metrics)

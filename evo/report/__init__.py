@@ -19,6 +19,7 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 
 from evo.storage.archive import Archive, ArchiveError
+from evo.core import format as fmt
 from evo.report import data, figures, html, load
 
 __all__ = ["ReportError", "write_report", "build_report", "default_path"]
@@ -72,7 +73,8 @@ def build_report(archive: Archive, run_name: str | None = None, *, cdn: bool = F
             details.close()
     t = time.perf_counter()
     payload = data.to_json({"meta": meta, "table": table, "hover": hover, "figures": figs, "path": lin.path,
-                            "best": lin.best, "seed": lin.seed, "chunk_size": CHUNK_SIZE})
+                            "best": lin.best, "seed": lin.seed, "chunk_size": CHUNK_SIZE,
+                            "bpb_decimals": fmt.DECIMALS})
     text = html.page(meta, payload, chunks, cdn, tz)
     times["page"] = time.perf_counter() - t
     return Built(text, snap.run.name, len(snap.cands), times)

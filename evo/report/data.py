@@ -355,11 +355,11 @@ def hover(c: Any, parent_number: int | None, delta: float | None, sigma: float |
     if c.val_bpb is not None and c.val_bpb_std is not None:
         lines.append(f"val_bpb {fmt.bpb(c.val_bpb, c.val_bpb_std)} (n={c.n_evals})")
     elif c.val_bpb is not None:
-        lines.append(f"val_bpb {c.val_bpb:.6f} (n={c.n_evals}" + (f"; noise σ {sigma:.6f})" if sigma else ")"))
+        lines.append(f"val_bpb {fmt.bpb(c.val_bpb)} (n={c.n_evals}" + (f"; noise σ {fmt.bpb(sigma)})" if sigma else ")"))
     elif c.imported_val_bpb is not None:
-        lines.append(f"val_bpb {c.imported_val_bpb:.6f} (imported)")
+        lines.append(f"val_bpb {fmt.bpb(c.imported_val_bpb)} (imported)")
     if delta is not None:
-        lines.append(f"Δ vs parent {delta:+.6f}")
+        lines.append(f"Δ vs parent {fmt.delta(delta)}")
     if c.state in (FAIL, PRUNED):
         lines.append(f"{c.state}: {escape(c.fail_reason or '')}")
     return "<br>".join(lines)

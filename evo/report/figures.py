@@ -15,6 +15,7 @@ from datetime import datetime, tzinfo
 from functools import lru_cache
 from typing import Any, Sequence
 
+from evo.core import format as fmt
 from evo.report import data
 from evo.report.data import Lineage
 
@@ -138,7 +139,7 @@ def progress(cands: Sequence[Any], lin: Lineage, prog: data.Progress, axis: str,
         traces.append({"type": scatter_type(len(temps)), "mode": "lines", "name": "temperature T", "x": xs,
                        "y": [t for _, t in temps], "yaxis": "y2",
                        "line": {"color": COLORS["temperature"], "width": 1.5, "dash": "dot"},
-                       "hovertemplate": "T %{y:.6f}<extra></extra>"})
+                       "hovertemplate": f"T %{{y:.{fmt.DECIMALS}f}}<extra></extra>"})
     # Each improvement of the best, labelled with its hypothesis just under its step of the running
     # best: the space below the staircase is empty (nothing accepted is below the best), so labels
     # placed there without overlapping each other stay readable.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evo import __version__
+from evo.core import format as fmt
 from evo.storage.archive import FAILED
 from evo.report import data
 
@@ -38,10 +39,8 @@ def plotly_script(cdn: bool) -> str:
     return f'<script charset="utf-8" src="{url}" integrity="sha384-{digest}" crossorigin="anonymous"></script>'
 
 
-def _fmt(value: Any, spec: str = "", none: str = "–") -> str:
-    if value is None:
-        return none
-    return format(value, spec) if spec else str(value)
+def _setting(value: Any) -> str:
+    return "–" if value is None else str(value)
 
 
 def _local(iso: str | None, tz: tzinfo | None) -> str:
@@ -58,18 +57,18 @@ def header(meta: dict, tz: tzinfo | None) -> str:
     sigma = meta["sigma"]
     cards = []
     if best:
-        spread = f" ± {best['spread']:.6f}" if best["spread"] is not None else ""
+        spread = f" ± {fmt.bpb(best['spread'])}" if best["spread"] is not None else ""
         note = " (σ of the seed)" if best["spread_is_sigma"] else f" (σ of its {best['n_evals']} evaluations)" \
             if best["spread"] is not None else ""
         gain = ""
         if best["improvement"] is not None:
             sig = f", {abs(best['improvement_sigmas']):.1f} σ" if best["improvement_sigmas"] is not None else ""
-            gain = f"{best['improvement']:+.6f} vs the seed{sig} · "
+            gain = f"{fmt.delta(best['improvement'])} vs the seed{sig} · "
         confirmed = "confirmed" if best["confirmed"] else "single evaluation"
         cards.append(
             f'<div class="card best"><h3>Best · <a href="#c{best["number"]}" data-select="{best["i"]}">'
             f'#{best["number"]}</a> · {confirmed}</h3>'
-            f'<div class="big">{best["val_bpb"]:.6f}<span class="sub">{e(spread)}{e(note)}</span></div>'
+            f'<div class="big">{fmt.bpb(best["val_bpb"])}<span class="sub">{e(spread)}{e(note)}</span></div>'
             f'<div class="sub">{e(gain)}path of {best["path_length"]} candidates</div>'
             f'<div class="hyp">{e(best["hypothesis"] or "")}</div></div>')
     else:
@@ -92,8 +91,8 @@ def header(meta: dict, tz: tzinfo | None) -> str:
     cards.append(f'<div class="card"><h3>LLM cost</h3><div class="big">${meta["llm_cost"]:.2f}</div>'
                  f'<div class="sub">{meta["llm_calls"]:,} calls · {tokens / 1e6:.2f} M tokens'
                  + (f' · {meta["llm_errors"]} errors' if meta["llm_errors"] else "") + '</div></div>')
-    noise = (f'<div class="big">{sigma:.6f}</div><div class="sub">T0 {_fmt(meta["temperature0"], ".6f")} · seed '
-             f'{_fmt(seed and seed["val_bpb"], ".6f")} (n={seed["n_evals"] if seed else 0})</div>') if sigma is not None \
+    noise = (f'<div class="big">{fmt.bpb(sigma)}</div><div class="sub">T0 {fmt.bpb(meta["temperature0"], missing="–")} · seed '
+             f'{fmt.bpb(seed and seed["val_bpb"], missing="–")} (n={seed["n_evals"] if seed else 0})</div>') if sigma is not None \
         else '<div class="big">–</div><div class="sub">not measured yet</div>'
     cards.append(f'<div class="card"><h3>Noise σ</h3>{noise}</div>')
 
@@ -109,7 +108,7 @@ def header(meta: dict, tz: tzinfo | None) -> str:
         ("models", ", ".join(meta["models"]) or "none"), ("slots", ", ".join(meta["slots"]) or "–"),
         ("started", _local(meta["created"], tz)), ("finished", _local(meta["finished"], tz) if meta["finished"] else "–"),
     ]
-    config = "".join(f"<span><b>{e(k)}</b>{e(_fmt(v))}</span>" for k, v in items)
+    config = "".join(f"<span><b>{e(k)}</b>{e(_setting(v))}</span>" for k, v in items)
     banner = ""
     if meta["live"]:
         age = meta["heartbeat_age"]

@@ -48,8 +48,9 @@ function report(D) {
     (kids || []).forEach(function (c) { if (c !== null && c !== undefined) e.appendChild(typeof c === "string" ? document.createTextNode(c) : c); });
     return e;
   }
-  function f6(v) { return v === null || v === undefined ? "–" : v.toFixed(6); }
-  function fd(v) { return v === null || v === undefined ? "–" : (v > 0 ? "+" : "") + v.toFixed(6); }
+  // val_bpb as evo/core/format.py writes it (its DECIMALS travel in the payload)
+  function f6(v) { return v === null || v === undefined ? "–" : v.toFixed(D.bpb_decimals); }
+  function fd(v) { return v === null || v === undefined ? "–" : (v > 0 ? "+" : "") + v.toFixed(D.bpb_decimals); }
   function fe(v) { return v === null || v === undefined ? "–" : v.toExponential(2); }
   function dur(s) {
     if (s === null || s === undefined) return "–";
@@ -323,7 +324,7 @@ function report(D) {
     }},
     {key: "val_bpb", label: "val_bpb", w: 150, num: true, fmt: function (i) {
       if (C.val_bpb[i] === null) return C.imported[i] !== null ? f6(C.imported[i]) + "*" : "–";
-      return f6(C.val_bpb[i]) + (C.std[i] !== null ? " ±" + C.std[i].toFixed(4) : "") + (i === D.best ? " ★" : "");
+      return f6(C.val_bpb[i]) + (C.std[i] !== null ? " ± " + f6(C.std[i]) : "") + (i === D.best ? " ★" : "");
     }},
     {key: "delta", label: "Δ parent", w: 96, num: true, html: function (i, td) { td.textContent = fd(C.delta[i]); td.className += " " + cls(C.delta[i]); }},
     {key: "accepted", label: "decision", w: 190, fmt: decisionText, sort: function (i) { return C.accepted[i] === null ? null : (C.accepted[i] ? 1 : 0) + (C.probability[i] || 0) / 10; }},
