@@ -2,7 +2,9 @@
 evo's locked apparatus: data, tokenizer, dataloader and the val_bpb evaluator.
 
 Every candidate imports this file and is scored by `evaluate_bpb`; candidates never edit it,
-and the harness checks its hash before and after each evaluation.
+and the harness checks its hash before and after each evaluation. Under the harness evaluate_bpb
+does not score: it hands the trained model over (a torch.export program of `idx -> logits`) and
+the harness scores it in a process of its own with `score_logits`, the one definition of the metric.
 
     python prepare.py --preset smoke                     # seconds, no network (tests)
     python prepare.py --preset cpu                       # TinyStories, for CPUs and small GPUs
@@ -25,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
-import hmac
 import json
 import math
 import os
@@ -48,16 +48,43 @@ import torch
 # Presets (fixed: a candidate is compared only with candidates of the same preset)
 # ---------------------------------------------------------------------------
 
+# Everything that differs between presets, as one literal: the harness reads it with
+# ast.literal_eval, without executing this file (no torch in the harness), so it must stay a
+# literal (plain numbers and strings, no arithmetic or names).
+#   source, max_seq_len, time_budget (s), eval_tokens, vocab_size: the apparatus itself;
+#   eval_batch_size: rows per batch when the harness scores a model (sized for the logits' memory);
+#   startup_allowance, eval_allowance: seconds the harness allows beyond time_budget, from start to
+#     the first timed step and from the end of training to the summary (RunConfig.allowances
+#     in evo/config.py says why they are this large);
+#   seed_train: the model and batch size the harness writes into seed_train.py when a run starts.
 PRESETS: dict[str, dict] = {
     # autoresearch's setup exactly, so val_bpb compares with a user's greedy results.tsv
-    "gpu": dict(max_seq_len=2048, time_budget=300, eval_tokens=40 * 524288, vocab_size=8192,
-                source="climbmix"),
+    "gpu": {
+        "source": "climbmix", "max_seq_len": 2048, "time_budget": 300,
+        "eval_tokens": 20971520,  # 40 * 524288
+        "vocab_size": 8192, "eval_batch_size": 32, "startup_allowance": 300.0, "eval_allowance": 240.0,
+        # ~50M parameters, 512 wide; 2**19 tokens per step in 2 micro-batches of 128 x 2048
+        "seed_train": {"DEPTH": 8, "ASPECT_RATIO": 64, "HEAD_DIM": 128, "WINDOW_PATTERN": "SSSL",
+                       "TOTAL_BATCH_SIZE": 524288, "DEVICE_BATCH_SIZE": 128},
+    },
     # CPUs, laptops, small GPUs; numbers measured on a 2-core CPU (docs/benchmarks.md)
-    "cpu": dict(max_seq_len=256, time_budget=120, eval_tokens=64 * 256 * 8, vocab_size=2048,
-                source="tinystories"),
+    "cpu": {
+        "source": "tinystories", "max_seq_len": 256, "time_budget": 120,
+        "eval_tokens": 131072,  # 64 * 256 * 8
+        "vocab_size": 2048, "eval_batch_size": 8, "startup_allowance": 120.0, "eval_allowance": 240.0,
+        # ~1.8M parameters, 128 wide; about 0.25 s per step on 2 CPU cores
+        "seed_train": {"DEPTH": 4, "ASPECT_RATIO": 32, "HEAD_DIM": 32, "WINDOW_PATTERN": "SSSL",
+                       "TOTAL_BATCH_SIZE": 2048, "DEVICE_BATCH_SIZE": 8},
+    },
     # seconds end to end, no network: a generated corpus
-    "smoke": dict(max_seq_len=64, time_budget=8, eval_tokens=16 * 8 * 64, vocab_size=384,
-                  source="generated"),
+    "smoke": {
+        "source": "generated", "max_seq_len": 64, "time_budget": 8,
+        "eval_tokens": 8192,  # 16 * 8 * 64
+        "vocab_size": 384, "eval_batch_size": 8, "startup_allowance": 180.0, "eval_allowance": 120.0,
+        # ~0.2M parameters, 64 wide; a few hundred steps in 8 seconds
+        "seed_train": {"DEPTH": 2, "ASPECT_RATIO": 32, "HEAD_DIM": 32, "WINDOW_PATTERN": "SSSL",
+                       "TOTAL_BATCH_SIZE": 512, "DEVICE_BATCH_SIZE": 8},
+    },
 }
 
 PRESET = os.environ.get("EVO_PRESET", "gpu")
@@ -69,12 +96,17 @@ MAX_SEQ_LEN: int = _P["max_seq_len"]    # context length of evaluation rows
 TIME_BUDGET: int = _P["time_budget"]    # training wall-clock budget in seconds
 EVAL_TOKENS: int = _P["eval_tokens"]    # validation tokens scored by evaluate_bpb
 VOCAB_SIZE: int = _P["vocab_size"]      # BPE vocabulary including special tokens
+EVAL_BATCH_SIZE: int = _P["eval_batch_size"]  # rows per batch when the harness scores a model
 
-CACHE_ROOT = Path(os.environ.get("EVO_CACHE_DIR", Path.home() / ".cache" / "evo")).expanduser()
+# Where prepared data lives, as literals the harness also reads: CACHE_ROOT/<preset>/MANIFEST_NAME
+CACHE_ENV = "EVO_CACHE_DIR"
+DEFAULT_CACHE_ROOT = "~/.cache/evo"
+MANIFEST_NAME = "manifest.json"
+CACHE_ROOT = Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE_ROOT)).expanduser()
 CACHE_DIR = CACHE_ROOT / PRESET
 DATA_DIR = CACHE_DIR / "data"
 TOKENIZER_DIR = CACHE_DIR / "tokenizer"
-MANIFEST = CACHE_DIR / "manifest.json"
+MANIFEST = CACHE_DIR / MANIFEST_NAME
 
 # GPT-4 style split with \p{N}{1,2}, as autoresearch uses
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
@@ -94,11 +126,9 @@ VAL_FRACTION = 0.1                    # tail of a local corpus held out for vali
 DOC_CHARS = 2_000                     # plain text is cut into documents of about this size
 ROWS_PER_GROUP = 1024                 # parquet row group size of shards we write
 
-# The harness sets these to receive the evaluator's own record of the score it produced.
-EVAL_RECORD_ENV = "EVO_EVAL_RECORD"
-EVAL_KEY_ENV = "EVO_EVAL_KEY"
-# Taken out of the environment at import so that code the candidate starts later cannot read it.
-_EVAL_KEY = os.environ.pop(EVAL_KEY_ENV, "")
+# Under the harness, the file evaluate_bpb hands the trained model over to: the harness scores it
+# in a process of its own (evo/launch/evaluate.py), so nothing the candidate runs touches the score.
+HAND_OVER_ENV = "EVO_HAND_OVER"
 
 
 class PrepareError(Exception):
@@ -460,6 +490,8 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     (special: 0 bytes, so evaluate_bpb counts none of them) and the loader then stops.
     """
     assert split in ("train", "val"), split
+    if split == "val" and os.environ.get(HAND_OVER_ENV):
+        raise ValueError("the validation split is the harness's: under evo, training reads only 'train'")
     device = torch.device(device) if device is not None else get_device()
     row_capacity = T + 1
     batches = _document_batches(split, loop=not single_pass)
@@ -516,53 +548,168 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
 # Evaluation (the fixed metric)
 # ---------------------------------------------------------------------------
 
-def _record_evaluation(record: dict) -> None:
-    """Append the evaluator's own result where the harness asked for it, signed with the key
-    it passed, so a number the candidate prints can be checked against one the evaluator made."""
-    path = os.environ.get(EVAL_RECORD_ENV)
-    if not path:
-        return
-    payload = json.dumps(record, sort_keys=True)
-    signature = hmac.new(_EVAL_KEY.encode(), payload.encode(), hashlib.sha256).hexdigest()
-    with open(path, "a") as f:
-        f.write(json.dumps({"record": record, "hmac": signature}) + "\n")
+def score_logits(forward: Callable[[torch.Tensor], torch.Tensor], batches, token_bytes: torch.Tensor,
+                 steps: int, vocab_size: int) -> tuple[float, int, int, int]:
+    """(nats, bytes, tokens, batches) of `forward`'s logits over at most `steps` (inputs, targets)
+    batches: cross-entropy in float64 from the logits, bytes from the tokens themselves; special
+    tokens (0 bytes) count in neither. Raises ValueError for logits of the wrong shape or not finite.
+    The one definition of the metric, used in-process (by hand) and by the harness's evaluator."""
+    nats = torch.zeros((), dtype=torch.float64, device=token_bytes.device)
+    nbytes = torch.zeros((), dtype=torch.int64, device=token_bytes.device)
+    ntokens = torch.zeros((), dtype=torch.int64, device=token_bytes.device)
+    done = 0
+    for x, y, *_ in batches:
+        logits = forward(x)
+        if tuple(logits.shape) != (*x.shape, vocab_size):
+            raise ValueError(f"the model returns logits of shape {tuple(logits.shape)}, not (batch, sequence, "
+                             f"vocabulary) = {(*x.shape, vocab_size)}")
+        if not torch.isfinite(logits).all():
+            raise ValueError("the model returns non-finite logits on validation text")
+        loss = torch.nn.functional.cross_entropy(logits.double().reshape(-1, vocab_size), y.reshape(-1),
+                                                 reduction="none")
+        weight = token_bytes[y.reshape(-1)]
+        nats += (loss * (weight > 0)).sum()
+        nbytes += weight.sum()
+        ntokens += (weight > 0).sum()
+        done += 1
+        if done == steps:
+            break
+    return nats.item(), int(nbytes.item()), int(ntokens.item()), done
+
+
+def bits_per_byte(nats: float, nbytes: int) -> float:
+    return nats / (math.log(2) * nbytes)
+
+
+class Refused(Exception):
+    """A handed-over model the harness cannot score; `reason` is the archive's fail reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+CAUSAL_TOLERANCE = 1e-3                 # change of earlier logits allowed, relative to their scale (fp32 noise, TF32)
+CAUSAL_CUTS = (1, 0.25, 0.5, 0.75, -1)  # where a probe replaces the future: after the first token ... before the last
+
+
+def _probe_position(fraction: float, seq_len: int) -> int:
+    return seq_len - 1 if fraction == -1 else max(1, min(seq_len - 1, int(fraction * seq_len)))
+
+
+def causality_violation(forward: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor) -> str | None:
+    """The sentence saying how `forward` sees what a language model must not, or None.
+
+    `rows` is a batch of real token rows (at least 2): probes swap futures between rows, so every
+    input is real text and a model cannot tell a probe from an evaluation batch."""
+    base = forward(rows).float()
+    scale = base.abs().max().item() + 1.0
+    shifted = rows.roll(1, dims=0)
+    for fraction in CAUSAL_CUTS:
+        t = _probe_position(fraction, rows.shape[1])
+        probe = rows.clone()
+        probe[:, t:] = shifted[:, t:]
+        if torch.equal(probe, rows):
+            continue  # identical futures prove nothing
+        change = (forward(probe).float()[:, :t] - base[:, :t]).abs().max().item()
+        if change > CAUSAL_TOLERANCE * scale:
+            return (f"the model sees the future: its logits before position {t} changed by {change:.3g} when only "
+                    f"tokens from position {t} on changed (a non-causal attention mask or a look-ahead)")
+    others = rows.clone()
+    others[1:] = shifted[1:].roll(1, dims=1)
+    change = (forward(others).float()[0] - base[0]).abs().max().item()
+    if change > CAUSAL_TOLERANCE * scale:
+        return f"the model reads across the batch: row 0's logits changed by {change:.3g} when only other rows changed"
+    return None
+
+
+def score_hand_over(path: str) -> dict:
+    """The harness's score of a handed-over model (run by evo/launch/evaluate.py in a fresh process):
+    load the program, check it is a causal language model on validation text, then score it once
+    on EVAL_TOKENS at EVAL_BATCH_SIZE with score_logits. Raises Refused."""
+    t0 = time.monotonic()
+    device = get_device()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        module = torch.export.load(path).module()
+    except Exception as e:  # whatever fails to load is the candidate's artefact
+        raise Refused("invalid", f"the handed-over model could not be loaded ({type(e).__name__}: {str(e)[:200]})")
+    tokenizer = Tokenizer.from_directory()
+    vocab = tokenizer.get_vocab_size()
+    token_bytes = get_token_bytes(device)
+
+    @torch.no_grad()
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return module(x)
+        except Exception as e:
+            raise Refused("invalid", f"the handed-over model failed on a {tuple(x.shape)} batch of validation tokens "
+                                     f"({type(e).__name__}: {str(e)[:200]})")
+
+    first = next(make_dataloader(tokenizer, EVAL_BATCH_SIZE, MAX_SEQ_LEN, "val", device=device, single_pass=True))
+    rows = first[0].clone()  # the loader refills its buffers in place
+    steps = max(1, EVAL_TOKENS // (EVAL_BATCH_SIZE * MAX_SEQ_LEN))
+    try:
+        score_logits(forward, [first], token_bytes, 1, vocab)  # shape and finiteness before comparing logits
+        violation = causality_violation(forward, rows) if EVAL_BATCH_SIZE >= 2 else None
+        if violation:
+            raise Refused("invalid", violation)
+        checked = time.monotonic()
+        loader = make_dataloader(tokenizer, EVAL_BATCH_SIZE, MAX_SEQ_LEN, "val", device=device, single_pass=True)
+        nats, nbytes, tokens, _ = score_logits(forward, loader, token_bytes, steps, vocab)
+    except ValueError as e:
+        raise Refused("nan" if "non-finite" in str(e) else "invalid", f"the handed-over model fails: {e}")
+    return {"val_bpb": bits_per_byte(nats, nbytes), "nats": nats, "bytes": nbytes, "tokens": tokens,
+            "check_seconds": round(checked - t0, 3), "seconds": round(time.monotonic() - t0, 3)}
+
+
+_handed_over = False
+
+
+def _hand_over(model: torch.nn.Module, path: str) -> float:
+    """Save the model as a torch.export program of `idx -> logits` at the harness's shapes (a graph
+    of ATen ops and weights: the harness runs none of the candidate's Python) and return NaN: the
+    score is the harness's to compute. In float32 throughout (parameters too): a program exported
+    under autocast does not load back, and mixed dtypes without autocast do not multiply."""
+    global _handed_over
+    if _handed_over:
+        raise RuntimeError("evaluate_bpb hands the model to the harness once per run; call it once, at the end")
+    _handed_over = True
+    t0 = time.monotonic()
+    module = getattr(model, "_orig_mod", model).float()  # torch.compile's wrapper holds the module itself
+    device = next(module.parameters()).device
+    idx = torch.zeros((EVAL_BATCH_SIZE, MAX_SEQ_LEN), dtype=torch.long, device=device)
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        program = torch.export.export(module, (idx,))
+    torch.export.save(program, path)
+    print(f"evaluate_bpb: handed the model to the harness in {time.monotonic() - t0:.1f} s; it scores the model "
+          f"in its own process", flush=True)
+    return float("nan")
 
 
 @torch.no_grad()
 def evaluate_bpb(model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int) -> float:
     """Bits per byte on EVAL_TOKENS of the pinned validation split, at MAX_SEQ_LEN.
 
-    Sums per-token cross-entropy (nats) and the raw byte length of each target token; special
-    tokens (0 bytes) count in neither. Independent of vocabulary size, so tokenizers compare.
-    The split is read once: a split smaller than EVAL_TOKENS is scored whole, each token once,
-    and the evaluator says so (a split as large as upstream's gives upstream's rows exactly).
+    Under the harness the model is handed over and scored in the harness's own process (this
+    returns NaN; the harness's number is the one archived). By hand it is scored here, the same
+    way. Sums per-token cross-entropy (nats) of the logits `model(idx)` returns and the raw byte
+    length of each target token; special tokens (0 bytes) count in neither. Independent of
+    vocabulary size, so tokenizers compare. The split is read once: a split smaller than
+    EVAL_TOKENS is scored whole, each token once, and the evaluator says so.
     """
-    t0 = time.time()
+    if os.environ.get(HAND_OVER_ENV):
+        return _hand_over(model, os.environ[HAND_OVER_ENV])
     device = next(model.parameters()).device
-    token_bytes = get_token_bytes(device)
     loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device, single_pass=True)
     steps = max(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN))
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    total_tokens = torch.zeros((), dtype=torch.int64, device=device)
-    done = 0
-    for x, y, _ in loader:
-        loss = model(x, y, reduction="none").view(-1).double()
-        nbytes = token_bytes[y.view(-1)]
-        total_nats += (loss * (nbytes > 0)).sum()
-        total_bytes += nbytes.sum()
-        total_tokens += (nbytes > 0).sum()
-        done += 1
-        if done == steps:
-            break
-    nats, nbytes, ntokens = total_nats.item(), int(total_bytes.item()), int(total_tokens.item())
+    nats, nbytes, ntokens, done = score_logits(lambda x: model(x).float(), loader, get_token_bytes(device), steps,
+                                               tokenizer.get_vocab_size())
     if done < steps:
         print(f"evaluate_bpb: the validation split holds {ntokens:,} scored tokens, fewer than "
               f"EVAL_TOKENS = {EVAL_TOKENS:,}; each was scored once.", flush=True)
-    bpb = nats / (math.log(2) * nbytes)
-    _record_evaluation({"val_bpb": bpb, "nats": nats, "bytes": nbytes, "tokens": ntokens,
-                        "preset": PRESET, "seconds": round(time.time() - t0, 3)})
-    return bpb
+    return bits_per_byte(nats, nbytes)
 
 
 # ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 The seed of an evo population: a small GPT trained for a fixed wall-clock budget on one device.
 
 Read it top to bottom:
-  1. hyperparameters, the constants a search edits (model size follows the preset)
+  1. hyperparameters, the constants a search edits (evo writes the preset's model size in)
   2. runtime: device, precision, seed, attention backend, the device's peak FLOP/s
   3. the model: GPT with RoPE, QK-norm, ReLU^2 MLP, gated value embeddings, per-layer residual
      and x0 scalars, sliding-window attention and a logit soft-cap
@@ -41,31 +41,19 @@ t_start = time.time()
 # Hyperparameters (edit these directly; no command-line flags)
 # ---------------------------------------------------------------------------
 
-# Model and batch size follow the preset: "gpu" is autoresearch's setup, "cpu" a laptop-sized
-# model, "smoke" a toy that runs in seconds. Edit a preset's row to change its size.
-MODEL_SIZES = {
-    # ~50M parameters, 512 wide; 2**19 tokens per step in 2 micro-batches of 128 x 2048
-    "gpu": dict(DEPTH=8, ASPECT_RATIO=64, HEAD_DIM=128, WINDOW_PATTERN="SSSL",
-                TOTAL_BATCH_SIZE=2**19, DEVICE_BATCH_SIZE=128),
-    # ~1.8M parameters, 128 wide; about 0.25 s per step on 2 CPU cores
-    "cpu": dict(DEPTH=4, ASPECT_RATIO=32, HEAD_DIM=32, WINDOW_PATTERN="SSSL",
-                TOTAL_BATCH_SIZE=2**11, DEVICE_BATCH_SIZE=8),
-    # ~0.2M parameters, 64 wide; a few hundred steps in 8 seconds
-    "smoke": dict(DEPTH=2, ASPECT_RATIO=32, HEAD_DIM=32, WINDOW_PATTERN="SSSL",
-                  TOTAL_BATCH_SIZE=2**9, DEVICE_BATCH_SIZE=8),
-}
-_size = MODEL_SIZES[PRESET]
+# Model and batch size are autoresearch's (the gpu preset). When a run starts on another preset,
+# evo writes that preset's numbers (PRESETS in prepare.py) into these six assignments.
 
 # Model architecture
-DEPTH = _size["DEPTH"]                    # number of transformer blocks
-ASPECT_RATIO = _size["ASPECT_RATIO"]      # model_dim = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
-HEAD_DIM = _size["HEAD_DIM"]              # dimension of one attention head
-WINDOW_PATTERN = _size["WINDOW_PATTERN"]  # cycled over layers: S = half-context window, L = full; last layer always L
-LOGIT_SOFTCAP = 15.0                      # logits = cap * tanh(logits / cap)
+DEPTH = 8                     # number of transformer blocks
+ASPECT_RATIO = 64             # model_dim = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 128                # dimension of one attention head
+WINDOW_PATTERN = "SSSL"       # cycled over layers: S = half-context window, L = full; last layer always L
+LOGIT_SOFTCAP = 15.0          # logits = cap * tanh(logits / cap)
 
 # Batch
-TOTAL_BATCH_SIZE = _size["TOTAL_BATCH_SIZE"]    # tokens per optimizer step (reached by gradient accumulation)
-DEVICE_BATCH_SIZE = _size["DEVICE_BATCH_SIZE"]  # rows per forward/backward pass (lower it if out of memory)
+TOTAL_BATCH_SIZE = 2**19      # tokens per optimizer step (reached by gradient accumulation)
+DEVICE_BATCH_SIZE = 128       # rows per forward/backward pass (lower it if out of memory)
 
 # Optimization
 EMBEDDING_LR = 0.6          # AdamW, token and value embeddings (times (model_dim / 768) ** -0.5)
@@ -116,7 +104,9 @@ def synchronize():
 # Attention backend. Full-causal layers use SDPA; sliding-window layers use FlexAttention with a
 # block mask on CUDA (its backward exists only there) and SDPA with a boolean mask elsewhere.
 # FlashAttention-3 handles both on Hopper when its package (flash_attn_interface) is installed
-# locally; nothing is ever downloaded, and the log says which path runs and why.
+# locally; nothing is ever downloaded, and the log says which path runs and why. While the model
+# is exported for the harness (torch.compiler.is_exporting()), every layer takes SDPA with boolean
+# masks: the same attention, in operators any PyTorch can load back.
 fa3 = None
 attention_note = ""
 if on_cuda and torch.cuda.get_device_capability() == (9, 0):
@@ -208,13 +198,13 @@ def rotate(x, cos, sin):
     return torch.cat((a * cos + b * sin, b * cos - a * sin), dim=-1)
 
 
-def sliding_window_mask(seq_len, window):
+def sliding_window_mask(seq_len, window, dense=False):
     """The mask for a windowed layer: query i attends to keys i - window .. i. One predicate
     makes both the FlexAttention block mask and SDPA's boolean mask (True = may attend)."""
     def mask_mod(b, h, q_idx, kv_idx):
         return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
 
-    if flex_attention is not None:
+    if flex_attention is not None and not dense:
         return create_block_mask(mask_mod, B=None, H=None, Q_LEN=seq_len, KV_LEN=seq_len, device=device)
     pos = torch.arange(seq_len, device=device)
     return mask_mod(None, None, pos[:, None], pos[None, :])
@@ -222,7 +212,7 @@ def sliding_window_mask(seq_len, window):
 
 def attend(q, k, v, window, mask):
     """Causal attention on (B, T, H, D) tensors; mask is None for a full-causal layer."""
-    if fa3 is not None:
+    if fa3 is not None and not torch.compiler.is_exporting():
         y = fa3.flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
         return y[0] if isinstance(y, tuple) else y  # some builds also return the softmax LSE
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -356,14 +346,17 @@ class GPT(nn.Module):
 
     def attention_masks(self, seq_len):
         """Per layer: None where attention is full-causal (or FA3 windows it itself), else a mask."""
+        exporting = torch.compiler.is_exporting()
         masks = []
         for window in self.window_sizes:
-            if fa3 is not None or window >= seq_len - 1:
+            if (fa3 is not None and not exporting) or window >= seq_len - 1:
                 masks.append(None)
-                continue
-            if (seq_len, window) not in self._masks:
-                self._masks[(seq_len, window)] = sliding_window_mask(seq_len, window)
-            masks.append(self._masks[(seq_len, window)])
+            elif exporting:  # built in the exported graph, never cached
+                masks.append(sliding_window_mask(seq_len, window, dense=True))
+            else:
+                if (seq_len, window) not in self._masks:
+                    self._masks[(seq_len, window)] = sliding_window_mask(seq_len, window)
+                masks.append(self._masks[(seq_len, window)])
         return masks
 
     def forward(self, idx, targets=None, reduction="mean"):
@@ -701,12 +694,11 @@ total_tokens = step * tokens_per_step
 # Evaluation with the locked evaluator, then the summary the harness reads
 # ---------------------------------------------------------------------------
 
+# Under evo this hands the model to the harness, which scores it in its own process (val_bpb is
+# then NaN here); run by hand, it scores the model in this process.
 model.eval()
 with autocast_ctx:
     val_bpb = evaluate_bpb(model, tokenizer, DEVICE_BATCH_SIZE)
-if not math.isfinite(val_bpb):
-    print(f"FAIL: val_bpb is {val_bpb}")
-    sys.exit(EXIT_DIVERGED)
 
 t_end = time.time()
 steady_mfu = (100 * flops_per_token * tokens_per_step * timed_steps / total_training_time / device_peak_flops

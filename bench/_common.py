@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # scripts run as `python bench/x.py` import tests.support
 SURROGATE = ROOT / "tests" / "fixtures" / "surrogate"
 
 

@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from evo.launch.apparatus import seed_for  # noqa: E402
 from evo.launch.logs import parse_summary  # noqa: E402
 
 
@@ -72,7 +74,13 @@ def main() -> None:
         for preset, extra in presets:
             penv = {**env, "EVO_PRESET": preset}
             t_prep, _ = timed([sys.executable, str(ROOT / "prepare.py"), "--preset", preset, *extra], penv, work)
-            t_train, result = timed([sys.executable, str(ROOT / "seed_train.py")], penv, work)
+            # the seed as a run on this preset starts from it, beside prepare.py as the runner places it
+            seed = work / preset
+            seed.mkdir()
+            shutil.copyfile(ROOT / "prepare.py", seed / "prepare.py")
+            (seed / "train.py").write_text(seed_for(ROOT / "prepare.py", preset, (ROOT / "seed_train.py").read_text(),
+                                                    str(ROOT / "seed_train.py")))
+            t_train, result = timed([sys.executable, "train.py"], penv, seed)
             s = parse_summary(result.stdout)
             token_uni, byte_uni = unigram_bpb(cache, preset)
             rows.append((preset, t_prep, t_train, s, token_uni, byte_uni))

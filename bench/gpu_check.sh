@@ -60,7 +60,8 @@ done
 # 2. the seed for its preset's full budget, with the evaluator's own record of its time
 mkdir -p "$WORK/seed"
 cp prepare.py "$WORK/seed/prepare.py"
-cp seed_train.py "$WORK/seed/train.py"
+# seed_train.py with the preset's model and batch size written in, as `evo run` starts from it
+"$PYTHON" -c "import sys; from pathlib import Path; from evo.launch.apparatus import seed_for; sys.stdout.write(seed_for(Path('prepare.py'), sys.argv[1], Path('seed_train.py').read_text(), 'seed_train.py'))" "$SEED_PRESET" > "$WORK/seed/train.py"
 ( cd "$WORK/seed" && EVO_PRESET="$SEED_PRESET" EVO_EVAL_RECORD="$WORK/seed/eval.jsonl" \
     timeout "$SEED_TIMEOUT" "$PYTHON" train.py > train.log 2>&1 ) || {
     echo "gpu_check: the seed run failed (exit $?); its log ends:" >&2

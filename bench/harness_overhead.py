@@ -41,8 +41,8 @@ from pathlib import Path
 
 from _common import SURROGATE, header, summary, table
 
-from evo.launch.apparatus import Apparatus
-from evo.storage.archive import COMPLETE, Archive
+from evo.launch.apparatus import Apparatus, load
+from evo.storage import COMPLETE, Archive
 from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan
@@ -153,7 +153,8 @@ def bench_engine(candidates: int, curve_points: int, tail_lines: int, root: Path
                        max_candidates=candidates, lookahead=1).validate()
     run = archive.create_run(config.name, config.to_dict())
     app = Apparatus(prepare_path=SURROGATE / "prepare.py", preset="smoke", locked_hash="x", time_budget=1.0,
-                    manifest=Path("."))
+                    manifest=Path("."),
+                    allowances=load(SURROGATE / "prepare.py", "smoke").allowances, seed_sizes={})
     engine = Engine(archive, run, config, TweakOperator(), [Slot("cpu")], app, SeedPlan(surrogate_code(3)), evaluate=instant)
     t0 = time.monotonic()
     engine.execute()

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from llm_server import FakeLLMServer  # noqa: E402
 
 from evo import operators  # noqa: E402
-from evo.launch.apparatus import Apparatus  # noqa: E402
-from evo.storage.archive import Archive  # noqa: E402
+from evo.launch.apparatus import Apparatus, load  # noqa: E402
+from evo.storage import Archive  # noqa: E402
 from evo.config import RunConfig  # noqa: E402
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan  # noqa: E402
@@ -38,7 +38,8 @@ def one_run(server: FakeLLMServer, args: argparse.Namespace, lookahead: int, roo
                        models=[f"openai:fake@{server.openai_url}"], program=str(ROOT / "program.md")).validate()
     run = archive.create_run(config.name, config.to_dict())
     app = Apparatus(prepare_path=SURROGATE / "prepare.py", preset="smoke", locked_hash="x", time_budget=args.budget,
-                    manifest=Path("."))
+                    manifest=Path("."),
+                    allowances=load(SURROGATE / "prepare.py", "smoke").allowances, seed_sizes={})
     slots = [Slot(f"cpu{i}") for i in range(args.slots)]
     op = operators.build(config, archive, run.id, {"preset": "smoke", "device": "simulated", "slots": str(args.slots)})
     engine = Engine(archive, run, config, op, slots, app, SeedPlan((SURROGATE / "train.py").read_text()),

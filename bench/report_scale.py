@@ -1,11 +1,12 @@
 """Report scale: how long `evo report` takes, and how big its file is, at 100, 1,000 and 10,000
 candidates. Target: 10,000 candidates in < 10 s, to a file of reasonable size.
 
-Each archive is a synthetic run written through the real Archive API by
-`evo.report.synthetic.synthesize` (the seed is the repository's seed_train.py, 33 kB; children
-are mutate/crossover/merge/tweak edits with hypotheses, LLM calls, Metropolis decisions, failures
-and duplicates, on 8 simulated GPUs, 20 curve points and a log tail per evaluation). Building the
-10,000-candidate archive takes minutes; `--cache DIR` keeps the archives for the next run.
+Each archive is a synthetic run made by `tests.support.synthetic.synthesize`: the real Engine
+with the tweak operator and a simulated evaluation (the seed is the repository's seed_train.py,
+33 kB; Metropolis decisions, confirmations, failures and duplicates are the engine's own, on 8
+simulated GPUs, 20 curve points and a log tail per evaluation). The engine's own bookkeeping sets
+the pace: building the 10,000-candidate archive takes tens of minutes; `--cache DIR` keeps the
+archives for the next run.
 
 The report is timed with `write_report` in this process (inline plotly.js, and --cdn), `--repeats`
 times each; the table shows the first (cold) and the median wall time, the CPU seconds it took
@@ -29,9 +30,9 @@ from pathlib import Path
 
 from _common import ROOT, header, table
 
-from evo.storage.archive import Archive
+from evo.storage import Archive
 from evo.report import build_report, write_report
-from evo.report.synthetic import synthesize
+from tests.support.synthetic import synthesize
 
 
 def archive_for(n: int, cache: Path) -> tuple[Archive, float | None]:

@@ -59,7 +59,8 @@ val_bpb among accepted candidates; random: lowest measurement); the score is tha
 ready for every slot, so even then the next child is drawn while the previous one evaluates: its
 parent can be one decision stale (greedy's child is then a tweak of the previous incumbent, judged
 against the current one), and because proposal and evaluation threads race, a rerun can differ
-slightly. In-process evaluation (Engine's `evaluate=`), SQLite archives in a temporary folder.
+slightly. In-process evaluation (tests.support.simulated through Engine's `evaluate=`), SQLite archives
+in a temporary folder.
 
     python3 bench/search_quality.py                    # defaults: 20 seeds, 120 evaluations, ~3 min on 2 idle cores
     python3 bench/search_quality.py --fixed-t --per-seed --seeds 50 --evaluations 400 --jobs 4
@@ -77,17 +78,13 @@ import time
 from hashlib import sha256
 from pathlib import Path
 
-from _common import SURROGATE, header, percentile, table
+from _common import header, percentile, table
 
-from evo.launch.apparatus import Apparatus
-from evo.storage.archive import COMPLETE, Archive
+from evo.storage import COMPLETE, Archive
 from evo.config import RunConfig
 from evo.core.lineage import best as best_of
-from evo.engine.loop import Engine
-from evo.engine.seeding import SeedPlan
-from evo.launch.logs import Outcome
-from evo.operators.tweak import TweakOperator, find_constants, tweak
-from evo.launch.runner import EvalResult
+from evo.operators.tweak import find_constants, tweak
+from tests.support.simulated import SimulatedEvaluation, simulated_engine
 
 N_CONST = 5
 BASE = 1.0
@@ -105,10 +102,6 @@ def make_code(values: list[float]) -> str:
     lines = ['"""Search-quality surrogate train.py: only the constants below matter."""', ""]
     lines += [f"X{i + 1} = {v!r}" for i, v in enumerate(values)]
     return "\n".join(lines + ["", 'print("---")', ""])
-
-
-SUMMARY_REST = {"training_seconds": 1.0, "total_seconds": 1.0, "peak_vram_mb": 0.0, "mfu_percent": 0.0,
-                "total_tokens_M": 0.0, "num_steps": 1, "num_params_M": 0.0, "depth": 1}
 
 
 # ----- landscapes (F in units of σ) ----------------------------------------------------------------
@@ -169,22 +162,10 @@ def engine_search(landscape: str, bench_seed: int, sigma: float, root: Path, *, 
         config = RunConfig(name="evo", preset="smoke", population=population, temperature=temperature,
                            replicates=3, confirm=True, cooling=cooling, max_candidates=max_candidates, lookahead=lookahead,
                            seed=bench_seed).validate()
-    run = archive.create_run(config.name, config.to_dict())
-    app = Apparatus(prepare_path=SURROGATE / "prepare.py", preset="smoke", locked_hash="x", time_budget=1.0,
-                    manifest=Path("."))
-    count = [0]
-    holder: list[Engine] = []
-
-    def evaluate(*, code, workdir, prepare_src, locked_hash, slot, seed, limits, preset, stop):
-        count[0] += 1
-        if eval_cap is not None and count[0] >= eval_cap:
-            holder[0].request_stop()  # this is the last evaluation: propose and dispatch nothing more
-        value = measure(landscape, code, sigma, bench_seed, seed)
-        return EvalResult(Outcome(COMPLETE, summary={"val_bpb": value, **SUMMARY_REST}), [], 0, 0.0, 0.0, "")
-
-    engine = Engine(archive, run, config, TweakOperator(), [_slot()], app, SeedPlan(make_code([SEED_VALUE] * N_CONST)), evaluate=evaluate)
-    holder.append(engine)
+    evaluate = SimulatedEvaluation(lambda code, seed: measure(landscape, code, sigma, bench_seed, seed), cap=eval_cap)
+    engine = simulated_engine(archive, config, make_code([SEED_VALUE] * N_CONST), evaluate)
     engine.execute()
+    run = engine.run
     evaluations = [e for e in archive.evaluations(run.id) if e.state == COMPLETE]
     best = best_of(archive.candidates(run.id))
     code = archive.code(best.code_hash)
@@ -196,11 +177,6 @@ def engine_search(landscape: str, bench_seed: int, sigma: float, root: Path, *, 
            "sigma_hat": run_row.sigma, "t0": run_row.temperature0}
     archive.close()
     return out
-
-
-def _slot():
-    from evo.launch.runner import Slot
-    return Slot("cpu")
 
 
 def random_search(landscape: str, bench_seed: int, sigma: float, evaluations: int, mode: str) -> dict:

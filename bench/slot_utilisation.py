@@ -35,8 +35,8 @@ from pathlib import Path
 
 from _common import SURROGATE, header, table
 
-from evo.launch.apparatus import Apparatus
-from evo.storage.archive import COMPLETE, Archive
+from evo.launch.apparatus import Apparatus, load
+from evo.storage import COMPLETE, Archive
 from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan
@@ -90,7 +90,8 @@ def one_run(args, lookahead: int, rep: int, root: Path) -> dict:
                        lookahead=lookahead, seed=rep).validate()
     run = archive.create_run(config.name, config.to_dict())
     app = Apparatus(prepare_path=SURROGATE / "prepare.py", preset="smoke", locked_hash="x",
-                    time_budget=args.budget, manifest=Path("."))
+                    time_budget=args.budget, manifest=Path("."),
+                    allowances=load(SURROGATE / "prepare.py", "smoke").allowances, seed_sizes={})
     slots = [Slot(f"cpu{i}") for i in range(args.slots)]
     engine = Engine(archive, run, config, SlowTweak(args.propose_fraction * args.budget), slots, app,
                     SeedPlan((SURROGATE / "train.py").read_text()), evaluate=make_evaluate(args.budget, args.jitter))

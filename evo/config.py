@@ -15,18 +15,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PRESETS = ("gpu", "cpu", "smoke")
+# Presets (data, budget, model size, allowances) are defined in prepare.py's PRESETS alone.
 # Beyond these a setting is a typo, not a plan: a bigger population or more slots than this would
 # only exhaust memory and threads before the first candidate runs.
 UPPER_LIMITS = {"population": 10_000, "replicates": 100, "slots": 1_024, "lookahead": 1_024}
 MAX_NAME_BYTES = 200  # a run name is a folder name under archive/runs/ (255 bytes at most on common filesystems)
-# Seconds allowed beyond TIME_BUDGET (the runner holds each phase to its own): start-up, until the
-# first timed step (imports, data, a cold torch.compile of model and optimizer steps, warm-up
-# steps), and the final evaluation, from the end of training (on CUDA a second compile for the
-# evaluation's graph). Sized for the slow case, since an overrun throws away the whole training:
-# a cold compile on a shared host, and on `cpu` a busy 2-core box, where the 131k-token evaluation
-# that takes 10-15 s quiet took over 90 s. A candidate that really hangs costs only these seconds.
-DEFAULT_ALLOWANCES = {"gpu": (300.0, 240.0), "cpu": (120.0, 240.0), "smoke": (180.0, 120.0)}
 
 
 class ConfigError(ValueError):
@@ -57,11 +50,11 @@ class RunConfig:
     models: list[str] = field(default_factory=list)
     max_cost: float | None = None
     prices: dict[str, list[float]] = field(default_factory=dict)  # USD per million tokens in/out, by model
+    sandbox: bool = True                # candidates in a bubblewrap sandbox where the platform allows
+    locked: dict[str, str] = field(default_factory=dict)  # the apparatus the run started with (apparatus.locked_state)
 
     def validate(self) -> "RunConfig":
         check_run_name(self.name)
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
         if self.population < 1:
             raise ConfigError(f"--population must be at least 1, not {self.population}.")
         if self.temperature != "auto":
@@ -100,9 +93,15 @@ class RunConfig:
                 raise ConfigError(f"--{name} must be at most {limit:,}, not {value:,}.")
         return self
 
-    @property
-    def allowances(self) -> tuple[float, float]:
-        startup, evaluation = DEFAULT_ALLOWANCES[self.preset]
+    def allowances(self, defaults: tuple[float, float]) -> tuple[float, float]:
+        """Seconds allowed beyond TIME_BUDGET (the runner holds each phase to its own): start-up,
+        until the first timed step (imports, data, a cold torch.compile of model and optimizer steps,
+        warm-up steps), and the final evaluation, from the end of training (on CUDA a second compile
+        for the evaluation's graph). The flags, else the preset's `defaults` (prepare.py's PRESETS),
+        sized for the slow case, since an overrun throws away the whole training: a cold compile on a
+        shared host, and on `cpu` a busy 2-core box, where the 131k-token evaluation that takes
+        10-15 s quiet took over 90 s. A candidate that really hangs costs only these seconds."""
+        startup, evaluation = defaults
         return (self.startup_allowance if self.startup_allowance is not None else startup,
                 self.eval_allowance if self.eval_allowance is not None else evaluation)
 

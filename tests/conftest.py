@@ -36,6 +36,13 @@ def wait_until(probe: Callable[[], T], what: str, timeout: float = 180.0, every:
         time.sleep(every)
 
 
+def seed_train_code(preset: str) -> str:
+    """seed_train.py as a run on `preset` starts from it: the preset's model and batch size written in."""
+    from evo.launch.apparatus import seed_for
+
+    return seed_for(PREPARE, preset, SEED_TRAIN.read_text(), str(SEED_TRAIN))
+
+
 def run_prepare(cache: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run prepare.py as a user would, with its own cache folder."""
     full_env = {**os.environ, "EVO_CACHE_DIR": str(cache), **(env or {})}

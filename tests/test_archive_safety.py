@@ -20,8 +20,8 @@ from sqlalchemy import event
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from evo.storage.archive import (ACTIVE, COMPLETE, FINISHED, RUNNING, Archive, ArchiveError, OwnershipLost,
-                         StorageError, owner_alive, utcnow)
+from evo.storage import (ACTIVE, COMPLETE, FINISHED, RUNNING, Archive, ArchiveError, OwnershipLost,
+                 StorageError, owner_alive, utcnow)
 from evo.cli.app import app
 from test_engine import SURROGATE, check_invariants, evo, slow_surrogate, surrogate_run
 
@@ -408,7 +408,7 @@ def test_full_disk_stops_the_run_and_loses_nothing(tmp_path: Path) -> None:
 def test_storage_errors_name_the_file_and_the_next_step() -> None:
     full = sqlite3.OperationalError("database or disk is full")
     assert isinstance(StorageError("x"), ArchiveError) and StorageError.code == 1 and ArchiveError.code == 2
-    from evo.storage.archive import storage_error
+    from evo.storage import storage_error
     message = str(storage_error("/data/evo.db", full))
     assert message == ("the archive /data/evo.db cannot be used: the disk is full (database or disk is full); "
                        "free disk space, then `evo run --resume` continues the run.")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PREPARE, SEED_TRAIN
+from conftest import PREPARE, seed_train_code
 from evo.launch.logs import EXIT_DIVERGED, parse_curve, parse_summary
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -29,7 +29,7 @@ def run_candidate(tmp_path: Path, cache: Path, code: str, **env: str) -> subproc
 
 
 def test_seed_train_end_to_end_on_smoke(tmp_path: Path, smoke_cache: Path) -> None:
-    result = run_candidate(tmp_path, smoke_cache, SEED_TRAIN.read_text(), EVO_SEED="1")
+    result = run_candidate(tmp_path, smoke_cache, seed_train_code("smoke"), EVO_SEED="1")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = parse_summary(result.stdout)
     assert 0 < summary["val_bpb"] < 8
@@ -42,7 +42,7 @@ def test_seed_train_end_to_end_on_smoke(tmp_path: Path, smoke_cache: Path) -> No
 
 
 def test_seed_train_stops_on_divergence(tmp_path: Path, smoke_cache: Path) -> None:
-    code = SEED_TRAIN.read_text()
+    code = seed_train_code("smoke")
     for name in ("MATRIX_LR", "EMBEDDING_LR", "UNEMBEDDING_LR"):
         code = code.replace(f"\n{name} = ", f"\n{name} = 1e6 * ", 1)
     result = run_candidate(tmp_path, smoke_cache, code)

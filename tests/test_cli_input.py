@@ -18,7 +18,7 @@ import git as gitpython
 import pytest
 from rich.console import Console
 
-from evo.storage.archive import ACTIVE, Archive, owner_id
+from evo.storage import ACTIVE, Archive, owner_id
 from evo.launch.runner import detect_slots
 from evo.cli.view import RunView
 
@@ -107,10 +107,12 @@ def test_plain_resume_keeps_the_budget_and_a_flag_changes_it(tmp_path: Path) -> 
 
 FAILING_PREPARE = '''"""A prepare.py whose data was never prepared and whose preparation fails."""
 import sys
-from pathlib import Path
 
+PRESETS = {"smoke": {"time_budget": 2, "startup_allowance": 180.0, "eval_allowance": 120.0, "seed_train": {}}}
 TIME_BUDGET = 2
-MANIFEST = Path(__file__).with_name("never-prepared")
+CACHE_ENV = "EVO_TEST_NEVER_SET"
+DEFAULT_CACHE_ROOT = "never-prepared"
+MANIFEST_NAME = "manifest.json"
 
 if __name__ == "__main__":
     sys.exit("cannot download the shards")

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from evo.core import acceptance, selection
-from evo.launch.logs import SummaryError, classify, parse_curve, parse_summary
+from evo.launch.logs import scored_verdict, SummaryError, classify, parse_curve, parse_summary
 from evo.operators.base import OperatorError
 from evo.operators.tweak import find_constants, tweak
 
@@ -228,7 +228,7 @@ def test_last_summary_block_wins() -> None:
 
 
 def _classify(output: str, rc: int = 0, **kw):
-    args = dict(timed_out=None, interrupted=False, time_budget=300, budget_slack=30, recorded_bpb=[0.9979],
+    args = dict(timed_out=None, interrupted=False, time_budget=300, budget_slack=30, scored={"val_bpb": 0.9979},
                 prepare_changed=False)
     args.update(kw)
     return classify(rc, output, **args)
@@ -236,16 +236,27 @@ def _classify(output: str, rc: int = 0, **kw):
 
 def test_classify_outcomes() -> None:
     assert _classify(SUMMARY).state == "COMPLETE"
-    assert _classify(SUMMARY, recorded_bpb=[0.99791]).fail_reason == "invalid"
-    assert _classify(SUMMARY, recorded_bpb=[]).fail_reason == "invalid"
-    assert _classify(SUMMARY, recorded_bpb=None).state == "COMPLETE"  # no record asked for
+    # the harness's score is archived, whatever the candidate printed
+    assert _classify(SUMMARY, scored={"val_bpb": 1.25}).summary["val_bpb"] == 1.25
+    assert _classify(SUMMARY, scored=None).fail_reason == "invalid"  # nothing handed over
+    refused = _classify(SUMMARY, scored={"fail": "invalid", "detail": "the model sees the future"})
+    assert (refused.fail_reason, refused.detail) == ("invalid", "the model sees the future")
     assert _classify(SUMMARY.replace("300.1", "400.0")).fail_reason == "over_budget"
+    assert _classify(SUMMARY, over_budget="ran 900 s").fail_reason == "over_budget"
     assert _classify("", rc=3).fail_reason == "nan"
     assert _classify("Traceback...\ntorch.OutOfMemoryError: CUDA out of memory", rc=1).fail_reason == "oom"
     assert _classify("Traceback\nKeyError: 'x'", rc=1).fail_reason == "crash"
     assert _classify(SUMMARY, timed_out="the final evaluation overran").detail == "the final evaluation overran"
     assert _classify(SUMMARY, interrupted=True).fail_reason == "interrupted"
     assert _classify(SUMMARY, prepare_changed=True).fail_reason == "invalid"
+
+
+def test_scored_verdict_reads_only_the_evaluation_process_last_line() -> None:
+    assert scored_verdict(0, 'noise\n{"val_bpb": 1.5, "tokens": 3}\n') == {"val_bpb": 1.5}
+    assert scored_verdict(0, '{"fail": "invalid", "detail": "why"}') == {"fail": "invalid", "detail": "why"}
+    for rc, out in ((1, '{"val_bpb": 1.5}'), (0, '{"val_bpb": NaN}'), (0, '{"val_bpb": "1.5"}'), (0, "Traceback"),
+                    (0, ""), (0, '{"val_bpb": true}'), (0, "[1]")):
+        assert scored_verdict(rc, out)["fail"] == "crash", (rc, out)
 
 
 def test_float_that_lands_on_a_whole_number_stays_float() -> None:

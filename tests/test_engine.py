@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from evo.launch import apparatus
-from evo.storage.archive import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive
+from evo.storage import COMPLETE, FAIL, FINISHED, INTERRUPTED, PRUNED, RUNNING, WAITING, Archive
 from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan

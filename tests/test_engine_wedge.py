@@ -21,9 +21,10 @@ from sqlmodel import Session
 
 import evo.engine.loop
 from evo.launch import apparatus
-from evo.storage.archive import COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, Archive, Candidate, Evaluation
+from evo.storage import COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, Archive, Candidate, Evaluation
 from evo.config import RunConfig
-from evo.engine.loop import Engine, EngineError, _Asked
+from evo.engine.loop import Engine, EngineError
+from evo.engine.proposals import Asked as _Asked
 from evo.engine.seeding import Imported, SeedPlan
 from evo.operators import OperatorUnavailable
 from evo.operators.base import Operator, Parent, Proposal

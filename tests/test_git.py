@@ -12,7 +12,7 @@ import git as gitpython
 import pytest
 
 from evo.launch import apparatus
-from evo.storage.archive import COMPLETE, FAIL, Archive
+from evo.storage import COMPLETE, FAIL, Archive
 from evo.config import RunConfig
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedError, SeedPlan, seed_from_evo, summarize_plan
@@ -480,7 +480,7 @@ def test_greedy_import_exports_as_a_lineage(tmp_path: Path) -> None:
 
 def test_a_greedy_repo_seeds_a_surrogate_run_and_its_result_goes_back_to_git(tmp_path: Path) -> None:
     """End to end with the engine and real (surrogate) evaluations: greedy repo -> evo run -> git."""
-    from evo.storage.archive import FINISHED
+    from evo.storage import FINISHED
     from evo.operators import TweakOperator
 
     src = (SURROGATE / "train.py").read_text()

@@ -14,7 +14,7 @@ from pathlib import Path
 import git as gitpython
 import pytest
 
-from evo.storage.archive import COMPLETE, FAIL, Archive
+from evo.storage import COMPLETE, FAIL, Archive
 from evo.config import RunConfig
 from evo.engine.seeding import seed_from_evo, summarize_plan, with_seed_file
 from evo.gitio import GitError

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PREPARE, SEED_TRAIN
+from conftest import PREPARE, SEED_TRAIN, seed_train_code
 from evo.launch.logs import parse_curve, parse_summary
 
 CUDA_REASON = "needs a CUDA GPU (torch.cuda.is_available() is False here); run on a GPU machine: pytest -m gpu"
@@ -80,19 +80,13 @@ def test_a_child_of_the_seed_may_keep_its_local_fa3_import() -> None:
 
 # ----- on a CUDA machine -----------------------------------------------------------------------
 
-def gpu_model_size(code: str) -> str:
-    """The seed with the gpu preset's model and batch, whatever preset's data it runs on."""
-    new, n = re.subn(r"^_size = MODEL_SIZES\[PRESET\]$", '_size = MODEL_SIZES["gpu"]', code, flags=re.M)
-    assert n == 1, "seed_train.py no longer picks its size with `_size = MODEL_SIZES[PRESET]`"
-    return new
-
-
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("size", ["smoke", "gpu"])
 def test_seed_train_on_cuda(tmp_path: Path, smoke_cache: Path, size: str) -> None:
-    code = SEED_TRAIN.read_text()
-    result = run_seed(tmp_path, smoke_cache, gpu_model_size(code) if size == "gpu" else code, {})
+    # seed_train.py as written has the gpu preset's model and batch; here it trains on smoke's data
+    code = SEED_TRAIN.read_text() if size == "gpu" else seed_train_code("smoke")
+    result = run_seed(tmp_path, smoke_cache, code, {})
     summary = check_run(result)
     assert "device: cuda" in result.stdout and "Compiled: model and optimizer steps" in result.stdout
     assert re.search(r"^Attention: (flash-attention-3|sdpa \(full layers\) \+ flex_attention)", result.stdout, re.M)
@@ -210,7 +204,7 @@ def test_compiled_model_matches_eager_on_cpu(tmp_path: Path, smoke_cache: Path) 
 def test_seed_train_compiled_end_to_end_on_cpu(tmp_path: Path, smoke_cache: Path) -> None:
     """The whole compiled path (model, optimizer steps, evaluation) on the smoke preset: minutes
     of compilation on a small CPU."""
-    result = run_seed(tmp_path, smoke_cache, SEED_TRAIN.read_text(), {"CUDA_VISIBLE_DEVICES": "", "EVO_COMPILE": "1"})
+    result = run_seed(tmp_path, smoke_cache, seed_train_code("smoke"), {"CUDA_VISIBLE_DEVICES": "", "EVO_COMPILE": "1"})
     check_run(result)
     assert "Compiled: model and optimizer steps (torch.compile)" in result.stdout
 

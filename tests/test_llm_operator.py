@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from evo.storage.archive import LLMCall
+from evo.storage import LLMCall
 from evo.operators.base import OperatorError, OperatorUnavailable, Parent
-from evo.operators.llm import (DEFAULT_PRICES, LLMClient, LLMUnavailable, ModelSpec, check_credentials, cost_usd,
-                               default_max_tokens, is_self_hosted, parse_model_spec, price_for)
-from evo.operators.llm_operator import LLMContext, LLMOperator
+from evo.operators.llm.client import (DEFAULT_PRICES, LLMClient, LLMUnavailable, ModelSpec, check_credentials, cost_usd,
+                                      default_max_tokens, is_self_hosted, parse_model_spec, price_for)
+from evo.operators.llm.operator import LLMContext, LLMOperator
 from evo.operators.prompts import CandidateSummary, Lineage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

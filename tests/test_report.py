@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from evo.storage.archive import Archive, ArchiveError, Candidate, CurvePoint, Evaluation, LLMCall, Run
+from evo.storage import Archive, ArchiveError, Candidate, CurvePoint, Evaluation, LLMCall, Run
 from evo.report import ReportError, build_report, data, default_path, figures, write_report
 from evo.report.diff import unified_diff
-from evo.report.synthetic import synthesize
+from tests.support.synthetic import synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
 SURROGATE = ROOT / "tests" / "fixtures" / "surrogate"

@@ -31,7 +31,6 @@ def test_good_candidate_completes_with_curve_and_tail(tmp_path: Path) -> None:
         __import__("math").log(t) ** 2 for t in (2.0, 0.5, 4.0, 1.5)), abs=0.01)
     assert result.curve == [(1, 0.1, 3.0), (2, 0.2, 2.0), (3, 0.3, 1.0)]
     assert "val_bpb:" in result.log_tail
-    assert result.harness_seconds < 1.0
 
 
 def test_crash_is_classified_with_its_error(tmp_path: Path) -> None:
@@ -45,26 +44,25 @@ def test_oom_is_classified(tmp_path: Path) -> None:
     assert evaluate(tmp_path, code).outcome.fail_reason == "oom"
 
 
-def test_nan_exit_status_and_nan_value(tmp_path: Path) -> None:
+def test_nan_exit_status_is_diverged(tmp_path: Path) -> None:
     diverged = GOOD.replace("t0 = time.time()", "import sys\nprint('FAIL: loss diverged (nan)')\nsys.exit(3)")
     assert evaluate(tmp_path, diverged).outcome.fail_reason == "nan"
-    printed_nan = GOOD.replace('print(f"val_bpb:          {val_bpb:.6f}")', 'print("val_bpb:          nan")')
-    assert evaluate(tmp_path / "b", printed_nan).outcome.fail_reason == "nan"
 
 
-def test_forged_val_bpb_is_invalid(tmp_path: Path) -> None:
-    forged = GOOD.replace('print(f"val_bpb:          {val_bpb:.6f}")', 'print("val_bpb:          0.500000")')
-    outcome = evaluate(tmp_path, forged).outcome
+def test_the_printed_val_bpb_is_ignored_and_the_harness_scores(tmp_path: Path) -> None:
+    honest = evaluate(tmp_path / "honest", GOOD).outcome
+    for i, printed in enumerate(("0.500000", "nan", "-1")):
+        forged = GOOD.replace('print(f"val_bpb:          {val_bpb:.6f}")', f'print("val_bpb:          {printed}")')
+        outcome = evaluate(tmp_path / str(i), forged).outcome
+        assert outcome.state == "COMPLETE", outcome
+        assert outcome.summary["val_bpb"] == honest.summary["val_bpb"]
+
+
+def test_a_candidate_that_hands_nothing_over_is_invalid(tmp_path: Path) -> None:
+    silent = GOOD.replace("val_bpb = evaluate_bpb(", "val_bpb = 0.5 or (")
+    outcome = evaluate(tmp_path, silent).outcome
     assert (outcome.state, outcome.fail_reason) == ("FAIL", "invalid")
-    assert "printed val_bpb 0.500000" in outcome.detail
-
-
-def test_forged_record_without_the_key_is_invalid(tmp_path: Path) -> None:
-    # The candidate writes its own record line; it cannot sign it without the harness's key.
-    forged = GOOD.replace("val_bpb = evaluate_bpb(", "import json, os\nopen(os.environ['EVO_EVAL_RECORD'], 'a').write("
-                          "json.dumps({'record': {'val_bpb': 0.5}, 'hmac': '0' * 64}) + '\\n')\n_ = evaluate_bpb(") \
-        .replace('print(f"val_bpb:          {val_bpb:.6f}")', 'print("val_bpb:          0.500000")')
-    assert evaluate(tmp_path, forged).outcome.fail_reason == "invalid"
+    assert "without handing its model to the harness" in outcome.detail
 
 
 def test_training_past_the_budget_is_over_budget(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from evo.operators.tweak import FACTORS, Constant, find_constants, in_unit_interval, perturb_by, tweak
 
-# Constants as seed_train.py and autoresearch-style train.py files spell them
+# Constants as seed_train.py and autoresearch-style train.py files spell them (the model and batch
+# size are plain numbers in the seed of a run, so they are tweaked too)
 SOURCE = '''
 MUON_MOMENTUM = 0.95
 MUON_MOMENTUM_START = 0.85
@@ -18,7 +19,11 @@ EMA_DECAY = 0.9999
 DROPOUT = 0.1
 WARMDOWN_RATIO = 0.5
 WARMUP_FRAC = 1.0
+DEPTH = 8
 ASPECT_RATIO = 64
+HEAD_DIM = 128
+TOTAL_BATCH_SIZE = 2**19
+DEVICE_BATCH_SIZE = 128
 MATRIX_LR = 0.04
 WEIGHT_DECAY = 0.2
 LOGIT_SOFTCAP = 15.0

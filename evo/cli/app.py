@@ -4,13 +4,14 @@ engine, and print. Bad input gets one sentence on stderr and exit status 2, neve
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import signal
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -20,10 +21,11 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from evo import __version__
-from evo.storage.archive import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, Archive, ArchiveError, Candidate, OwnershipLost,
-                         STALE_AFTER_SECONDS, Run, liveness, owner_id)
+from evo.storage import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, Archive, ArchiveError, Candidate, OwnershipLost,
+                 STALE_AFTER_SECONDS, Run, liveness, owner_id)
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb
+from evo.core import acceptance
 from evo.core.lineage import best as best_of, first_parents
 from evo.cli.view import run_status
 from evo.core import format as fmt
@@ -134,6 +136,9 @@ def run(
     startup_allowance: Annotated[Optional[float], typer.Option(help="Seconds for start-up and compilation beyond the budget.")] = None,
     eval_allowance: Annotated[Optional[float], typer.Option(help="Seconds for the final evaluation beyond the budget.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the search's own random choices.")] = 0,
+    sandbox: Annotated[bool, typer.Option("--sandbox/--no-sandbox", help=(
+        "Train and score candidates in a bubblewrap sandbox: no network, no view of the archive, the "
+        "validation data or evo's processes (Linux; without bubblewrap evo warns and runs unsandboxed)."))] = True,
     prepare: Annotated[Path, typer.Option(help="The locked prepare.py.")] = Path("prepare.py"),
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
@@ -143,7 +148,7 @@ def run(
     from evo.engine.seeding import SeedError, summarize_plan
     from evo import operators
     from evo.operators import OperatorError
-    from evo.launch.runner import detect_slots, device_description
+    from evo.launch.runner import detect_slots, device_description, run_evaluation
     from evo.cli.view import RunView
 
     archive = open_archive(storage, writer=True)
@@ -156,7 +161,7 @@ def run(
             stored = json.loads(run_row.config)
             config = RunConfig.from_dict(stored)
             for key in ("hours", "max_candidates", "max_cost", "gpus", "slots",  # budgets and hardware may change
-                        "startup_allowance", "eval_allowance"):
+                        "startup_allowance", "eval_allowance", "sandbox"):
                 if given.get(key):
                     setattr(config, key, ctx.params[key])
             config.validate()
@@ -170,7 +175,7 @@ def run(
                                seed_train=str(seed_train) if given["seed_train"] or not seed_from else None,
                                program=str(program), gpus=gpus,
                                slots=slots, startup_allowance=startup_allowance, eval_allowance=eval_allowance,
-                               seed=seed, models=model or [], max_cost=max_cost,
+                               seed=seed, models=model or [], max_cost=max_cost, sandbox=sandbox,
                                prices=(ctx.obj or {}).get("prices", {})).validate()
         operators.check(config)
         # A resumed run already has its seed (unless it died before archiving it).
@@ -197,6 +202,13 @@ def run(
         raise _give_up(archive, run_row, resume, str(e))
     except KeyboardInterrupt:
         raise _give_up(archive, run_row, resume, f"interrupted while preparing preset {config.preset!r}.", 130)
+    locked = apparatus.locked_state(app_)
+    mismatch = apparatus.locked_mismatch(config.locked, locked, config.name, config.preset)
+    if mismatch:
+        raise _give_up(archive, run_row, resume, mismatch)
+    if config.locked != locked:  # a new run, or one archived before evo stored it
+        config.locked = locked
+        archive.update_run(run_row.id, config=json.dumps(config.to_dict(), sort_keys=True))
 
     if plan is not None and config.seed_from:
         for line in summarize_plan(plan).splitlines():
@@ -207,7 +219,8 @@ def run(
         op = operators.build(config, archive, run_row.id, facts)
     except OperatorError as e:
         raise _give_up(archive, run_row, resume, str(e))
-    engine = Engine(archive, run_row, config, op, slot_list, app_, plan)
+    engine = Engine(archive, run_row, config, op, slot_list, app_, plan,
+                    evaluate=functools.partial(run_evaluation, confine=_confinement(config, archive, app_, view.line)))
     view.slots = engine.status
     view.header = lambda: _header(archive, run_row.id, config.name)
     presses = {"n": 0}
@@ -239,6 +252,20 @@ def run(
         for s, handler in previous.items():
             signal.signal(s, handler)
     view.line(f"run {status.lower()}; `evo status --name {config.name}` and `evo best --name {config.name}` show the result")
+
+
+def _confinement(config: RunConfig, archive: Archive, app_, say: Callable[[str], None]):
+    """The sandbox candidates run in, or None (--no-sandbox, or a platform without one: said once)."""
+    from evo.launch import sandbox
+    from evo.launch.runner import Confinement
+
+    if not config.sandbox:
+        return None
+    reason = sandbox.probe()
+    if reason:
+        say(sandbox.UNSANDBOXED_WARNING.format(reason=reason))
+        return None
+    return Confinement(archive.files, app_.manifest.parent if app_.manifest is not None else None)
 
 
 def _give_up(archive: Archive, run_row: Run, resume: bool, message: str, code: int = 2) -> typer.Exit:
@@ -466,7 +493,13 @@ def show(
     if c.rationale:
         typer.echo(f"rationale: {c.rationale}")
     typer.echo(f"state: {c.state}" + (f" ({c.fail_reason}: {c.fail_detail})" if c.fail_reason else ""))
-    typer.echo(f"val_bpb: {candidate_bpb(c, r.sigma)}")
+    evals = archive.evaluations(r.id, c.id)
+    if acceptance.ignores_seed([ev.val_bpb for ev in evals if ev.state == COMPLETE]):
+        typer.echo(f"val_bpb: {fmt.bpb(c.val_bpb, r.sigma)} (n={c.n_evals}; the run's σ: its own spread is not trusted)")
+        typer.echo("warning: its evaluations with different EVO_SEEDs scored exactly alike: it ignores EVO_SEED, "
+                   "so its replicates measure nothing about noise")
+    else:
+        typer.echo(f"val_bpb: {candidate_bpb(c, r.sigma)}")
     if parent and parent.val_bpb is not None and c.val_bpb is not None:
         typer.echo(f"Δ vs parent #{parent.number}: {fmt.delta(c.val_bpb - parent.val_bpb)}"
                    + (f" (σ {fmt.bpb(r.sigma)})" if r.sigma is not None else ""))
@@ -480,7 +513,6 @@ def show(
     if c.model or calls:
         typer.echo(f"model: {c.model or '-'}, {len(calls)} LLM call(s), tokens {sum(x.tokens_in for x in calls)} in / "
                    f"{sum(x.tokens_out for x in calls)} out, cost ${sum(x.cost_usd for x in calls):.4f}")
-    evals = archive.evaluations(r.id, c.id)
     for ev in evals:
         metrics = (f"val_bpb {fmt.bpb(ev.val_bpb)}, {ev.num_steps} steps, {ev.training_seconds:.1f}s training, "
                    f"peak {ev.peak_vram_mb:.0f} MB, mfu {ev.mfu_percent:.1f}%") if ev.state == COMPLETE else \

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from evo.storage.archive import ACTIVE, STALE_AFTER_SECONDS, Event, Run
+from evo.storage import ACTIVE, STALE_AFTER_SECONDS, Event, Run
 
 STOPPED, UNRESPONSIVE = "STOPPED", "UNRESPONSIVE"
 

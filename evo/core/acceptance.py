@@ -72,3 +72,9 @@ def progress(elapsed_seconds: float, hours: float | None, candidates: int, max_c
     if max_candidates:
         parts.append(candidates / max_candidates)
     return min(1.0, max(parts))
+
+
+def ignores_seed(values: list[float]) -> bool:
+    """Whether replicates with different EVO_SEEDs scored exactly alike: the code ignores its seed
+    (on a CPU the harness's score of one trained model is exact), so their spread says nothing."""
+    return len(values) >= 2 and len(set(values)) == 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from evo.storage.archive import COMPLETE, FAIL, Archive, ArchiveError, Candidate
+from evo.storage import COMPLETE, FAIL, Archive, ArchiveError, Candidate
 from evo.core.lineage import ancestors, best as best_of, nearest
 
 STATUSES = ("keep", "discard", "crash")

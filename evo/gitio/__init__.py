@@ -1,6 +1,7 @@
 """Git in and out: seed a run from a greedy autoresearch repository, and write candidates and whole
 lineages back to git. results_tsv.py parses results.tsv (pure), repo.py reads a repository,
-greedy.py plans the import of a greedy run, export.py writes commits.
+greedy.py reads a greedy run's repository into a commit graph, greedy_plan.py plans its import from
+that graph (pure), export.py writes commits.
 
 Reading never modifies the repository: train.py always comes from commits (a dirty work tree is
 ignored), and only results.tsv may be read from the work tree, where autoresearch leaves it

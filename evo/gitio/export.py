@@ -11,7 +11,7 @@ from pathlib import Path
 import git as gitpython
 from git.exc import GitCommandError
 
-from evo.storage.archive import Archive, ArchiveError, Candidate
+from evo.storage import Archive, ArchiveError, Candidate
 from evo.core import format as fmt
 from evo.core.lineage import ancestors, best as best_of, nearest
 from evo.engine.seeding import SeedError, find_candidate

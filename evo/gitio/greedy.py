@@ -1,4 +1,6 @@
-"""Seeding from a greedy autoresearch repository: `--seed-from REPO[@REF]` becomes a SeedPlan.
+"""Seeding from a greedy autoresearch repository: `--seed-from REPO[@REF]` becomes a SeedPlan. This
+module reads the repository into a GreedyRun (a commit graph, results.tsv's rows, what each row's
+hash may name); evo.gitio.greedy_plan decides the plan from it without git.
 
 How a greedy run becomes history (`seed_from_repo`):
 
@@ -36,22 +38,18 @@ How a greedy run becomes history (`seed_from_repo`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 import git as gitpython
 from git.exc import GitCommandError
 
-from evo.storage.archive import Archive
-from evo.engine.seeding import STATUSES, UNRECORDED, Imported, ImportPlan, SeedPlan, seed_from_evo
+from evo.storage import Archive
+from evo.engine.seeding import ImportPlan, SeedPlan, seed_from_evo
 from evo.gitio import GitError
-from evo.gitio.repo import (RESULTS, TRAIN, blob_of, commit_subject, decode_text, git_failed, head_sha, open_repo,
-                            read_trailers, resolve_ref)
-from evo.gitio.results_tsv import ResultRow, parse_results_tsv, to_float
-
-MAX_TIP_HISTORY = 200          # without a results.tsv: at most this many train.py commits as history
+from evo.gitio.greedy_plan import MAX_TIP_HISTORY, CommitInfo, GreedyRun, plan_import
+from evo.gitio.repo import RESULTS, TRAIN, blob_of, decode_text, git_failed, head_sha, open_repo, resolve_ref
+from evo.gitio.results_tsv import ResultRow, parse_results_tsv
 
 
 def _split_spec(spec: str) -> tuple[Path, str, str | None]:
@@ -71,263 +69,51 @@ def _split_spec(spec: str) -> tuple[Path, str, str | None]:
     raise GitError(f"{head or spec} does not exist.")
 
 
-@dataclass
-class _Entry:
-    """What results.tsv says about one commit (its rows merged)."""
-    key: str
-    sha: str | None
-    rows: list[ResultRow]
+class _OnDemand(dict):
+    """A dict whose missing values are read on first use: the planner visits only part of a long
+    history."""
 
-    @property
-    def status(self) -> str:
-        statuses = {r.status for r in self.rows}
-        return next(s for s in STATUSES if s in statuses)
+    def __init__(self, read: Callable[[str], object]):
+        super().__init__()
+        self._read = read
 
-    @property
-    def val_bpb(self) -> float | None:
-        values = [r.val_bpb for r in self.rows if r.status == self.status and r.val_bpb is not None]
-        return sum(values) / len(values) if values else None
-
-    @property
-    def description(self) -> str:
-        return next((r.description for r in self.rows if r.status == self.status and r.description), "")
-
-    @property
-    def line(self) -> int:
-        return self.rows[0].line
+    def __missing__(self, key: str):
+        value = self[key] = self._read(key)
+        return value
 
 
-class _Greedy:
-    """One import of a greedy run; holds the caches of a single pass over the repository."""
+def read_greedy_run(repo: gitpython.Repo, tip: str, ref_name: str, rows: list[ResultRow], origin: str,
+                    notes: list[str]) -> GreedyRun:
+    """The repository as the planner sees it. A row's hash names the commits reachable from REF
+    that start with it; only when none does, any commit of the repository (discards were reset
+    away); blobs and trees never count."""
+    on_ref: list[str] = repo.git.rev_list(tip).split() if rows else []
 
-    def __init__(self, repo: gitpython.Repo, tip: str, ref_name: str, rows: list[ResultRow], origin: str,
-                 notes: list[str]):
-        self.repo, self.tip, self.ref_name, self.rows, self.origin = repo, tip, ref_name, rows, origin
-        self._commits: dict[str, gitpython.Commit] = {}
-        self._train_blob: dict[str, str | None] = {}
-        self._on_ref: list[str] | None = None
-        self.parents: dict[str, list[str]] = {}
-        self.ambiguous: dict[str, int] = {}   # a row's short hash -> how many commits start with it
-        self.notes = notes                    # what the plan summary says about this import
+    def candidates(text: str) -> tuple[str, ...]:
+        found = [sha for sha in on_ref if sha.startswith(text)]
+        if not found:
+            found = [sha for sha in repo.git.rev_parse(f"--disambiguate={text}").split()
+                     if repo.git.cat_file("-t", sha) == "commit"]
+        return tuple(found)
 
-    # --- object access -------------------------------------------------------------------
+    matches = {r.commit: candidates(r.commit) for r in rows if not r.is_baseline}
+    named = dict.fromkeys(found[0] for found in matches.values() if len(found) == 1 and found[0] != tip)
+    # parents as rev-list sees them (a shallow clone's boundary has none); the planner wants oldest first
+    graph = [line.split() for line in repo.git.rev_list("--parents", "--topo-order", tip, *named).splitlines()]
+    parents = {shas[0]: tuple(shas[1:]) for shas in graph}
 
-    def commit(self, sha: str) -> gitpython.Commit:
-        if sha not in self._commits:
-            self._commits[sha] = self.repo.commit(sha)
-        return self._commits[sha]
+    def commit_info(sha: str) -> CommitInfo:
+        commit = repo.commit(sha)
+        blob = blob_of(commit, TRAIN)
+        return CommitInfo(sha, parents[sha], commit.message, blob.hexsha if blob is not None else None)
 
-    def train_blob(self, sha: str) -> str | None:
-        if sha not in self._train_blob:
-            blob = blob_of(self.commit(sha), TRAIN)
-            self._train_blob[sha] = blob.hexsha if blob is not None else None
-        return self._train_blob[sha]
+    def code(sha: str) -> str:
+        blob = blob_of(repo.commit(sha), TRAIN)
+        return decode_text(blob.data_stream.read(), f"train.py at {sha[:7]} in {origin}")
 
-    def code(self, sha: str) -> str:
-        blob = blob_of(self.commit(sha), TRAIN)
-        return decode_text(blob.data_stream.read(), f"train.py at {sha[:7]} in {self.origin}")
-
-    def first_parent(self, sha: str) -> str | None:
-        if sha in self.parents:
-            ps = self.parents[sha]
-        else:
-            ps = [p.hexsha for p in self.commit(sha).parents]
-        return ps[0] if ps else None
-
-    def changed_train(self, sha: str) -> bool:
-        blob = self.train_blob(sha)
-        parent = self.first_parent(sha)
-        return blob is not None and (parent is None or self.train_blob(parent) != blob)
-
-    def resolve(self, text: str) -> str | None:
-        """A row's (short) hash -> the full sha of a commit that has a train.py, else None. A hash
-        names the commit reachable from REF that starts with it; only when none does, any commit in
-        the repository (discarded commits were reset away). Other objects (blobs, trees) never
-        count. Several matches leave the row unresolved and are remembered as ambiguous."""
-        if self._on_ref is None:
-            self._on_ref = self.repo.git.rev_list(self.tip).split()
-        matches = [sha for sha in self._on_ref if sha.startswith(text)]
-        if not matches:
-            found = self.repo.git.rev_parse(f"--disambiguate={text}").split()
-            matches = [sha for sha in found if self.repo.git.cat_file("-t", sha) == "commit"]
-        if len(matches) > 1:
-            self.ambiguous[text] = len(matches)
-            return None
-        return matches[0] if matches and self.train_blob(matches[0]) is not None else None
-
-    def fp_walk(self, sha: str) -> Iterator[str]:
-        node: str | None = sha
-        while node is not None:
-            yield node
-            node = self.first_parent(node)
-
-    def effective_tip(self) -> str | None:
-        """The last commit on REF's first-parent line that changed train.py (its code is the tip's)."""
-        for sha in self.fp_walk(self.tip):
-            if self.changed_train(sha):
-                return sha
-        return None
-
-    # --- the plan --------------------------------------------------------------------------
-
-    def plan(self) -> ImportPlan:
-        resolved = {r.commit: self.resolve(r.commit) for r in self.rows if not r.is_baseline}
-        t = self.effective_tip()
-        keeps = [r for r in self.rows if r.status == "keep"]
-        resolved_keeps = [resolved[r.commit] for r in keeps if not r.is_baseline and resolved[r.commit]]
-
-        # the baseline
-        baseline: str | None = None
-        if self.rows:
-            if keeps and not keeps[0].is_baseline and resolved[keeps[0].commit]:
-                baseline = resolved[keeps[0].commit]
-            elif resolved_keeps:
-                parent = self.first_parent(resolved_keeps[0])
-                baseline = parent if parent and self.train_blob(parent) else resolved_keeps[0]
-            else:
-                baseline = t
-            if baseline is None:
-                raise GitError(f"{self.origin} has no train.py, and no results.tsv row names a commit that has one.")
-
-        # merge rows per commit
-        entries: dict[str, _Entry] = {}
-        for r in self.rows:
-            sha = baseline if r.is_baseline else resolved[r.commit]
-            key = sha or r.commit
-            entries.setdefault(key, _Entry(key, sha, [])).rows.append(r)
-
-        # the best
-        eligible = [e for e in entries.values() if e.sha and e.status == "keep" and e.val_bpb is not None]
-        best_entry = min(eligible, key=lambda e: (e.val_bpb, e.line), default=None)
-        best = best_entry.sha if best_entry else None
-        export_tip = t is not None and t not in entries and "Evo-Candidate" in read_trailers(self.commit(t).message)
-        if export_tip:
-            best = t  # an evo export on top of the greedy run
-        if best is None:
-            best = t
-        if best is None:
-            raise GitError(f"{self.origin} has no train.py at its tip.")
-        if self.rows:
-            self.notes.append(f"the seed is {best[:7]}: " + (
-                "an evo export at the tip, newer than the greedy rows" if export_tip else
-                "the keep row with the lowest val_bpb" if best_entry else
-                f"the tip of {self.ref_name}, as no keep row names a commit with a train.py"))
-
-        # the commit graph around every interesting start
-        starts = list(dict.fromkeys([self.tip, best, *(e.sha for e in entries.values() if e.sha and e.status == "keep")]))
-        if baseline:
-            starts.append(baseline)
-        order: list[str] = []
-        for line in self.repo.git.rev_list("--parents", "--topo-order", *dict.fromkeys(starts)).splitlines():
-            shas = line.split()
-            self.parents[shas[0]] = shas[1:]
-            order.append(shas[0])
-        order.reverse()  # oldest first
-
-        # the chain: commits from the baseline on, along first-parent lines, that changed train.py
-        # or are results.tsv rows. Only keep rows (and the baseline and the best) are kept: a commit
-        # that results.tsv does not list (an interrupted experiment, a revert) was never accepted.
-        chain: set[str] = {best}
-        if baseline:
-            chain.add(baseline)
-            chain.update(e.sha for e in entries.values() if e.sha and e.status == "keep")
-            region: dict[str, bool] = {}
-
-            def in_region(sha: str) -> bool:
-                path = []
-                for node in self.fp_walk(sha):
-                    if node in region or node == baseline:
-                        result = region.get(node, True)
-                        break
-                    path.append(node)
-                else:
-                    result = False
-                for node in path:
-                    region[node] = result
-                return result
-
-            for start in starts:
-                if not in_region(start):
-                    continue
-                for node in self.fp_walk(start):
-                    if node == baseline:
-                        break
-                    if node in entries or self.changed_train(node):
-                        chain.add(node)
-        else:
-            chain.update(islice((sha for sha in self.fp_walk(self.tip) if self.changed_train(sha)), MAX_TIP_HISTORY))
-
-        history: list[Imported] = []
-        keys: set[str] = set()
-        for sha in order:
-            if sha not in chain:
-                continue
-            parent = next((p for p in islice(self.fp_walk(sha), 1, None) if p in chain), None)
-            kept = sha in (best, baseline) or not self.rows
-            history.append(self._chain_item(sha, parent, entries.get(sha), kept))
-            keys.add(sha)
-        unrecorded = sum(1 for h in history if h.status == UNRECORDED)
-        if unrecorded:
-            self.notes.append(f"{unrecorded} commit(s) on {self.ref_name} changed train.py but are not in results.tsv "
-                              f"(an unfinished experiment, a revert): imported as not kept")
-
-        # the rejected rows, each the child of the kept commit it was made on
-        previous_keep = baseline
-        for r in self.rows:
-            entry = entries[baseline if r.is_baseline else (resolved[r.commit] or r.commit)]
-            if entry.key in keys:
-                if entry.status == "keep":
-                    previous_keep = entry.key
-                continue
-            parent = None
-            if entry.sha:  # the commit it was made on, when the commit still exists
-                parent = next((p for p in islice(self.fp_walk(entry.sha), 1, None) if p in keys), None)
-            if parent is None:
-                parent = previous_keep if previous_keep in keys else None
-            history.append(self._rejected_item(entry, parent, fallback=best))
-            keys.add(entry.key)
-        for text, n in self.ambiguous.items():
-            self.notes.append(f"results.tsv names {text!r}, which is ambiguous ({n} commits start with it): imported "
-                              f"with the code it was tried on; write more of the hash to import its own")
-
-        info = entries.get(best)
-        val = info.val_bpb if info else self._trailer_val(best)
-        description = info.description if info and info.description else commit_subject(self.commit(best))
-        return ImportPlan(code=self.code(best), operator="import",
-                          hypothesis=f"imported {best[:7]} from {self.origin}: {description}",
-                          imported_val_bpb=val, parent_key=best, history=tuple(history), notes=tuple(self.notes))
-
-    def _trailer_val(self, sha: str) -> float | None:
-        trailers = read_trailers(self.commit(sha).message)
-        return to_float(trailers.get("Evo-Val-Bpb")) or to_float(trailers.get("Evo-Imported-Val-Bpb"))
-
-    def _chain_item(self, sha: str, parent: str | None, entry: _Entry | None, kept: bool) -> Imported:
-        """A commit of the chain: as results.tsv has it, else kept (the baseline, the best, any
-        commit in tip mode) or not in results.tsv."""
-        if entry is not None:
-            description = entry.description or commit_subject(self.commit(sha))
-            return Imported(key=sha, parent_key=parent, code=self.code(sha), hypothesis=f"{description} [{sha[:7]}]",
-                            val_bpb=entry.val_bpb, status="keep" if kept else entry.status)
-        hypothesis = f"{commit_subject(self.commit(sha))} [{sha[:7]}]" + ("" if kept else " (not in results.tsv: not kept)")
-        return Imported(key=sha, parent_key=parent, code=self.code(sha), hypothesis=hypothesis,
-                        val_bpb=self._trailer_val(sha), status="keep" if kept else UNRECORDED)
-
-    def _rejected_item(self, entry: _Entry, parent: str | None, fallback: str) -> Imported:
-        description = entry.description or entry.status
-        if entry.sha:
-            code, hypothesis = self.code(entry.sha), f"{description} [{entry.sha[:7]}]"
-        else:
-            source = parent or fallback
-            code = self.code(source)
-            problem = (f"is ambiguous ({self.ambiguous[entry.key]} commits start with it)"
-                       if entry.key in self.ambiguous else "no longer exists")
-            hypothesis = (f"{description} [{entry.key[:7]} {problem}; the code shown is the kept commit "
-                          f"{source[:7]} it was tried on]")
-        status = entry.status if entry.status != "keep" else "discard"
-        if entry.status == "keep":
-            hypothesis += " (kept in results.tsv, but the commit cannot be read)"
-        return Imported(key=entry.key, parent_key=parent, code=code, hypothesis=hypothesis,
-                        val_bpb=entry.val_bpb, status=status)
+    return GreedyRun(origin=origin, ref_name=ref_name, tip=tip, rows=tuple(rows), commits=_OnDemand(commit_info),
+                     code=_OnDemand(code), matches=matches, order=[shas[0] for shas in reversed(graph)],
+                     notes=tuple(notes))
 
 
 def seed_from_repo(spec: str) -> ImportPlan:
@@ -359,7 +145,7 @@ def seed_from_repo(spec: str) -> ImportPlan:
                 notes.append(f"{where} has no rows yet (a header only): {tip_mode}")
             else:
                 notes.append(f"read {where} ({len(rows)} row(s))")
-            return _Greedy(repo, tip, ref_name, rows, origin, notes).plan()
+            return plan_import(read_greedy_run(repo, tip, ref_name, rows, origin, notes))
         except GitCommandError as e:
             raise git_failed(e, shown) from None
 

@@ -1,9 +1,7 @@
-"""Reading a git repository (GitPython): open it, resolve a ref, read a blob, a commit's trailers
-and subject. Nothing here writes."""
+"""Reading a git repository (GitPython): open it, resolve a ref, read a blob. Nothing here writes."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import git as gitpython
@@ -13,7 +11,6 @@ from evo.gitio import GitError
 
 TRAIN = "train.py"
 RESULTS = "results.tsv"
-_TRAILER = re.compile(r"^(Evo-[A-Za-z-]+):\s*(.*?)\s*$", re.MULTILINE)
 
 
 def open_repo(path: Path, *, search_parents: bool = False) -> gitpython.Repo:
@@ -70,14 +67,6 @@ def decode_text(data: bytes, what: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise GitError(f"{what} is not UTF-8 text.") from None
-
-
-def read_trailers(message: str) -> dict[str, str]:
-    return {k: v for k, v in _TRAILER.findall(message)}
-
-
-def commit_subject(commit: gitpython.Commit) -> str:
-    return (commit.message.strip().splitlines() or [""])[0].strip()
 
 
 def ref_sha(repo: gitpython.Repo, refname: str) -> str | None:

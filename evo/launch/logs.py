@@ -3,9 +3,9 @@ classification of an evaluation's outcome. No I/O here; the runner feeds these f
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from evo.core import format as fmt
 from dataclasses import dataclass
 
 # The block autoresearch's train.py ends with, in order; the harness needs all of them.
@@ -138,25 +138,49 @@ class Outcome:
     summary: dict[str, float] | None = None
 
 
-def classify(returncode: int | None, output: str, *, timed_out: str | None, interrupted: bool,
-             time_budget: float, budget_slack: float, recorded_bpb: list[float] | None,
-             prepare_changed: bool, training_wall: float | None = None) -> Outcome:
-    """Decide an evaluation's outcome from its exit status, its output and the evaluator's own
-    record (`recorded_bpb`: the values evaluate_bpb signed, None when no record was asked for).
-    `timed_out` is the runner's sentence saying which phase overran its limit (None: none did);
-    `budget_slack` how far past the budget training may end (logs.training_slack, from what the
-    harness saw); `training_wall` the seconds of training the harness's own clock saw (None: unknown).
+def scored_verdict(returncode: int | None, output: str) -> dict:
+    """What the evaluation process said about a hand-over: its last line, `{"val_bpb": x}` with a
+    finite x or `{"fail": reason, "detail": sentence}`; anything else is a crash of that process."""
+    lines = split_lines(output)
+    try:
+        verdict = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        verdict = None
+    if isinstance(verdict, dict) and returncode == 0:
+        bpb = verdict.get("val_bpb")
+        if isinstance(bpb, (int, float)) and not isinstance(bpb, bool) and math.isfinite(bpb):
+            return {"val_bpb": float(bpb)}
+        if isinstance(verdict.get("fail"), str) and isinstance(verdict.get("detail"), str):
+            return {"fail": verdict["fail"], "detail": verdict["detail"]}
+    last = lines[-1].strip()[:300] if lines else "no output"
+    return {"fail": "crash", "detail": f"the harness's evaluation of the handed-over model failed "
+                                       f"(exit status {returncode}): {last}"}
 
-    Order matters: what the harness observed itself (interruption, timeout, a modified prepare.py)
+
+def classify(returncode: int | None, output: str, *, timed_out: str | None, interrupted: bool,
+             time_budget: float, budget_slack: float, scored: dict | None, prepare_changed: bool,
+             over_budget: str | None = None, training_wall: float | None = None) -> Outcome:
+    """Decide an evaluation's outcome from the training process's exit status and output and the
+    harness's own score of what it handed over (`scored`: scored_verdict's dict, None when the
+    training process handed nothing over). The val_bpb the candidate printed is never used: the
+    archived one is the harness's. `timed_out` is the runner's sentence saying which phase overran
+    its limit, `over_budget` the one saying the training process ran past its measured limit
+    (None: none did); `budget_slack` how far past the budget training may end
+    (logs.training_slack); `training_wall` the seconds of training the harness's own clock saw.
+
+    Order matters: what the harness observed itself (interruption, a modified prepare.py, time)
     outranks anything the candidate printed.
     """
     if interrupted:
         return Outcome("FAIL", "interrupted", "stopped by the user")
     if prepare_changed:
         return Outcome("FAIL", "invalid", "the candidate modified the locked prepare.py")
+    if over_budget:
+        return Outcome("FAIL", "over_budget", over_budget)
     if timed_out:
         return Outcome("FAIL", "timeout", timed_out)
-    tail = "\n".join(split_lines(output)[-40:])
+    # The summary's val_bpb reads nan under the harness (the model was handed over): not a divergence.
+    tail = "\n".join(line for line in split_lines(output)[-40:] if not line.startswith("val_bpb:"))
     if returncode != 0:
         if returncode == EXIT_DIVERGED or (_NAN.search(tail) and "Traceback" not in tail):
             return Outcome("FAIL", "nan", f"loss diverged (exit status {returncode})")
@@ -168,15 +192,13 @@ def classify(returncode: int | None, output: str, *, timed_out: str | None, inte
         summary = parse_summary(output)
     except SummaryError as e:
         return Outcome("FAIL", "invalid", str(e))
-    bpb = summary["val_bpb"]
-    if not math.isfinite(bpb):
-        return Outcome("FAIL", "nan", f"val_bpb is {bpb}", summary)
-    if recorded_bpb is not None:
-        # The printed value is rounded to 6 decimals; it must match one the evaluator signed.
-        if not any(abs(bpb - r) <= 1e-6 + 1e-9 * abs(r) for r in recorded_bpb):
-            why = "the evaluator recorded no result" if not recorded_bpb else \
-                f"the evaluator recorded {', '.join(f'{fmt.bpb(r)}' for r in recorded_bpb)}"
-            return Outcome("FAIL", "invalid", f"printed val_bpb {fmt.bpb(bpb)} but {why}", summary)
+    if scored is None:
+        return Outcome("FAIL", "invalid", "the training process ended without handing its model to the harness: "
+                                          "call prepare's evaluate_bpb(model, tokenizer, batch_size) once, after "
+                                          "training", summary)
+    if "fail" in scored:
+        return Outcome("FAIL", scored["fail"], scored["detail"], summary)
+    summary = {**summary, "val_bpb": scored["val_bpb"]}
     overrun = budget_overrun(summary["training_seconds"], training_wall, time_budget, budget_slack)
     if overrun:
         return Outcome("FAIL", "over_budget", overrun, summary)
@@ -194,5 +216,5 @@ def budget_overrun(trained: float, training_wall: float | None, time_budget: flo
         return f"trained {trained:.1f} s by its own clock, {why}"
     if training_wall is not None and training_wall > limit:
         return (f"the harness clock saw {training_wall:.1f} s of training (from the start of its training clock to the "
-                f"last progress line, or to the start of the final evaluation when that came later), {why}")
+                f"last progress line, or to the hand-over of the model when that came later), {why}")
     return None

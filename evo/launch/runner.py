@@ -1,25 +1,27 @@
 """The runner: one evaluation of one candidate, as a real subprocess on one slot.
 
-Each evaluation gets its own folder holding the candidate as train.py beside a copy of the locked
-prepare.py, whose hash is checked before and after. The process runs under `evo.launch.watchdog` in its
+An evaluation is two processes. The training process runs the candidate as train.py beside a
+copy of the locked prepare.py (hash checked before and after), under `evo.launch.watchdog` in its
 own process group with a scrubbed environment (an allowlist: no API keys or tokens reach candidate
-code); the watchdog kills the group if evo dies. The runner reads the log as it grows and holds
-each phase to its own limit (`Phases`): start-up, the training budget, the final evaluation. On an
-overrun or interrupt the whole group gets SIGTERM, then SIGKILL, so children the candidate spawned
-die with it (unless they left the group: see evo.launch.watchdog). Deciding what the output means is
-`evo.launch.logs`' job.
+code); the watchdog kills the group if evo dies. Its evaluate_bpb hands the trained model over as a
+file instead of scoring it. The evaluation process (`evo.launch.evaluate`) then scores that file
+with only harness code, importing prepare.py from a folder beside the candidate's that only the
+harness writes; the number it prints is the one archived, whatever the candidate printed.
+
+The runner reads the training log as it grows and holds each phase to its own limit (`Phases`):
+start-up, the training budget, the hand-over; and, once the seed has been measured, the whole
+training process to the budget plus the seed's own start-up and hand-over time (`Limits.training_limit`).
+On an overrun or interrupt the whole group gets SIGTERM, then SIGKILL, so children the candidate
+spawned die with it. Deciding what the output means is `evo.launch.logs`' job.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
-import hmac
-import json
 import math
 import os
 import re
-import secrets
 import shutil
 import signal
 import subprocess
@@ -30,12 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evo.launch import logs
+from evo.launch.sandbox import Sandbox, harness_paths, hidden_validation, wrap
 
 LOG_TAIL_LINES = 200
 PID_FILE = "pid"
 MAX_CURVE_POINTS = 500
 POLL_SECONDS = 0.2
 WATCHDOG = Path(__file__).with_name("watchdog.py")  # started by path; kill_orphan matches its last two parts
+HAND_OVER = "model.pt2"          # in the candidate's folder: what evaluate_bpb hands over
+HAND_OVER_ENV = "EVO_HAND_OVER"  # prepare.py's name for it
+HARNESS_SUFFIX = ".harness"      # beside the candidate's folder: the locked prepare.py and the evaluation's log
 
 # Environment variables a candidate may see. Everything else is dropped, and so is anything that
 # looks like a credential even when a prefix below would admit it.
@@ -54,12 +60,22 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class Confinement:
+    """What the sandbox (evo.launch.sandbox) keeps from a candidate: the archive's folder (its
+    database and every other evaluation) is invisible, and the preset's data cache is read-only with
+    its validation data invisible to training; `cache_dir` None: an apparatus without a data cache."""
+    archive_dir: Path
+    cache_dir: Path | None
+
+
+@dataclass(frozen=True)
 class Limits:
     time_budget: float          # the preset's TIME_BUDGET
     startup_allowance: float    # until the first timed step: imports, data loading, compilation, warm-up steps
     eval_allowance: float       # from the end of training: the final evaluate_bpb and the summary
     kill_grace: float = 5.0     # SIGTERM to SIGKILL
     run_name: str = ""          # for the command that raises an allowance, in timeout messages
+    training_limit: float | None = None  # the most seconds the training process may run (None: not measured yet)
 
     @property
     def budget_slack(self) -> float:
@@ -82,6 +98,22 @@ class Limits:
                 + self.eval_allowance)
 
 
+# The training process's limit once the seed is measured: the budget, this many times the seed's own
+# start-up and hand-over time (a bigger model compiles longer), and a margin for a loaded machine.
+TRAINING_LIMIT_FACTOR = 3.0
+TRAINING_LIMIT_MARGIN = 20.0  # seconds, or a tenth of the budget when that is more
+
+
+def training_limit(time_budget: float, seed_processes: list[float]) -> float | None:
+    """Limits.training_limit from the seconds the seed's training processes ran by the harness's
+    clock (None when none finished): a candidate's process may take the budget plus what the seed
+    needed around it, with room; more is training outside the budget, whatever the candidate prints."""
+    if not seed_processes:
+        return None
+    overhead = max(0.0, max(seed_processes) - time_budget)
+    return time_budget + TRAINING_LIMIT_FACTOR * overhead + max(TRAINING_LIMIT_MARGIN, 0.1 * time_budget)
+
+
 @dataclass
 class Phases:
     """Where a running candidate is, from its progress lines and the evaluator's records and when
@@ -96,10 +128,9 @@ class Phases:
     - training: the budget plus a slack sized from the intervals at which the harness saw progress
       lines (logs.training_slack), counted from when the harness saw the first timed line; a
       progress line written after that is an overrun, also after a line reporting the budget reached;
-    - evaluation: the eval allowance, counted from the line reporting the budget reached (or from
+    - hand-over: the eval allowance, counted from the line reporting the budget reached (or from
       the end of the training window when no line does). Time between the last progress line and
-      the start of the final evaluation (from the evaluator's signed record: when the harness saw
-      it, less the seconds it says the evaluation took) counts as training.
+      the hand-over of the model (when the harness saw the file appear) counts as training.
     """
 
     limits: Limits
@@ -110,21 +141,20 @@ class Phases:
     clock_from_warmup: bool = False                   # it started at the warm-up window's end, not at a timed line
     training_end: float | None = None                 # when the first line reporting the budget reached was seen
     last_line: tuple[float, float] | None = None      # (written no earlier than, elapsed) of the latest progress line
-    evaluation_from: float | None = None              # the latest evaluation began no earlier than this
+    evaluation_from: float | None = None              # the hand-over began no earlier than this
     _partial: str = ""                                # the log's last line, not yet ended
     _previous: float | None = None                    # the clock at the previous feed
     _line_seen: float | None = None                   # the clock at the previous feed that brought a training line
 
-    def feed(self, text: str, now: float, evaluations: tuple[float, ...] = ()) -> None:
-        """Take what the log gained since the previous feed, and the durations (seconds) of the
-        evaluator records that appeared, all seen at `now`."""
+    def feed(self, text: str, now: float, handed_over: bool = False) -> None:
+        """Take what the log gained since the previous feed, and whether the hand-over file
+        exists, all seen at `now`."""
         *lines, partial = re.split(r"[\r\n]", self._partial + text)
         self._partial = partial[-10_000:]  # a line without an end is not a progress line yet
         written_after = self.started if self._previous is None else self._previous
         self._previous = now
-        for seconds in evaluations:
-            # Seen now, so written after the previous feed: began no earlier than that, less its duration.
-            self.evaluation_from = written_after - seconds
+        if handed_over and self.evaluation_from is None:
+            self.evaluation_from = written_after  # seen now, so begun after the previous feed
         points = logs.parse_curve("\n".join(lines), self.limits.time_budget)
         if points:
             if self.first_line is None:
@@ -157,7 +187,7 @@ class Phases:
     @property
     def training_wall(self) -> float | None:
         """Seconds of training by the harness's clock, from the start of its training clock to the
-        latest progress line or the start of the latest evaluation, whichever is later; counted
+        latest progress line or the hand-over, whichever is later; counted
         short (the poll's uncertainty is the candidate's benefit)."""
         ends = ([self.last_line[0]] if self.last_line else []) + ([] if self.evaluation_from is None
                                                                    else [self.evaluation_from])
@@ -199,6 +229,17 @@ class Phases:
         if now - self.started > lim.hard_timeout:
             return f"killed at the hard cap of {lim.hard_timeout:.0f} s (start-up, budget, slack and evaluation together)"
         return None
+
+
+    def over_budget(self, now: float) -> str | None:
+        """The sentence saying the training process ran past Limits.training_limit, or None."""
+        limit = self.limits.training_limit
+        if limit is None or now - self.started <= limit:
+            return None
+        budget = self.limits.time_budget
+        return (f"the training process ran {now - self.started:.0f} s by the harness's clock, past the {budget:g} s "
+                f"budget plus {limit - budget:.0f} s for start-up and hand-over (measured on the seed, with a margin), "
+                f"whatever its own clock said")
 
 
 def _more(seconds: float) -> int:
@@ -276,52 +317,6 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def signed_records(text: str, key: str) -> list[dict]:
-    """The records the evaluator signed with this evaluation's key; forged lines are ignored."""
-    records = []
-    for line in text.splitlines():
-        try:
-            entry = json.loads(line)
-            payload = json.dumps(entry["record"], sort_keys=True)
-            signature = hmac.new(key.encode(), payload.encode(), hashlib.sha256).hexdigest()
-            if hmac.compare_digest(signature, entry["hmac"]):
-                records.append(entry["record"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return records
-
-
-def read_records(path: Path, key: str) -> list[float]:
-    """val_bpb values the evaluator signed with this evaluation's key."""
-    if not path.exists():
-        return []
-    values = []
-    for record in signed_records(path.read_text(errors="replace"), key):
-        try:
-            values.append(float(record["val_bpb"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return values
-
-
-def _new_evaluations(path: Path, offset: int, key: str) -> tuple[tuple[float, ...], int]:
-    """The durations (the evaluator's `seconds`) of signed records appended to `path` since
-    `offset`, and the offset after the last complete line."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return (), offset
-    complete = data[:data.rfind(b"\n") + 1]
-    durations = []
-    for record in signed_records(complete.decode(errors="replace"), key):
-        seconds = record.get("seconds") if isinstance(record, dict) else None
-        if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0:
-            durations.append(float(seconds))
-    return tuple(durations), offset + len(complete)
-
-
 def _downsample(curve: list[tuple[int, float, float]], n: int = MAX_CURVE_POINTS) -> list[tuple[int, float, float]]:
     if len(curve) <= n:
         return curve
@@ -382,21 +377,35 @@ def _is_watchdog_of(pid: int, workdir: Path) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. A zombie does not: the sandbox's namespace init
+    lingers as one until the machine's init reaps it, and waiting for that would cost every
+    evaluation the kill grace."""
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return True  # no /proc to tell zombies apart
+    for pid in pids:
+        try:
+            stat = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(stat[2]) == pgid and stat[0] != "Z":
+            return True
+    return False
 
 
-def _launch(python: str, workdir: Path, env: dict[str, str], log) -> tuple[subprocess.Popen, int]:
-    """Start `python train.py` under evo.launch.watchdog as the leader of a new process group. Returns the
+def _launch(python: str, argv: list[str], workdir: Path, env: dict[str, str], log) -> tuple[subprocess.Popen, int]:
+    """Start `argv` under evo.launch.watchdog as the leader of a new process group. Returns the
     process and the write end of the watchdog's lifeline: closing it, or evo dying, kills the group."""
     lifeline_read, lifeline = os.pipe()  # not inheritable: no other child of evo holds the lifeline open
     try:
-        proc = subprocess.Popen([python, "-I", str(WATCHDOG), str(lifeline_read), python, "train.py"], cwd=workdir,
+        proc = subprocess.Popen([python, "-I", str(WATCHDOG), str(lifeline_read), *argv], cwd=workdir,
                                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, pass_fds=(lifeline_read,))
     except BaseException:
@@ -407,65 +416,139 @@ def _launch(python: str, workdir: Path, env: dict[str, str], log) -> tuple[subpr
     return proc, lifeline
 
 
-def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: str, slot: Slot, seed: int,
-                   limits: Limits, preset: str, stop: threading.Event | None = None,
-                   python: str = sys.executable) -> EvalResult:
-    """Train and score one candidate in `workdir`. `stop` set means: kill it now (second Ctrl-C)."""
-    t0 = time.monotonic()
-    shutil.rmtree(workdir, ignore_errors=True)  # a re-queued evaluation starts clean
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "train.py").write_text(code)
-    prepare = workdir / "prepare.py"
-    shutil.copyfile(prepare_src, prepare)
-    if file_hash(prepare) != locked_hash:
-        raise RuntimeError(f"{prepare_src} changed since the run started; the apparatus is locked")
-    record, key = workdir / "eval_record.jsonl", secrets.token_hex(16)
-    record.unlink(missing_ok=True)
-    env = scrub_env(dict(os.environ), {
-        **slot.env, "EVO_PRESET": preset, "EVO_SEED": str(seed), "PYTHONUNBUFFERED": "1",
-        "EVO_EVAL_RECORD": str(record), "EVO_EVAL_KEY": key, "PYTHONDONTWRITEBYTECODE": "1"})
-    log_path = workdir / "run.log"
-    timed_out: str | None = None
+@dataclass
+class _Training:
+    """How the training process ended, by the harness's observation."""
+    returncode: int | None
+    output: str
+    phases: Phases
+    seconds: float
+    timed_out: str | None
+    over_budget: str | None
+    interrupted: bool
+
+
+def _wait(proc: subprocess.Popen) -> bool:
+    """Wait one poll; whether the process has exited."""
+    try:
+        proc.wait(timeout=POLL_SECONDS)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _train(python: str, argv: list[str], workdir: Path, env: dict[str, str], limits: Limits,
+           stop: threading.Event | None) -> _Training:
+    """Run train.py (`argv`) to its end, holding it to its limits (Phases); its children die with it."""
+    log_path, hand_over = workdir / "run.log", workdir / HAND_OVER
+    timed_out = over = None
     interrupted = False
     with open(log_path, "wb") as log, open(log_path, "rb") as reader:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         p0 = time.monotonic()
         phases = Phases(limits, p0)
-        record_offset = 0
-        proc, lifeline = _launch(python, workdir, env, log)
+        proc, lifeline = _launch(python, argv, workdir, env, log)
         try:
             (workdir / PID_FILE).write_text(str(proc.pid))  # lets a resumed run kill what a crash left behind
-            while True:
-                try:
-                    proc.wait(timeout=POLL_SECONDS)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
+            while not _wait(proc):
                 now = time.monotonic()
-                evaluations, record_offset = _new_evaluations(record, record_offset, key)
-                phases.feed(decoder.decode(reader.read()), now, evaluations)
-                if stop is not None and stop.is_set():
-                    interrupted = True
-                else:
-                    timed_out = phases.overrun(now)
-                if interrupted or timed_out:
+                phases.feed(decoder.decode(reader.read()), now, hand_over.exists())
+                interrupted = stop is not None and stop.is_set()
+                over = None if interrupted else phases.over_budget(now)
+                timed_out = None if interrupted or over else phases.overrun(now)
+                if interrupted or timed_out or over:
                     kill_group(proc, limits.kill_grace)
                     break
             p1 = time.monotonic()
-            evaluations, record_offset = _new_evaluations(record, record_offset, key)
-            phases.feed(decoder.decode(reader.read(), final=True), p1, evaluations)
-            # Children the candidate left behind die with it.
-            if _group_alive(proc.pid):
+            phases.feed(decoder.decode(reader.read(), final=True), p1, hand_over.exists())
+            if not (interrupted or timed_out or over):
+                over = phases.over_budget(p1)
+            if _group_alive(proc.pid):  # children the candidate left behind die with it
                 kill_group(proc, limits.kill_grace)
         finally:
             os.close(lifeline)  # whatever is still alive now, the watchdog kills (also when this thread fails)
-    output = log_path.read_text(errors="replace")
+    return _Training(proc.returncode, log_path.read_text(errors="replace"), phases, p1 - p0, timed_out, over, interrupted)
+
+
+def _score(python: str, argv: list[str], harness: Path, env: dict[str, str], limits: Limits,
+           stop: threading.Event | None) -> dict | None:
+    """The evaluation process's (`argv`) verdict on the hand-over (logs.scored_verdict), or None
+    when stopped."""
+    log_path = harness / "evaluate.log"
+    with open(log_path, "wb") as log:
+        deadline = time.monotonic() + limits.eval_allowance
+        proc, lifeline = _launch(python, argv, harness, env, log)
+        try:
+            while not _wait(proc):
+                if stop is not None and stop.is_set():
+                    kill_group(proc, limits.kill_grace)
+                    return None
+                if time.monotonic() > deadline:
+                    kill_group(proc, limits.kill_grace)
+                    run = limits.run_name or "RUN"
+                    return {"fail": "timeout", "detail": (
+                        f"the harness's evaluation of the handed-over model did not finish within --eval-allowance "
+                        f"{limits.eval_allowance:g} s; raise it with `evo run --resume --name {run} --eval-allowance "
+                        f"{_more(limits.eval_allowance)}`")}
+        finally:
+            os.close(lifeline)
+    return logs.scored_verdict(proc.returncode, log_path.read_text(errors="replace"))
+
+
+def _sandboxes(confine: Confinement, workdir: Path, harness: Path, gpu: bool) -> tuple[Sandbox, Sandbox]:
+    """The training process's sandbox and the evaluation process's: training sees no validation
+    data and cannot write its prepare.py; the evaluation reads the validation data and writes only
+    the harness's folder."""
+    data = [] if confine.cache_dir is None else [confine.cache_dir]
+    # The run prepared its preset before the first evaluation: the manifest names the validation data.
+    validation = hidden_validation(confine.cache_dir) if confine.cache_dir is not None else []
+    training = Sandbox.build(workdir, hidden=[*validation, confine.archive_dir],
+                             readonly=[*harness_paths(), *data, workdir / "prepare.py"], gpu=gpu)
+    evaluation = Sandbox.build(harness, hidden=[confine.archive_dir], readonly=[*harness_paths(), *data], gpu=gpu)
+    return training, evaluation
+
+
+def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: str, slot: Slot, seed: int,
+                   limits: Limits, preset: str, stop: threading.Event | None = None,
+                   confine: Confinement | None = None, python: str = sys.executable) -> EvalResult:
+    """Train one candidate in `workdir`, then score what it handed over in a process of the harness's
+    own; both sandboxed when `confine` is given. `stop` set means: kill it now (second Ctrl-C)."""
+    t0 = time.monotonic()
+    harness = workdir.with_name(workdir.name + HARNESS_SUFFIX)
+    for folder in (workdir, harness):  # a re-queued evaluation starts clean
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    (workdir / "train.py").write_text(code)
+    prepare = workdir / "prepare.py"
+    for copy in (prepare, harness / "prepare.py"):
+        shutil.copyfile(prepare_src, copy)
+        if file_hash(copy) != locked_hash:
+            raise RuntimeError(f"{prepare_src} changed since the run started; the apparatus is locked")
+    hand_over, scored_file = workdir / HAND_OVER, harness / HAND_OVER
+    env = scrub_env(dict(os.environ), {**slot.env, "EVO_PRESET": preset, "PYTHONUNBUFFERED": "1",
+                                       "PYTHONDONTWRITEBYTECODE": "1"})
+    train_argv = [python, "train.py"]
+    score_argv = [python, "-I", "-m", "evo.launch.evaluate", str(scored_file), str(harness)]
+    if confine is not None:
+        home = Path(env.get("HOME") or "/nonexistent").resolve()
+        boxes = _sandboxes(confine, workdir, harness, gpu=slot.name.startswith("gpu"))
+        train_argv, score_argv = wrap(train_argv, boxes[0], home), wrap(score_argv, boxes[1], home)
+    training = _train(python, train_argv, workdir, {**env, "EVO_SEED": str(seed), HAND_OVER_ENV: str(hand_over)},
+                      limits, stop)
     prepare_changed = not prepare.exists() or file_hash(prepare) != locked_hash or file_hash(prepare_src) != locked_hash
-    outcome = logs.classify(proc.returncode, output, timed_out=timed_out, interrupted=interrupted,
-                            time_budget=limits.time_budget, budget_slack=phases.slack,
-                            recorded_bpb=read_records(record, key), prepare_changed=prepare_changed,
-                            training_wall=phases.training_wall)
-    curve = _downsample(logs.parse_curve(output, limits.time_budget))
-    tail = "\n".join(logs.split_lines(output)[-LOG_TAIL_LINES:])
+    interrupted = training.interrupted
+    scored = None
+    # A regular file only, moved out of the candidate's reach (a link could name anything).
+    if (training.returncode == 0 and not (interrupted or training.timed_out or training.over_budget or prepare_changed)
+            and hand_over.is_file() and not hand_over.is_symlink()):
+        os.replace(hand_over, scored_file)
+        scored = _score(python, score_argv, harness, env, limits, stop)
+        interrupted = scored is None
+    outcome = logs.classify(training.returncode, training.output, timed_out=training.timed_out,
+                            over_budget=training.over_budget, interrupted=interrupted,
+                            time_budget=limits.time_budget, budget_slack=training.phases.slack, scored=scored,
+                            prepare_changed=prepare_changed, training_wall=training.phases.training_wall)
+    curve = _downsample(logs.parse_curve(training.output, limits.time_budget))
+    tail = "\n".join(logs.split_lines(training.output)[-LOG_TAIL_LINES:])
     wall = time.monotonic() - t0
-    return EvalResult(outcome, curve, proc.returncode, wall, wall - (p1 - p0), tail)
+    return EvalResult(outcome, curve, training.returncode, wall, wall - training.seconds, tail)

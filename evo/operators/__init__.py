@@ -11,7 +11,7 @@ from evo.operators.base import Operator, OperatorError, OperatorUnavailable, Par
 from evo.operators.tweak import TweakOperator
 
 if TYPE_CHECKING:
-    from evo.storage.archive import Archive
+    from evo.storage import Archive
     from evo.config import RunConfig
 
 OPERATORS = ("llm", "tweak")
@@ -23,7 +23,7 @@ def check(config: "RunConfig") -> None:
     if config.operator not in OPERATORS:
         raise OperatorError(f"unknown operator {config.operator!r}; choose one of {', '.join(OPERATORS)}.")
     if config.operator == "llm":
-        from evo.operators.llm import check_credentials, parse_model_spec
+        from evo.operators.llm.client import check_credentials, parse_model_spec
         check_credentials([parse_model_spec(m) for m in config.models or [DEFAULT_MODEL]])
 
 
@@ -31,8 +31,8 @@ def build(config: "RunConfig", archive: "Archive", run_id: int, facts: dict[str,
     check(config)
     if config.operator == "tweak":
         return TweakOperator()
-    from evo.operators.llm import parse_model_spec
-    from evo.operators.llm_operator import LLMContext, LLMOperator
+    from evo.operators.llm.client import parse_model_spec
+    from evo.operators.llm.operator import LLMContext, LLMOperator
     from evo.operators.memory import ArchiveMemory
 
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
 
-from evo.storage.archive import Archive, ArchiveError
+from evo.storage import Archive, ArchiveError
 from evo.core import format as fmt
 from evo.report import data, figures, html, load
 

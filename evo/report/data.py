@@ -20,9 +20,9 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-from evo.storage.archive import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, WAITING
+from evo.storage import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, WAITING
 from evo.core import format as fmt
 from evo.core.lineage import best_index, line
 from evo.cli.view import run_status
@@ -670,13 +670,3 @@ def _clean(value: Any) -> Any:
         return value.isoformat()
     return value
 
-
-def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

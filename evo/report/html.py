@@ -15,7 +15,7 @@ from typing import Any
 
 from evo import __version__
 from evo.core import format as fmt
-from evo.storage.archive import FAILED
+from evo.storage import FAILED
 from evo.report import data
 
 ASSETS = Path(__file__).parent / "assets"

@@ -17,19 +17,13 @@ Every call is in `Proposal.extra["llm_calls"]`, or `exc.llm_calls` on failure, a
 archive's LLMCall fields: model, purpose, tokens_in, tokens_out, latency_s, cost_usd, error,
 prompt, response. LLMUnavailable (the API is down) propagates unchanged, with its calls.
 
-Model choice with several models: fixed `weights` when given; otherwise a Thompson-sampling
-bandit on improvement per dollar. Each model has a Beta(1 + improved, 1 + not improved) posterior
-of the chance that its proposal improves (fed by `record_outcome`); a draw from it is divided by
-the expected dollars per proposal: the model's mean LLM spend per proposal (starting from its list
-price for a typical 15k-in / 2k-out call) plus `slot_cost_usd`, the GPU time an evaluation costs
-(default $0.25: five minutes of a rented H100), so a free local model is not infinitely cheap.
-The highest score proposes. Unproven models keep being tried because their posterior is wide.
+Model choice with several models: evo.operators.llm.bandit (fixed `weights`, else Thompson
+sampling on improvement per dollar, fed by `record_outcome`).
 """
 
 from __future__ import annotations
 
 import random
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -37,14 +31,12 @@ from typing import Callable, Mapping, Sequence
 from evo.core.lineage import lowest_common_ancestor
 from evo.operators.base import Operator, OperatorError, OperatorUnavailable, Parent, Proposal
 from evo.operators.edits import EditError, apply_reply, parse_reply
-from evo.operators.llm import LLMClient, LLMReply, ModelSpec, clip, cost_usd, normalize_prices
+from evo.operators.llm.bandit import DEFAULT_SLOT_COST_USD, TYPICAL_CALL_TOKENS, ModelBandit
+from evo.operators.llm.client import LLMClient, LLMReply, ModelSpec, clip, cost_usd, normalize_prices
 from evo.operators.merge import merge3
 from evo.operators.prompts import (DEFAULT_PROMPT_TOKENS, CandidateSummary, Lineage, Prompt, crossover_prompt,
                                    fix_prompt, mutation_prompt, repair_message)
 from evo.operators.validate import validate_child
-
-DEFAULT_SLOT_COST_USD = 0.25
-TYPICAL_CALL_TOKENS = (15_000, 2_000)
 
 
 @dataclass
@@ -63,14 +55,6 @@ class LLMContext:
     facts: dict[str, str]
     lineage: Callable[[int], Lineage]
     code: Callable[[int], str] | None = None
-
-
-@dataclass
-class _Arm:
-    improved: int = 0
-    outcomes: int = 0
-    spent: float = 0.0
-    prior_cost: float = 0.0
 
 
 class LLMOperator(Operator):
@@ -96,47 +80,28 @@ class LLMOperator(Operator):
         self.crossover_rate = crossover_rate
         self.budget = prompt_token_budget
         self.prices = normalize_prices(prices)
-        self.weights = list(weights) if weights is not None else None
-        self.slot_cost_usd = slot_cost_usd
         clients = dict(clients or {})
         for spec in self.models:
             if str(spec) not in clients:
                 clients[str(spec)] = LLMClient(spec, prices=self.prices, **dict(client_options or {}))
         self.clients = clients
-        self._lock = threading.Lock()
-        self._arms = {str(s): _Arm(prior_cost=cost_usd(s, *TYPICAL_CALL_TOKENS, self.prices)) for s in self.models}
+        self.bandit = ModelBandit([str(s) for s in self.models],
+                                  [cost_usd(s, *TYPICAL_CALL_TOKENS, self.prices) for s in self.models],
+                                  weights=weights, slot_cost_usd=slot_cost_usd)
 
     # ----- model choice ---------------------------------------------------------------------
 
     def record_outcome(self, model: str, improved: bool, cost: float) -> None:
         """Feed the bandit: a proposal by `model` (Proposal.model) was judged; `cost` is what its
         LLM calls cost in USD. Unknown models (merges have none) are ignored."""
-        with self._lock:
-            arm = self._arms.get(model)
-            if arm is not None:
-                arm.outcomes += 1
-                arm.improved += bool(improved)
-                arm.spent += max(0.0, float(cost))
+        self.bandit.record(model, improved, cost)
 
     def choose_model(self, rng: random.Random) -> ModelSpec:
-        if len(self.models) == 1:
-            return self.models[0]
-        if self.weights is not None:
-            return rng.choices(self.models, weights=self.weights)[0]
-        with self._lock:
-            scores = []
-            for spec in self.models:
-                arm = self._arms[str(spec)]
-                p = rng.betavariate(1 + arm.improved, 1 + arm.outcomes - arm.improved)
-                per_proposal = (arm.spent + arm.prior_cost) / (arm.outcomes + 1)
-                scores.append(p / (per_proposal + self.slot_cost_usd + 1e-9))
-        return self.models[max(range(len(scores)), key=scores.__getitem__)]
+        return self.models[self.bandit.choose(rng)]
 
     def arm_stats(self) -> dict[str, dict]:
         """The bandit's state per model, for status views."""
-        with self._lock:
-            return {name: {"improved": a.improved, "outcomes": a.outcomes, "spent_usd": a.spent}
-                    for name, a in self._arms.items()}
+        return self.bandit.stats()
 
     # ----- the operator interface -------------------------------------------------------------
 

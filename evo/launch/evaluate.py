@@ -1,0 +1,39 @@
+"""The evaluation process: scores the model a training process handed over, running only harness code.
+
+Under the harness, prepare.evaluate_bpb does not score: it saves the trained model as a
+`torch.export` program (the forward `idx -> logits` at the harness's shapes: a graph of ATen ops
+and weights, none of the candidate's Python) and the training process exits. The runner then
+starts this process, which imports the run's locked prepare.py from a folder only the harness
+writes and calls its `score_hand_over`: a causality check on validation text, then one score on
+the fixed EVAL_TOKENS, cross-entropy computed from the logits on the harness's side.
+
+Unpickling runs code, and torch.export.load falls back to a full unpickler when the weights-only
+one refuses a file, so this process forces weights-only loading before anything is read.
+
+Usage (by the runner): python -I -m evo.launch.evaluate HAND_OVER_FILE APPARATUS_DIR
+Prints one JSON line: {"val_bpb": ...} or {"fail": reason, "detail": sentence}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main(argv: list[str]) -> int:
+    hand_over, apparatus = argv
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    sys.path.insert(0, apparatus)
+    import prepare  # the run's locked copy, which the runner hashed
+
+    try:
+        out = prepare.score_hand_over(hand_over)
+    except prepare.Refused as e:
+        out = {"fail": e.reason, "detail": str(e)}
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,85 @@
+"""The engine's parts (issue 10): the slot pool on its own, and the synthetic archives of
+tests/support built by driving the real Engine with a simulated evaluation (no engine rules
+re-implemented, no rows rewritten)."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from concurrent.futures import wait
+from pathlib import Path
+
+from evo.config import RunConfig
+from evo.core.acceptance import noise_sigma
+from evo.engine.slots import SlotPool
+from evo.launch import apparatus
+from evo.launch.runner import Slot
+from evo.storage import COMPLETE, FINISHED, RUNNING, WAITING, Archive, liveness
+from tests.support.simulated import SURROGATE, SimulatedEvaluation, simulated_engine
+from tests.support.synthetic import default_code, synthesize
+
+
+def test_slot_pool_knows_what_runs_where_and_frees_slots() -> None:
+    release = threading.Event()
+
+    def evaluate(**kw):
+        release.wait(60)
+        return kw["code"]
+
+    app = apparatus.load(SURROGATE / "prepare.py", "smoke")
+    pool = SlotPool([Slot("gpu0"), Slot("gpu1")], evaluate, app, None, threading.Event())
+    try:
+        pool.start(Slot("gpu1"), 7, 3, "code", Path("/nonexistent"), 42, "candidate 3 r0")
+        assert [s.name for s in pool.free()] == ["gpu0"] and pool.evaluation_ids() == {7}
+        assert pool.status == {"gpu1": "candidate 3 r0"}
+        release.set()
+        done, _ = wait(list(pool.running), timeout=60)
+        [(pending, fut)] = pool.collect(done)
+        assert (pending.evaluation_id, pending.candidate_id, pending.slot.name, fut.result()) == (7, 3, "gpu1", "code")
+        assert len(pool.free()) == 2 and pool.status == {} and not pool.running
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_simulated_evaluation_stops_the_engine_at_its_cap(tmp_path: Path) -> None:
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    config = RunConfig(name="capped", preset="smoke", population=4, replicates=3, max_candidates=50, lookahead=0,
+                       operator="tweak", seed=3).validate()
+    evaluate = SimulatedEvaluation(lambda code, seed: 1.0 + 1e-4 * (hash(code) % 97) + 1e-5 * seed, cap=10)
+    engine = simulated_engine(archive, config, default_code(), evaluate)
+    assert engine.execute() == "INTERRUPTED"  # a stop asked for, as Ctrl-C would
+    ran = [e for e in archive.evaluations(engine.run.id) if e.state != WAITING]
+    assert evaluate.count == 10 == len(ran), "the tenth evaluation is the last one started"
+
+
+def test_synthetic_run_is_the_engines_own(tmp_path: Path) -> None:
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    run = synthesize(archive, 40, name="night", slots=3, population=6, seed=5)
+    assert run.status == FINISHED and run.owner is None
+    cands = archive.candidates(run.id)
+    assert len(cands) == 41 and {c.operator for c in cands[1:]} == {"tweak"}
+    # the seed's replicates set σ and T0 = 2σ as the engine's `auto` does
+    seed_values = [e.val_bpb for e in archive.evaluations(run.id, cands[0].id) if e.state == COMPLETE]
+    assert len(seed_values) == 3 and run.temperature0 == 2 * noise_sigma(seed_values)
+    assert len(archive.population(run.id)) <= 6
+    assert all(c.accepted is not None for c in cands), "every child judged"
+    assert any(c.fail_reason in ("crash", "oom", "timeout", "nan") for c in cands)
+    evals = archive.evaluations(run.id)
+    assert any(e.replicate == 1 for e in evals if e.candidate_id != cands[0].id), "a would-be best was confirmed"
+    # timestamps are the engine's own: an evaluation starts after its candidate exists, on a slot of the run
+    created = {c.id: c.created_at for c in cands}
+    assert all(created[e.candidate_id] <= e.started_at <= e.finished_at for e in evals)
+    assert {e.slot for e in evals} == {"gpu0", "gpu1", "gpu2"}
+
+def test_live_synthetic_run_is_in_progress(tmp_path: Path) -> None:
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    run = synthesize(archive, 8, name="live", slots=2, seed=2, live=True)
+    states = [e.state for e in archive.evaluations(run.id)]
+    assert states.count(RUNNING) == 2 and WAITING in states
+    alive, age = liveness(archive.run_by_id(run.id))
+    assert run.status == "ACTIVE" and alive and age is not None
+
+
+def test_report_synthetic_is_not_shipped() -> None:
+    assert importlib.util.find_spec("evo.report.synthetic") is None
