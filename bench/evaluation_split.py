@@ -32,6 +32,9 @@ from evo.launch.sandbox import probe
 
 PREPARE = ROOT / "prepare.py"
 _HAND_OVER = re.compile(r"handed the model to the harness in ([0-9.]+) s")
+# The same program scored the way `python train.py` scores by hand: prepare.evaluate_bpb in-process.
+_BY_HAND = ("import sys, torch, prepare; m = torch.export.load(sys.argv[1]).module(); "
+            "print(prepare.evaluate_bpb(m, prepare.Tokenizer.from_directory(), prepare.EVAL_BATCH_SIZE))")
 
 
 def prepare_preset(cache: Path, preset: str, text: str | None) -> None:
@@ -68,11 +71,16 @@ def measure(preset: str, cache: Path, work: Path, sandboxed: bool, seed: int) ->
     verdict = json.loads((workdir.with_name(workdir.name + runner.HARNESS_SUFFIX) / "evaluate.log").read_text()
                          .splitlines()[-1])
     hand_over = float(_HAND_OVER.search((workdir / "run.log").read_text()).group(1))
+    by_hand = subprocess.run([sys.executable, "-c", _BY_HAND, str(workdir.with_name(workdir.name + runner.HARNESS_SUFFIX)
+                                                                  / runner.HAND_OVER)],
+                             cwd=ROOT, env={**os.environ, "EVO_CACHE_DIR": str(cache), "EVO_PRESET": preset},
+                             capture_output=True, text=True, check=True)
     inside = verdict["seconds"]
     return {"training process": result.wall_seconds - result.harness_seconds, "hand-over": hand_over,
             "evaluation process": scored[0], "of which score": inside - verdict["check_seconds"],
             "split cost": hand_over + scored[0] - (inside - verdict["check_seconds"]),
-            "val_bpb": result.outcome.summary["val_bpb"]}
+            "val_bpb": result.outcome.summary["val_bpb"],
+            "|harness - by hand|": abs(result.outcome.summary["val_bpb"] - float(by_hand.stdout.split()[-1]))}
 
 
 def main() -> int:
@@ -99,9 +107,9 @@ def main() -> int:
                              *(f"{med[k]:.2f}" for k in ("training process", "hand-over", "evaluation process",
                                                          "of which score", "split cost")),
                              f"{100 * med['split cost'] / (budget + med['split cost']):.1f}%",
-                             f"{med['val_bpb']:.4f}"])
+                             f"{med['val_bpb']:.4f}", f"{max(r['|harness - by hand|'] for r in runs):.1e}"])
     table(["preset", "mode", "n", "budget s", "training process s", "hand-over s", "evaluation process s",
-           "of which score s", "split cost s", "split / (budget + split)", "val_bpb"], rows,
+           "of which score s", "split cost s", "split / (budget + split)", "val_bpb", "max |harness - by hand|"], rows,
           "medians over n evaluations of the seed (CPU slot)")
     return 0
 

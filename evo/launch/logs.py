@@ -192,6 +192,7 @@ def classify(returncode: int | None, output: str, *, timed_out: str | None, inte
         summary = parse_summary(output)
     except SummaryError as e:
         return Outcome("FAIL", "invalid", str(e))
+    summary.pop("val_bpb")  # the candidate's own number: only the harness's is ever archived
     if scored is None:
         return Outcome("FAIL", "invalid", "the training process ended without handing its model to the harness: "
                                           "call prepare's evaluate_bpb(model, tokenizer, batch_size) once, after "

@@ -102,6 +102,17 @@ class Limits:
 # start-up and hand-over time (a bigger model compiles longer), and a margin for a loaded machine.
 TRAINING_LIMIT_FACTOR = 3.0
 TRAINING_LIMIT_MARGIN = 20.0  # seconds, or a tenth of the budget when that is more
+STARTUP_FACTOR = 2.0          # the start-up phase once the seed is measured: twice the seed's ...
+STARTUP_MARGIN = 10.0         # ... plus this many seconds, or a twentieth of the budget
+
+
+def startup_limit(allowance: float, time_budget: float, seed_startups: list[float]) -> float:
+    """Limits.startup_allowance once the seed is measured: twice the seed's longest start-up (until
+    its training clock started) plus a margin, never more than the configured allowance. Start-up
+    is time without a timed progress line, where silent training would otherwise hide."""
+    if not seed_startups:
+        return allowance
+    return min(allowance, STARTUP_FACTOR * max(seed_startups) + max(STARTUP_MARGIN, 0.05 * time_budget))
 
 
 def training_limit(time_budget: float, seed_processes: list[float]) -> float | None:
@@ -255,6 +266,7 @@ class EvalResult:
     wall_seconds: float
     harness_seconds: float
     log_tail: str
+    startup_seconds: float | None = None  # until the training clock started, by the harness's clock
 
 
 def detect_slots(gpus: str | None, slots: int | None, visible: int | None = None) -> list[Slot]:
@@ -551,4 +563,6 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
     curve = _downsample(logs.parse_curve(training.output, limits.time_budget))
     tail = "\n".join(logs.split_lines(training.output)[-LOG_TAIL_LINES:])
     wall = time.monotonic() - t0
-    return EvalResult(outcome, curve, training.returncode, wall, wall - training.seconds, tail)
+    phases = training.phases
+    startup = None if phases.training_start is None else phases.training_start - phases.started
+    return EvalResult(outcome, curve, training.returncode, wall, wall - training.seconds, tail, startup)
