@@ -34,7 +34,8 @@ from evo.engine.proposals import Asked, Proposals
 from evo.engine.seeding import SeedPlan
 from evo.engine.slots import Pending, SlotPool
 from evo.launch.apparatus import Apparatus
-from evo.launch.runner import EvalResult, Limits, Slot, file_hash, kill_orphan, run_evaluation, training_limit
+from evo.launch.runner import (EvalResult, Limits, Slot, file_hash, kill_orphan, run_evaluation, startup_limit,
+                               training_limit)
 from evo.operators import Operator, OperatorUnavailable, Parent, Proposal
 from evo.storage import (COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, RUNNING, WAITING, Archive, ArchiveError, Candidate,
                          Run, owner_id)
@@ -56,8 +57,12 @@ class EngineError(Exception):
 
 class Engine:
     def __init__(self, archive: Archive, run: Run, config: RunConfig, operator: Operator, slots: list[Slot],
-                 apparatus: Apparatus, seed: SeedPlan, evaluate: Callable[..., EvalResult] = run_evaluation):
+                 apparatus: Apparatus, seed: SeedPlan, evaluate: Callable[..., EvalResult] = run_evaluation,
+                 clock: Callable[[], float] = time.monotonic):
         self.archive, self.run, self.config, self.operator = archive, run, config, operator
+        # Seconds for the budget (--hours), active time, heartbeats and pauses: a simulated night
+        # (tests, benchmarks) passes its own clock along with a simulated evaluation.
+        self.clock = clock
         self.slots, self.apparatus = slots, apparatus
         self.seed = seed
         startup, evaluation = config.allowances(apparatus.allowances)
@@ -68,13 +73,14 @@ class Engine:
         self.stop_proposing = threading.Event()  # first Ctrl-C
         self.kill = threading.Event()            # second Ctrl-C: running evaluations die now
         self._active_base = run.active_seconds
-        self._t_start = time.monotonic()
+        self._t_start = clock()
         self._operator_failures = 0
         self.user_stopped = False
-        self.proposals = Proposals(archive, run.id, operator)
+        self.proposals = Proposals(archive, run.id, operator, clock)
         # `evaluate`: benchmarks and tests swap in a simulated evaluation with run_evaluation's signature
-        self.pool = SlotPool(slots, evaluate, apparatus, self.limits, self.kill)
+        self.pool = SlotPool(slots, evaluate, apparatus, self.limits, self.kill, clock)
         self.status = self.pool.status            # slot name -> what it is doing, for the live view
+        self._seed_startups: list[float] = []     # harness-clock start-ups of the seed's evaluations
         self._limit_training()                    # a resumed run's seed is measured already
         self._paused_until = 0.0
         self._pause_began = float("-inf")         # when the current (or last) pause began
@@ -89,15 +95,15 @@ class Engine:
         archive, run_id, pool, proposing = self.archive, self.run.id, self.pool, self.proposals.in_flight
         self._recover()
         self._ensure_seed()
-        last_beat = 0.0
+        last_beat = float("-inf")  # the first iteration beats, whatever the clock reads
         try:
             while True:
-                if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+                if self.clock() - last_beat > HEARTBEAT_SECONDS:
                     # Raises OwnershipLost if another process took the run over: the loop ends
                     # at once, its evaluations are killed, and the archive's fence refuses
                     # to record them (the new owner runs them again).
                     archive.heartbeat(run_id, owner_id(), self.active_seconds)
-                    last_beat = time.monotonic()
+                    last_beat = self.clock()
                 self._dispatch()
                 self._propose()
                 # After a stop, proposals still in flight are abandoned: an LLM call with the SDK's
@@ -236,7 +242,7 @@ class Engine:
     def _may_propose(self) -> bool:
         if self.stop_proposing.is_set() or not self.budget_left():
             return False
-        if self._operator_failures >= MAX_OPERATOR_FAILURES or time.monotonic() < self._paused_until:
+        if self._operator_failures >= MAX_OPERATOR_FAILURES or self.clock() < self._paused_until:
             return False
         if self.config.max_cost is not None and self.archive.cost(self.run.id) >= self.config.max_cost:
             if not self._cost_capped:
@@ -249,7 +255,7 @@ class Engine:
 
     def _work_possible(self) -> bool:
         # While proposals are paused for an unavailable operator the run waits, it does not end.
-        paused = time.monotonic() < self._paused_until and self.budget_left() and not self.stop_proposing.is_set()
+        paused = self.clock() < self._paused_until and self.budget_left() and not self.stop_proposing.is_set()
         return paused or bool(self.archive.waiting_evaluations(self.run.id)) or self._may_propose()
 
     def _as_parent(self, c: Candidate) -> Parent:
@@ -284,7 +290,7 @@ class Engine:
             self.archive.record_llm_calls(self.run.id, error.llm_calls)
         if submitted < self._pause_began:
             return
-        self._pause_began = time.monotonic()
+        self._pause_began = self.clock()
         self._paused_until = self._pause_began + self._pause
         self.archive.update_run(self.run.id, f"operator unavailable ({error}); pausing proposals for "
                                 f"{self._pause:.0f}s, evaluations go on")
@@ -340,7 +346,7 @@ class Engine:
                  "failed so the run goes on")
             self.archive.finish_evaluation(pending.evaluation_id, state=FAIL, fail_reason=reason, detail=detail,
                                            metrics=None, curve=[], returncode=None,
-                                           wall_seconds=time.monotonic() - pending.started, harness_seconds=0.0,
+                                           wall_seconds=self.clock() - pending.started, harness_seconds=0.0,
                                            log_tail="")
             if changed:
                 self.stop_proposing.set()
@@ -366,6 +372,8 @@ class Engine:
 
     def _record(self, pending: Pending, result: EvalResult) -> None:
         o = result.outcome
+        if result.startup_seconds is not None and o.state == COMPLETE and self._is_seed_id(pending.candidate_id):
+            self._seed_startups.append(result.startup_seconds)
         self.archive.finish_evaluation(pending.evaluation_id, state=o.state, fail_reason=o.fail_reason, detail=o.detail,
                                        metrics=o.summary, curve=result.curve, returncode=result.returncode,
                                        wall_seconds=result.wall_seconds, harness_seconds=result.harness_seconds,
@@ -379,7 +387,9 @@ class Engine:
         processes = [e.wall_seconds - e.harness_seconds for e in self.archive.evaluations(self.run.id, seed_id)
                      if e.state == COMPLETE and e.wall_seconds is not None and e.harness_seconds is not None]
         limit = training_limit(self.apparatus.time_budget, processes)
-        self.pool.limits = dataclasses.replace(self.limits, training_limit=limit)
+        # Start-ups seen by this process only: a resumed run keeps the configured start-up allowance.
+        startup = startup_limit(self.limits.startup_allowance, self.apparatus.time_budget, self._seed_startups)
+        self.pool.limits = dataclasses.replace(self.limits, training_limit=limit, startup_allowance=startup)
 
     # ----- decide ---------------------------------------------------------------------------
 
@@ -443,7 +453,7 @@ class Engine:
 
     @property
     def active_seconds(self) -> float:
-        return self._active_base + time.monotonic() - self._t_start
+        return self._active_base + self.clock() - self._t_start
 
     def _seed_number(self) -> int | None:
         run = self.archive.run_by_id(self.run.id)

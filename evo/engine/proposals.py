@@ -23,7 +23,7 @@ MAX_FIXES_PER_LINEAGE = 1    # repair proposals along one line of descent
 
 @dataclass
 class Asked:
-    """A proposal in flight: the parents it was asked for, and when (a monotonic time)."""
+    """A proposal in flight: the parents it was asked for, and when (on the engine's clock)."""
     parents: list[Parent]
     submitted: float
 
@@ -31,8 +31,9 @@ class Asked:
 class Proposals:
     """The proposals in flight and the crashed children waiting for a repair proposal."""
 
-    def __init__(self, archive: Archive, run_id: int, operator: Operator):
-        self.archive, self.run_id, self.operator = archive, run_id, operator
+    def __init__(self, archive: Archive, run_id: int, operator: Operator,
+                 clock: Callable[[], float] = time.monotonic):
+        self.archive, self.run_id, self.operator, self.clock = archive, run_id, operator, clock
         self.in_flight: dict[Future, Asked] = {}
         self.fix_queue: list[int] = []
 
@@ -44,12 +45,12 @@ class Proposals:
         if self.fix_queue:
             failed = self.as_parent(self.archive.candidate_by_id(self.fix_queue.pop(0)))
             self.in_flight[in_daemon_thread(self.operator.propose_fix, failed, child_rng)] = \
-                Asked([failed], time.monotonic())
+                Asked([failed], self.clock())
             return
         chosen = selection.select_parents(list(members()), self.operator.n_parents, rng)
         parents = [self.as_parent(self.archive.candidate_by_id(m.id)) for m in chosen]
         self.in_flight[in_daemon_thread(self.operator.propose, parents, child_rng)] = \
-            Asked(parents, time.monotonic())
+            Asked(parents, self.clock())
 
     def as_parent(self, c: Candidate) -> Parent:
         return Parent(c.id, c.number, self.archive.code(c.code_hash), c.hypothesis, c.val_bpb)

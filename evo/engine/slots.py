@@ -18,7 +18,7 @@ from evo.launch.runner import EvalResult, Limits, Slot
 
 @dataclass
 class Pending:
-    """An evaluation running in a slot, since `started` (a monotonic time)."""
+    """An evaluation running in a slot, since `started` (on the engine's clock)."""
     evaluation_id: int
     candidate_id: int
     slot: Slot
@@ -27,8 +27,9 @@ class Pending:
 
 class SlotPool:
     def __init__(self, slots: list[Slot], evaluate: Callable[..., EvalResult], apparatus: Apparatus, limits: Limits,
-                 kill: Event):
+                 kill: Event, clock: Callable[[], float] = time.monotonic):
         self.slots, self.evaluate, self.apparatus, self.limits, self.kill = slots, evaluate, apparatus, limits, kill
+        self.clock = clock
         self.running: dict[Future, Pending] = {}
         self.status: dict[str, str] = {}  # slot name -> what it is doing, for the live view
         self._pool = ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="evo-slot")
@@ -46,7 +47,7 @@ class SlotPool:
         fut = self._pool.submit(self.evaluate, code=code, workdir=workdir, prepare_src=self.apparatus.prepare_path,
                                 locked_hash=self.apparatus.locked_hash, slot=slot, seed=seed, limits=self.limits,
                                 preset=self.apparatus.preset, stop=self.kill)
-        self.running[fut] = Pending(evaluation_id, candidate_id, slot, time.monotonic())
+        self.running[fut] = Pending(evaluation_id, candidate_id, slot, self.clock())
         self.status[slot.name] = label
 
     def collect(self, done: Iterable[Future]) -> list[tuple[Pending, Future]]:

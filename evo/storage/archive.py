@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -56,9 +57,12 @@ class Archive:
     """Thin shell over the database. Reads return detached rows; writes are one transaction each."""
 
     def __init__(self, url: str = DEFAULT_STORAGE, *, writer: bool = True,
-                 listener: Callable[[Event], None] | None = None):
+                 listener: Callable[[Event], None] | None = None, clock: Callable[[], datetime] = utcnow):
         self.url = url
         self.listener = listener  # told of each event once its transaction commits
+        # Every timestamp this archive writes, and the age of a heartbeat it judges, reads this clock:
+        # synthetic runs in tests and benchmarks pass a simulated one to write a whole night in seconds.
+        self.clock = clock
         self.engine = open_engine(url, writer=writer)  # first: it checks the URL
         self.where = storage_name(url)
         self.reader = self.engine  # reads: plain BEGIN, never the write lock
@@ -235,7 +239,7 @@ class Archive:
 
     def _event(self, s: Session, run_id: int, kind: str, message: str, candidate_id: int | None = None,
                **data: Any) -> None:
-        ev = Event(run_id=run_id, candidate_id=candidate_id, kind=kind, message=message,
+        ev = Event(run_id=run_id, candidate_id=candidate_id, at=self.clock(), kind=kind, message=message,
                    data=json.dumps(data, default=str) if data else None)
         s.add(ev)
         s.info.setdefault("events", []).append(ev)
@@ -244,7 +248,7 @@ class Archive:
         with self.session() as s:
             if s.exec(select(Run).where(Run.name == name)).first() is not None:
                 raise ArchiveError(f"a run named {name!r} already exists; pass --resume to continue it, or choose another --name.")
-            run = Run(name=name, config=json.dumps(config, sort_keys=True))
+            run = Run(name=name, config=json.dumps(config, sort_keys=True), created_at=self.clock())
             s.add(run)
             s.flush()
             self._event(s, run.id, "run", f"run {name!r} created")
@@ -270,7 +274,7 @@ class Archive:
             run = s.get(Run, run_id)
             if run.owner and run.owner != owner:
                 host, pid, _ = _parse_owner(run.owner)
-                age = seconds_since(run.heartbeat_at) if run.heartbeat_at is not None else None
+                age = seconds_since(run.heartbeat_at, self.clock()) if run.heartbeat_at is not None else None
                 beat = f"heartbeat {age:.0f}s ago" if age is not None else "no heartbeat yet"
                 here = on_this_host(run.owner)
                 if here and owner_alive(run.owner):
@@ -280,7 +284,7 @@ class Archive:
                 if not here and age is not None and age < stale_after:
                     raise ArchiveError(f"run {run.name!r} is being run by process {pid} on host {host} ({beat}); "
                                        f"stop it there first, or wait {stale_after - age:.0f}s if it died.")
-            run.owner, run.heartbeat_at, run.status = owner, utcnow(), ACTIVE
+            run.owner, run.heartbeat_at, run.status = owner, self.clock(), ACTIVE
             s.add(run)
             self._event(s, run_id, "run", f"run claimed by {owner}")
         self._claim = (run_id, owner)
@@ -290,7 +294,7 @@ class Archive:
         the run over: the caller must stop at once."""
         with self.session(fenced=False) as s:  # the one ownership check is this one
             run = self._owned(s, run_id, owner, or_nobody=True)
-            run.heartbeat_at, run.active_seconds = utcnow(), active_seconds
+            run.heartbeat_at, run.active_seconds = self.clock(), active_seconds
             s.add(run)
 
     def _owned(self, s: Session, run_id: int, owner: str, *, or_nobody: bool = False) -> Run:
@@ -391,8 +395,8 @@ class Archive:
         run = s.get(Run, run_id)
         cand = Candidate(run_id=run_id, number=run.next_number, parent_id=parent_id, parent2_id=parent2_id,
                          operator=operator, code_hash=h, hypothesis=hypothesis, rationale=rationale, model=model,
-                         state=state, fail_reason=fail_reason, fail_detail=fail_detail,
-                         finished_at=utcnow() if state in (FAIL, PRUNED) else None,
+                         state=state, fail_reason=fail_reason, fail_detail=fail_detail, created_at=self.clock(),
+                         finished_at=self.clock() if state in (FAIL, PRUNED) else None,
                          accepted=accepted if accepted is not None else (False if state in (FAIL, PRUNED) else None),
                          imported_val_bpb=imported_val_bpb, fix=fix)
         run.next_number += 1
@@ -402,7 +406,7 @@ class Archive:
         s.add(run)
         s.flush()
         for call in llm_calls:
-            s.add(LLMCall(run_id=run_id, candidate_id=cand.id, **call))
+            s.add(LLMCall(run_id=run_id, candidate_id=cand.id, at=self.clock(), **call))
         if is_seed:
             run.seed_id = cand.id
             s.add(run)
@@ -438,7 +442,7 @@ class Archive:
             waiting = list(s.exec(select(Evaluation).where(Evaluation.candidate_id == candidate_id,
                                                            Evaluation.state == WAITING).order_by(Evaluation.replicate)))
             for ev in waiting:
-                ev.state, ev.detail, ev.finished_at = PRUNED, reason, utcnow()
+                ev.state, ev.detail, ev.finished_at = PRUNED, reason, self.clock()
                 s.add(ev)
             if waiting:
                 s.flush()
@@ -456,7 +460,7 @@ class Archive:
     def start_evaluation(self, evaluation_id: int, slot: str, workdir: str) -> None:
         with self.session() as s:
             ev = s.get(Evaluation, evaluation_id)
-            ev.state, ev.slot, ev.workdir, ev.started_at = RUNNING, slot, workdir, utcnow()
+            ev.state, ev.slot, ev.workdir, ev.started_at = RUNNING, slot, workdir, self.clock()
             s.add(ev)
             cand = s.get(Candidate, ev.candidate_id)
             s.flush()
@@ -474,7 +478,8 @@ class Archive:
             if ev.state != RUNNING:
                 return ev  # already recorded (or re-queued by a recovery); never record twice
             ev.state, ev.fail_reason, ev.detail, ev.returncode = state, fail_reason, detail, returncode
-            ev.wall_seconds, ev.harness_seconds, ev.log_tail, ev.finished_at = wall_seconds, harness_seconds, log_tail, utcnow()
+            ev.wall_seconds, ev.harness_seconds, ev.log_tail = wall_seconds, harness_seconds, log_tail
+            ev.finished_at = self.clock()
             for key, value in metric_values(metrics).items():
                 setattr(ev, key, value)
             s.add(ev)
@@ -500,7 +505,7 @@ class Archive:
         if derived.state in (WAITING, RUNNING):
             cand.fail_reason, cand.fail_detail = None, None
         else:
-            cand.finished_at = utcnow()
+            cand.finished_at = self.clock()
             if derived.state == FAIL:
                 cand.fail_reason, cand.fail_detail = derived.fail_reason, derived.fail_detail
         s.add(cand)
@@ -532,7 +537,7 @@ class Archive:
     def record_llm_calls(self, run_id: int, calls: list[dict], candidate_id: int | None = None) -> None:
         with self.session() as s:
             for call in calls:
-                s.add(LLMCall(run_id=run_id, candidate_id=candidate_id, **call))
+                s.add(LLMCall(run_id=run_id, candidate_id=candidate_id, at=self.clock(), **call))
 
     def population(self, run_id: int) -> list[Candidate]:
         with self.read() as s:

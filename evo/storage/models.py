@@ -31,11 +31,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def seconds_since(moment: datetime) -> float:
-    """Age of a stored timestamp; some databases hand back naive UTC values."""
+def seconds_since(moment: datetime, now: datetime | None = None) -> float:
+    """Age of a stored timestamp at `now` (default: the present); some databases hand back naive
+    UTC values."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return (utcnow() - moment).total_seconds()
+    return ((now or utcnow()) - moment).total_seconds()
 
 
 def code_hash(code: str) -> str:

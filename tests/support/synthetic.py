@@ -4,25 +4,32 @@ would-be bests, elitism, duplicates pruned by code hash) over several slots with
 evaluation: a candidate's val_bpb comes from a smooth landscape over its constants plus seeded
 noise, a fixed share of candidates fail (crash, oom, timeout, nan), and every evaluation has a
 training curve, a summary and a log tail. Nothing is written around the engine: the archive is
-what `evo run` would have written, timestamps included (real time: evaluations take no time).
+what `evo run` would have written. Time is a simulated night (`tests.support.simulated.Night`):
+each evaluation occupies its slot for its simulated wall seconds (the budget plus a jittered
+startup; failures their own), slots run in parallel, and the night is placed so that it ends about
+now, so hundreds of candidates span hours of timestamps yet take seconds to write.
 
 `live=True` leaves the run as a report sees a run in progress: ACTIVE, owned by this process,
 its last candidates RUNNING on every slot and one WAITING. The engine is stopped there as a
-`kill -9` would stop it: nothing recorded after that moment."""
+`kill -9` would stop it: nothing recorded after that moment. Once those last candidates start,
+the night follows real time, so the run's heartbeat is fresh."""
 
 from __future__ import annotations
 
 import math
 import random
+import threading
 import time
+from datetime import timedelta
 from hashlib import sha256
 
 from evo.config import RunConfig
 from evo.launch.logs import Outcome
 from evo.launch.runner import EvalResult
 from evo.operators.tweak import find_constants
-from evo.storage import COMPLETE, RUNNING, STALE_AFTER_SECONDS, WAITING, Archive, Run, code_hash, owner_id
-from tests.support.simulated import SimulatedEvaluation, failed, simulated_engine
+from evo.storage import (COMPLETE, RUNNING, STALE_AFTER_SECONDS, WAITING, Archive, Run, owner_id,
+                         utcnow)
+from tests.support.simulated import Night, NightArchive, SimulatedEvaluation, failed, simulated_engine
 
 REASONS = (("crash", 0.4), ("oom", 0.2), ("timeout", 0.2), ("nan", 0.2))
 DETAILS = {"crash": "Traceback (most recent call last): ... RuntimeError: shape mismatch",
@@ -31,6 +38,9 @@ DETAILS = {"crash": "Traceback (most recent call last): ... RuntimeError: shape 
            "nan": "loss is nan at step 412"}
 SIGMA = 0.0008  # measurement noise in val_bpb
 LIVE_WAIT = 120.0  # seconds a live run may take to fill its slots; generous for a loaded machine
+# Slot threads measure at once; CPython 3.11's ast.parse can fail when threads parse concurrently
+# ("AST constructor recursion depth mismatch"), which would record a harness failure.
+_PARSING = threading.Lock()
 
 
 def default_code(lines: int = 300) -> str:
@@ -58,8 +68,10 @@ class Landscape:
         self.weight = {name: 0.004 + 0.02 * rng.random() for name in self.optimum}
 
     def truth(self, code: str) -> float:
+        with _PARSING:
+            constants = find_constants(code)
         return 0.95 + sum(self.weight[c.name] * (_log(c.value) - self.optimum[c.name]) ** 2
-                          for c in find_constants(code) if c.name in self.optimum)
+                          for c in constants if c.name in self.optimum)
 
     def __call__(self, code: str, eval_seed: int) -> EvalResult:
         h = sha256(code.encode()).hexdigest()
@@ -99,47 +111,61 @@ class _Frozen(BaseException):
 def synthesize(archive: Archive, n: int, *, name: str = "synthetic", seed: int = 0, code: str | None = None,
                slots: int = 4, population: int = 8, budget: float = 300.0, live: bool = False,
                fail_rate: float = 0.08, curve_points: int = 30) -> Run:
-    """Run the engine for a run named `name` with a seed and `n` children in `archive`; `budget`
-    is the simulated training time of an evaluation (its curve, wall seconds, summary)."""
+    """Run the engine for a run named `name` with a seed and `n` children in `archive` (a SQLite
+    file: the engine writes through its own connection on the night's clock); `budget` is the
+    simulated training time of an evaluation (its curve, wall seconds, summary)."""
     seed_code = code if code is not None else default_code()
     landscape = Landscape(seed_code, seed, fail_rate, budget, curve_points)
     config = RunConfig(name=name, preset="smoke", population=population, temperature="auto", cooling="exp",
                        replicates=3, confirm=True, max_candidates=n, operator="tweak", slots=slots, lookahead=1,
                        seed=seed).validate()
+    frozen_from = max(1, n - slots - 1)
+    # About as long as the evaluations take (the seed's replicates, then children: most complete,
+    # some are confirmed), so a night ends about now. A live run joins real time once its last
+    # candidates start and must not be ahead of it then: a wide margin (its slots idle before them).
+    typical = budget + 35.0
+    children = frozen_from - 1 if live else n
+    span = math.ceil(config.replicates / slots) * typical + (2.0 if live else 1.1) * (children + 1) * typical / slots
+    night = Night(utcnow() - timedelta(seconds=span), slots, live_from=frozen_from if live else None)
     holder: list = []
-    measure = _live(archive, n, slots, holder, landscape) if live else landscape
-    evaluate = SimulatedEvaluation(measure)
-    engine = simulated_engine(archive, config, seed_code, evaluate, slots=[f"gpu{s}" for s in range(slots)])
-    holder.append(engine)
-    archive.claim_run(engine.run.id, owner_id(), STALE_AFTER_SECONDS)  # as `evo run` does
+    measure = _live(archive, n, slots, holder, landscape, night) if live else landscape
+    evaluate = SimulatedEvaluation(measure, night=night)
+    writer = NightArchive(archive.url, night)
     try:
-        engine.execute()
-    except _Frozen:
-        states = [e.state for e in archive.evaluations(engine.run.id)]
-        if states.count(RUNNING) != slots or WAITING not in states:
-            raise RuntimeError(f"the live run {name!r} did not reach all {slots} slots running and one evaluation "
-                               f"waiting within {LIVE_WAIT:.0f} s (duplicates among its last candidates?); try "
-                               "another seed") from None
+        engine = simulated_engine(writer, config, seed_code, evaluate, slots=[f"gpu{s}" for s in range(slots)])
+        holder.append(engine)
+        writer.claim_run(engine.run.id, owner_id(), STALE_AFTER_SECONDS)  # as `evo run` does
+        try:
+            engine.execute()
+        except _Frozen:
+            states = [e.state for e in archive.evaluations(engine.run.id)]
+            if states.count(RUNNING) != slots or WAITING not in states:
+                raise RuntimeError(f"the live run {name!r} did not reach all {slots} slots running and one "
+                                   f"evaluation waiting within {LIVE_WAIT:.0f} s (duplicates among its last "
+                                   "candidates?); try another seed") from None
+    finally:
+        writer.close()
     return archive.run_by_id(engine.run.id)
 
 
-def _live(archive: Archive, n: int, slots: int, holder: list, landscape: Landscape):
-    """A measure that holds the evaluations of the last candidates (numbers above n - slots - 2)
-    until every slot holds one and another waits, then stops the engine dead."""
-    frozen_from = max(1, n - slots - 1)
+def _live(archive: Archive, n: int, slots: int, holder: list, landscape: Landscape, night: Night):
+    """A measure that holds every evaluation started once the night is live (from the first start
+    of a last candidate on: the night then follows real time, which no evaluation may run ahead
+    of) until every slot holds one and another waits, then stops the engine dead."""
     deadline = time.monotonic() + LIVE_WAIT
+    held: list[str] = []  # codes held in slots; evaluations started earlier may still run on the night
 
     def in_progress() -> bool:
         engine = holder[0]
         states = [e.state for e in archive.evaluations(engine.run.id)]
-        return (states.count(RUNNING) == slots and WAITING in states and engine.children_made() >= n
+        return (len(held) == slots and WAITING in states and engine.children_made() >= n
                 and not engine.proposals.in_flight)
 
     def measure(code: str, eval_seed: int) -> EvalResult:
         engine = holder[0]
-        number = archive.find_code(engine.run.id, code_hash(code)).number
-        if number < frozen_from:
+        if not night.live:
             return landscape(code, eval_seed)
+        held.append(code)
         while not engine.kill.wait(0.02):
             if in_progress() or time.monotonic() > deadline:
                 engine.request_kill()
