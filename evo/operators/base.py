@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import random
+import threading
 from dataclasses import dataclass, field
+
+# Proposals run in threads, and CPython 3.11's parser is not safe to run in two at once (a
+# SystemError "AST constructor recursion depth mismatch", gh-106905): one parse at a time.
+_PARSING = threading.Lock()
+
+
+def parse(code: str) -> ast.Module:
+    """ast.parse, safe from any proposal thread."""
+    with _PARSING:
+        return ast.parse(code)
 
 
 class OperatorError(Exception):

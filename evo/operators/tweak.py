@@ -12,7 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from evo.operators.base import Operator, OperatorError, Parent, Proposal
+from evo.operators.base import Operator, OperatorError, Parent, Proposal, parse
 
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # Constants that are contracts with the harness, not hyperparameters.
@@ -57,7 +57,7 @@ def _is_power_of_two(v: float | int) -> bool:
 def find_constants(code: str) -> list[Constant]:
     """Tweakable constants: top-level `NAME = <number>` assignments, NAME in UPPERCASE."""
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except SyntaxError as e:
         raise OperatorError(f"tweak: the parent does not parse ({e.msg}, line {e.lineno}).") from None
     offsets = [0]

@@ -24,6 +24,7 @@ import sys
 from functools import lru_cache
 from typing import Callable, NoReturn
 
+from evo.operators.base import parse
 from evo.operators.edits import EditError
 
 # The names program.md requires a train.py to import from prepare and never redefine.
@@ -53,7 +54,7 @@ def prepare_imports(code: str | ast.Module) -> set[str]:
 
 @lru_cache(maxsize=64)
 def _parent_imports(code: str) -> frozenset[str]:
-    return frozenset(_prepare_imports(list(ast.walk(ast.parse(code)))))
+    return frozenset(_prepare_imports(list(ast.walk(parse(code)))))
 
 
 def _prepare_imports(nodes: list[ast.AST]) -> set[str]:
@@ -78,7 +79,7 @@ def validate_child(code: str, parent_code: str | None = None, *,
     """Raise EditError when the child may not be evaluated. The locked names it must keep are
     those of LOCKED_NAMES its parent imported (all of them without a parent)."""
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except SyntaxError as e:
         line = (e.text or "").strip()
         where = f" at line {e.lineno}" + (f" ({line[:80]!r})" if line else "")
