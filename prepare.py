@@ -701,6 +701,7 @@ def evaluate_bpb(model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int) 
     """
     if os.environ.get(HAND_OVER_ENV):
         return _hand_over(model, os.environ[HAND_OVER_ENV])
+    t0 = time.monotonic()
     device = next(model.parameters()).device
     loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device, single_pass=True)
     steps = max(1, EVAL_TOKENS // (batch_size * MAX_SEQ_LEN))
@@ -709,6 +710,7 @@ def evaluate_bpb(model: torch.nn.Module, tokenizer: Tokenizer, batch_size: int) 
     if done < steps:
         print(f"evaluate_bpb: the validation split holds {ntokens:,} scored tokens, fewer than "
               f"EVAL_TOKENS = {EVAL_TOKENS:,}; each was scored once.", flush=True)
+    print(f"evaluate_bpb: scored {ntokens:,} tokens in {time.monotonic() - t0:.1f} s", flush=True)
     return bits_per_byte(nats, nbytes)
 
 

@@ -109,7 +109,7 @@ def main() -> int:
                              f"{100 * med['split cost'] / (budget + med['split cost']):.1f}%",
                              f"{med['val_bpb']:.4f}", f"{max(r['|harness - by hand|'] for r in runs):.1e}"])
     table(["preset", "mode", "n", "budget s", "training process s", "hand-over s", "evaluation process s",
-           "of which score s", "split cost s", "split / (budget + split)", "val_bpb", "max |harness - by hand|"], rows,
+           "of which score s", "split cost s", "split / (budget + split)", "val_bpb", "max abs(harness - by hand)"], rows,
           "medians over n evaluations of the seed (CPU slot)")
     return 0
 

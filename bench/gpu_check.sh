@@ -57,12 +57,12 @@ for preset in $(printf '%s\n' "$SEED_PRESET" "$TWEAK_PRESET" | sort -u); do
     "$PYTHON" prepare.py --preset "$preset" --text "$TEXT" | sed "s/^/  [prepare $preset] /"
 done
 
-# 2. the seed for its preset's full budget, with the evaluator's own record of its time
+# 2. the seed for its preset's full budget, by hand (scored in-process; the log says how long that took)
 mkdir -p "$WORK/seed"
 cp prepare.py "$WORK/seed/prepare.py"
 # seed_train.py with the preset's model and batch size written in, as `evo run` starts from it
 "$PYTHON" -c "import sys; from pathlib import Path; from evo.launch.apparatus import seed_for; sys.stdout.write(seed_for(Path('prepare.py'), sys.argv[1], Path('seed_train.py').read_text(), 'seed_train.py'))" "$SEED_PRESET" > "$WORK/seed/train.py"
-( cd "$WORK/seed" && EVO_PRESET="$SEED_PRESET" EVO_EVAL_RECORD="$WORK/seed/eval.jsonl" \
+( cd "$WORK/seed" && EVO_PRESET="$SEED_PRESET" \
     timeout "$SEED_TIMEOUT" "$PYTHON" train.py > train.log 2>&1 ) || {
     echo "gpu_check: the seed run failed (exit $?); its log ends:" >&2
     tail -n 30 "$WORK/seed/train.log" >&2

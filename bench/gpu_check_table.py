@@ -1,4 +1,4 @@
-"""The table bench/gpu_check.sh prints: the seed run's log and evaluator record, and the tweak
+"""The table bench/gpu_check.sh prints: the seed run's log (its in-process evaluation time), and the tweak
 run's archive, as markdown.
 
     python bench/gpu_check_table.py WORK SEED_PRESET TWEAK_PRESET
@@ -6,7 +6,6 @@ run's archive, as markdown.
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import statistics
@@ -79,8 +78,8 @@ def table(seed: dict[str, float], eval_seconds: float, evals: list[dict], seed_p
 def main(argv: list[str]) -> int:
     work, seed_preset, tweak_preset = Path(argv[0]), argv[1], argv[2]
     seed = seed_figures((work / "seed" / "train.log").read_text())
-    record = json.loads((work / "seed" / "eval.jsonl").read_text().splitlines()[-1])["record"]
-    print(table(seed, record["seconds"], evaluations(work / "tweak" / "evo.db"), seed_preset, tweak_preset))
+    scored = re.findall(r"evaluate_bpb: scored [0-9,]+ tokens in ([0-9.]+) s", (work / "seed" / "train.log").read_text())
+    print(table(seed, float(scored[-1]), evaluations(work / "tweak" / "evo.db"), seed_preset, tweak_preset))
     return 0
 
 
