@@ -417,7 +417,7 @@ class Engine:
                            f"EVO_SEED, so noise cannot be measured; make its initialisation follow EVO_SEED "
                            f"(seed_train.py does)")
                 if self.config.temperature == "auto":
-                    raise EngineError(message + ", or pass --temperature.")
+                    raise EngineError(message + ", or start a run with an explicit --temperature.")
                 self.archive.update_run(run_id, message)
             self.archive.update_run(run_id, f"noise σ = {sigma if sigma is not None else float('nan'):.6f} from "
                                     f"{len(values)} replicates; T0 = {t0:.6f}", sigma=sigma, temperature0=t0)
