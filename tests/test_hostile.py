@@ -552,11 +552,23 @@ def test_a_double_forked_daemon_dies_with_the_candidate(world: World, honest: fl
     result = world.evaluate(code, "daemon")
     workdir = world.workdir("daemon")
     assert (workdir / "daemon.started").exists(), result.log_tail[-2000:]
-    assert_scored_honestly(result, honest)  # it rewrote nothing before the harness scored
+    # The daemon may act in the instant between the candidate's exit and the end of the sandbox's
+    # PID namespace, before the harness takes the hand-over: that is the candidate's own doing, so
+    # the score is honest or the hand-over refused, never better.
+    if result.outcome.state == "COMPLETE":
+        assert_scored_honestly(result, honest)
+    else:
+        assert result.outcome.fail_reason == "invalid", result.outcome
+    recorded = _listing(workdir)
     (workdir / "daemon.ping").touch()
     with pytest.raises(AssertionError, match="timed out"):
         wait_until(lambda: (workdir / "daemon.pong").exists(), "a live daemon's answer", timeout=10)
-    assert not (workdir / "score.txt").exists() and not (workdir / HAND_OVER).exists()
+    recorded["daemon.ping"] = _listing(workdir)["daemon.ping"]
+    assert _listing(workdir) == recorded, "nothing changes once the harness has recorded the evaluation"
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
 
 
 # ---------------------------------------------------------------------------
