@@ -59,7 +59,7 @@ def measure(preset: str, cache: Path, work: Path, sandboxed: bool, seed: int) ->
     try:
         startup, evaluation = app.allowances
         workdir = work / f"{preset}-{'box' if sandboxed else 'plain'}-{seed}" / "r0"
-        confine = Confinement(work, cache / preset) if sandboxed else None
+        confine = Confinement(work, cache / preset / "manifest.json") if sandboxed else None
         result = run_evaluation(code=code, workdir=workdir, prepare_src=PREPARE, locked_hash=file_hash(PREPARE),
                                 slot=Slot("cpu", {"CUDA_VISIBLE_DEVICES": "", "EVO_CACHE_DIR": str(cache)}),
                                 seed=seed, limits=Limits(app.time_budget, startup, evaluation), preset=preset,

@@ -49,7 +49,7 @@ def main() -> int:
             d.mkdir(parents=True)
         (cache / "manifest.json").write_text(json.dumps({"train": ["shard_00000.parquet"], "val": "val.parquet"}))
         (cache / "data/val.parquet").write_text("")
-        sandbox = Sandbox.build(workdir, hidden=[*hidden_validation(cache), archive],
+        sandbox = Sandbox.build(workdir, hidden=[*hidden_validation(cache / "manifest.json"), archive],
                                 readonly=[*harness_paths(), cache], gpu=False)
         plain = [sys.executable, "-c", "pass"]
         commands = {"python -c pass": plain, "bwrap + python -c pass": wrap(plain, sandbox, home)}

@@ -182,7 +182,8 @@ class World:
     def evaluate(self, code: str, name: str, seed: int = 42, limits: Limits = LIMITS,
                  sandboxed: bool = True) -> EvalResult:
         """One evaluation through the real runner, sandboxed where bwrap runs here."""
-        confine = Confinement(self.archive, self.cache) if sandboxed and NO_SANDBOX is None else None
+        confine = (Confinement(self.archive, self.cache / "manifest.json") if sandboxed and NO_SANDBOX is None
+                   else None)
         result = run_evaluation(code=code, workdir=self.workdir(name), prepare_src=PREPARE,
                               locked_hash=file_hash(PREPARE), slot=Slot("cpu", {"CUDA_VISIBLE_DEVICES": ""}),
                               seed=seed, limits=limits, preset="smoke", confine=confine)

@@ -130,7 +130,7 @@ def test_hidden_validation_includes_the_other_presets(tmp_path):
     (cache / "data").mkdir(parents=True)
     (tmp_path / "evo" / "cpu").mkdir()
     (cache / "manifest.json").write_text(_manifest())
-    assert set(hidden_validation(cache)) == {cache / "data/val.parquet", cache / "downloads", tmp_path / "evo/cpu"}
+    assert set(hidden_validation(cache / "manifest.json")) == {cache / "data/val.parquet", cache / "downloads", tmp_path / "evo/cpu"}
 
 
 def test_probe_says_why_there_is_no_sandbox(tmp_path):
@@ -214,7 +214,7 @@ def _make_box(root: Path, gpu: bool) -> Box:
         (d / "prepare.py").write_text("# the apparatus\n")
         (d / "train.py").write_text("print('honest')\n")
     (archive / "evo.db").write_text("DB")
-    sandbox = Sandbox.build(workdir, hidden=[*hidden_validation(cache), archive],
+    sandbox = Sandbox.build(workdir, hidden=[*hidden_validation(cache / "manifest.json"), archive],
                             readonly=[*harness_paths(), project, cache, workdir / "prepare.py"], gpu=gpu)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}  # scrubbed, as the runner's
     return Box(root, home, workdir, cache, archive, sandbox, env)

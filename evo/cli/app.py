@@ -265,7 +265,7 @@ def _confinement(config: RunConfig, archive: Archive, app_, say: Callable[[str],
     if reason:
         say(sandbox.UNSANDBOXED_WARNING.format(reason=reason))
         return None
-    return Confinement(archive.files, app_.manifest.parent if app_.manifest is not None else None)
+    return Confinement(archive.files, app_.manifest)
 
 
 def _give_up(archive: Archive, run_row: Run, resume: bool, message: str, code: int = 2) -> typer.Exit:

@@ -62,10 +62,11 @@ class Slot:
 @dataclass(frozen=True)
 class Confinement:
     """What the sandbox (evo.launch.sandbox) keeps from a candidate: the archive's folder (its
-    database and every other evaluation) is invisible, and the preset's data cache is read-only with
-    its validation data invisible to training; `cache_dir` None: an apparatus without a data cache."""
+    database and every other evaluation) is invisible, and the preset's data cache (the folder of
+    its manifest, apparatus.manifest) is read-only with its validation data invisible to training;
+    `manifest` None: an apparatus without a data cache."""
     archive_dir: Path
-    cache_dir: Path | None
+    manifest: Path | None
 
 
 @dataclass(frozen=True)
@@ -511,9 +512,9 @@ def _sandboxes(confine: Confinement, workdir: Path, harness: Path, gpu: bool) ->
     """The training process's sandbox and the evaluation process's: training sees no validation
     data and cannot write its prepare.py; the evaluation reads the validation data and writes only
     the harness's folder."""
-    data = [] if confine.cache_dir is None else [confine.cache_dir]
+    data = [] if confine.manifest is None else [confine.manifest.parent]
     # The run prepared its preset before the first evaluation: the manifest names the validation data.
-    validation = hidden_validation(confine.cache_dir) if confine.cache_dir is not None else []
+    validation = hidden_validation(confine.manifest) if confine.manifest is not None else []
     training = Sandbox.build(workdir, hidden=[*validation, confine.archive_dir],
                              readonly=[*harness_paths(), *data, workdir / "prepare.py"], gpu=gpu)
     evaluation = Sandbox.build(harness, hidden=[confine.archive_dir], readonly=[*harness_paths(), *data], gpu=gpu)

@@ -144,12 +144,13 @@ def validation_paths(manifest_text: str, cache_dir: Path) -> list[Path]:
     return paths
 
 
-def hidden_validation(cache_dir: Path) -> list[Path]:
-    """The paths training must not see for the preset prepared in cache_dir: its validation data
-    (validation_paths) and the other presets' folders beside it, which may hold the same documents.
-    cache_dir must be prepared (its manifest.json exists)."""
+def hidden_validation(manifest: Path) -> list[Path]:
+    """The paths training must not see for the preset whose manifest (apparatus.manifest, in the
+    preset's cache folder) is given: its validation data (validation_paths) and the other presets'
+    folders beside it, which may hold the same documents. The preset must be prepared."""
+    cache_dir = manifest.parent
     siblings = [p for p in cache_dir.parent.iterdir() if p.is_dir() and p.name != cache_dir.name]
-    return validation_paths((cache_dir / "manifest.json").read_text(), cache_dir) + siblings
+    return validation_paths(manifest.read_text(), cache_dir) + siblings
 
 
 @functools.cache
