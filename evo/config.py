@@ -8,7 +8,8 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from evo.core.acceptance import COOLING_SCHEDULES
+from evo.core.acceptance import COOLING_SCHEDULES, auto_sigmas
+from evo.core.selection import default_population
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,6 +20,7 @@ else:  # pragma: no cover
 # Beyond these a setting is a typo, not a plan: a bigger population or more slots than this would
 # only exhaust memory and threads before the first candidate runs.
 UPPER_LIMITS = {"population": 10_000, "replicates": 100, "slots": 1_024, "lookahead": 1_024}
+NO_BUDGET_POPULATION = 8  # a run bounded only by Ctrl-C or --max-cost: the large budget's population
 MAX_NAME_BYTES = 200  # a run name is a folder name under archive/runs/ (255 bytes at most on common filesystems)
 
 
@@ -30,9 +32,10 @@ class ConfigError(ValueError):
 class RunConfig:
     name: str
     preset: str = "gpu"
-    population: int = 8
+    population: int | None = None       # None: from the budget at the run's start (resolve_search)
     temperature: float | str = "auto"
-    cooling: str = "exp"
+    auto_sigmas: float | None = None    # `auto` is this many σ̂; None: from the budget at the run's start
+    cooling: str = "hold"
     replicates: int = 3
     confirm: bool = True
     hours: float | None = None
@@ -51,11 +54,12 @@ class RunConfig:
     max_cost: float | None = None
     prices: dict[str, list[float]] = field(default_factory=dict)  # USD per million tokens in/out, by model
     sandbox: bool = True                # candidates in a bubblewrap sandbox where the platform allows
+    early_stop: bool = True             # stop a child far above its parent's learning curve (evo.core.early_stop)
     locked: dict[str, str] = field(default_factory=dict)  # the apparatus the run started with (apparatus.locked_state)
 
     def validate(self) -> "RunConfig":
         check_run_name(self.name)
-        if self.population < 1:
+        if self.population is not None and self.population < 1:
             raise ConfigError(f"--population must be at least 1, not {self.population}.")
         if self.temperature != "auto":
             try:
@@ -105,6 +109,27 @@ class RunConfig:
         return (self.startup_allowance if self.startup_allowance is not None else startup,
                 self.eval_allowance if self.eval_allowance is not None else evaluation)
 
+    def resolve_search(self, slots: int, seconds_per_evaluation: float) -> str:
+        """Settle the population and the `auto` temperature's σ multiple the budget calls for (when
+        not given) and say in one line what the search will do and why. `seconds_per_evaluation`: what one evaluation may take in a slot."""
+        per_slot = evaluations_per_slot(self.hours, self.max_candidates, slots, seconds_per_evaluation)
+        if self.population is not None:
+            why = "as given"
+        elif per_slot is None:
+            self.population, why = NO_BUDGET_POPULATION, "no budget given"
+        else:
+            self.population = default_population(per_slot)
+            budget = " and ".join(part for part in (f"{self.hours:g} h" if self.hours else "",
+                                                    f"{self.max_candidates} candidates" if self.max_candidates else "")
+                                  if part)
+            why = f"≈ {per_slot:.0f} evaluations per slot in {budget}"
+        if self.auto_sigmas is None:
+            self.auto_sigmas = round(auto_sigmas(None if per_slot is None else per_slot * slots), 2)
+        temperature = f"auto ({self.auto_sigmas:g}σ̂)" if self.temperature == "auto" else f"{self.temperature:g}"
+        cooling = "hold-then-cool" if self.cooling == "hold" else f"{self.cooling} cooling"
+        return (f"search: population {self.population} ({why}), temperature {temperature}, {cooling}, "
+                f"{self.replicates} replicate{'s' if self.replicates != 1 else ''}, confirm {'on' if self.confirm else 'off'}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -112,6 +137,18 @@ class RunConfig:
     def from_dict(cls, data: dict) -> "RunConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def evaluations_per_slot(hours: float | None, max_candidates: int | None, slots: int,
+                         seconds_per_evaluation: float) -> float | None:
+    """How many evaluations each slot gets: the tighter of the candidate and the time budget; None
+    with neither."""
+    counts = []
+    if max_candidates:
+        counts.append(max_candidates / max(slots, 1))
+    if hours:
+        counts.append(hours * 3600.0 / max(seconds_per_evaluation, 1.0))
+    return min(counts) if counts else None
 
 
 def check_run_name(name: str) -> None:

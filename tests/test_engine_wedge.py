@@ -23,6 +23,7 @@ import evo.engine.loop
 from evo.launch import apparatus
 from evo.storage import COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, RUNNING, Archive, Candidate, Evaluation
 from evo.config import RunConfig
+from evo.core import selection
 from evo.engine.loop import Engine, EngineError
 from evo.engine.proposals import Asked as _Asked
 from evo.engine.seeding import Imported, SeedPlan
@@ -106,7 +107,9 @@ def test_failed_confirmation_is_decided_not_retried(tmp_path: Path) -> None:
     assert child.accepted is False and not child.in_population
     decision = [e.message for e in archive.events(engine.run.id) if e.kind == "decide" and e.candidate_id == child.id]
     assert len(decision) == 1 and "confirmation failed (crash" in decision[0]
-    assert len(evaluations) == 2 + 2, "seed replicates, the child, one confirmation"
+    # then the final re-measure: the only member, the seed, once more to choose it, then to report it
+    assert len(evaluations) == 2 + 2 + 1 + selection.REMEASURE_REPORTING, \
+        "seed replicates, the child, one confirmation, the seed's re-measure"
 
 
 # ----- 2: an evaluation that raises is recorded, the run goes on ---------------------------------
@@ -218,7 +221,9 @@ def test_resume_queues_what_an_old_archive_left_unqueued(tmp_path: Path) -> None
     engine = Engine(archive, run, cfg, StepOperator(), [Slot("cpu")], app, None)
     assert engine.execute() == FINISHED
     seed, child = archive.candidates(run.id)
-    assert [e.state for e in archive.evaluations(run.id, seed.id)] == [COMPLETE, COMPLETE] and seed.accepted
+    # its two replicates (then the final re-measure's)
+    evs = archive.evaluations(run.id, seed.id)
+    assert [e.replicate for e in evs][:2] == [0, 1] and {e.state for e in evs} == {COMPLETE} and seed.accepted
 
     orphan = archive.add_candidate(run.id, code=with_x1(SEED_CODE, 3.0), operator="tweak", parent_id=seed.id,
                                    hypothesis="left WAITING by a kill")
@@ -397,5 +402,7 @@ def test_seed_that_times_out_here_is_measured_again_on_resume(tmp_path: Path) ->
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     run = archive.find_run("t")
     seed = archive.candidate_by_id(run.seed_id)
-    assert run.status == FINISHED and seed.accepted and seed.n_evals == 2
-    assert [e.state for e in archive.evaluations(run.id, seed.id)] == [COMPLETE, COMPLETE]
+    # its two replicates, measured again (then the final re-measure's)
+    evs = archive.evaluations(run.id, seed.id)
+    assert run.status == FINISHED and seed.accepted and seed.n_evals == len(evs)
+    assert [e.replicate for e in evs][:2] == [0, 1] and {e.state for e in evs} == {COMPLETE}

@@ -503,7 +503,8 @@ def test_a_greedy_repo_seeds_a_surrogate_run_and_its_result_goes_back_to_git(tmp
     assert [c.operator for c in cands[:4]] == ["import"] * 4
     seed = cands[3]
     assert seed.id == archive.run_by_id(run.id).seed_id and seed.parent_id == cands[1].id
-    assert seed.n_evals == 2 and seed.val_bpb is not None and seed.imported_val_bpb == pytest.approx(0.9)
+    # two replicates, and the final re-measure's when it is one of the top members
+    assert seed.n_evals >= 2 and seed.val_bpb is not None and seed.imported_val_bpb == pytest.approx(0.9)
     target = new_repo(tmp_path / "proj")
     commit_file(target, "prepare.py", "MAX_SEQ_LEN = 64\n", "prepare")
     summary = export_lineage(archive, "s", tmp_path / "proj")

@@ -181,6 +181,7 @@ def make_v1(db: Path) -> dict[str, object]:
     a.close()
     con = sqlite3.connect(db)
     con.execute("ALTER TABLE candidate DROP COLUMN fix")
+    con.execute("ALTER TABLE candidate DROP COLUMN val_bpb_post")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     before = {table: con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]

@@ -21,7 +21,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from evo import __version__
-from evo.storage import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, Archive, ArchiveError, Candidate, OwnershipLost,
+from evo.storage import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, REPORTING_REPLICATE, Archive, ArchiveError, Candidate, OwnershipLost,
                  STALE_AFTER_SECONDS, Run, liveness, owner_id)
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb
@@ -115,13 +115,17 @@ def run(
     ctx: typer.Context,
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="Run name (default: run-YYYYmmdd-HHMMSS).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the named run exactly where it stopped.")] = False,
-    population: Annotated[int, typer.Option(help="Population size N.")] = 8,
+    population: Annotated[Optional[int], typer.Option(help=(
+        "Population size N (default: from the budget, 2 at 100 or fewer evaluations per slot, 8 at 400 or more)."))] = None,
     temperature: Annotated[str, typer.Option(help="Initial temperature in val_bpb units, or 'auto' (2 σ).")] = "auto",
-    cooling: Annotated[str, typer.Option(help="Cooling schedule over the budget: exp, linear or none.")] = "exp",
+    cooling: Annotated[str, typer.Option(help=(
+        "Cooling schedule over the budget: hold (T0 until 60 % of it, then exponential), exp, linear or none."))] = "hold",
     replicates: Annotated[int, typer.Option(help="Evaluations of the seed, to measure noise σ.")] = 3,
     confirm: Annotated[bool, typer.Option(help="Re-evaluate a would-be new best and judge it on its mean.")] = True,
     hours: Annotated[Optional[float], typer.Option(help="Wall-clock budget of the run.")] = None,
-    max_candidates: Annotated[Optional[int], typer.Option(help="Budget in candidates (after the seed).")] = None,
+    max_candidates: Annotated[Optional[int], typer.Option(help=(
+        "Budget in candidates (after the seed). At its end the top 3 members are re-measured until each has 3 "
+        "evaluations: extra evaluations, not candidates (none with --replicates 1 --no-confirm)."))] = None,
     operator: Annotated[str, typer.Option(help="How children are made: llm (mutation and crossover by an LLM) or tweak (offline hyperparameter perturbation).")] = "llm",
     model: Annotated[Optional[list[str]], typer.Option(
         help="LLM as provider:model[@base_url], repeatable (default anthropic:claude-sonnet-4-5).")] = None,
@@ -139,6 +143,9 @@ def run(
     sandbox: Annotated[bool, typer.Option("--sandbox/--no-sandbox", help=(
         "Train and score candidates in a bubblewrap sandbox: no network, no view of the archive, the "
         "validation data or evo's processes (Linux; without bubblewrap evo warns and runs unsandboxed)."))] = True,
+    early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help=(
+        "Stop a child at 25 % or 45 % of its budget when its train loss is far above its parent's at the "
+        "same elapsed time (a threshold learned from the run's completed children); the slot takes the next."))] = True,
     prepare: Annotated[Path, typer.Option(help="The locked prepare.py.")] = Path("prepare.py"),
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
@@ -161,7 +168,7 @@ def run(
             stored = json.loads(run_row.config)
             config = RunConfig.from_dict(stored)
             for key in ("hours", "max_candidates", "max_cost", "gpus", "slots",  # budgets and hardware may change
-                        "startup_allowance", "eval_allowance", "sandbox"):
+                        "startup_allowance", "eval_allowance", "sandbox", "early_stop"):
                 if given.get(key):
                     setattr(config, key, ctx.params[key])
             config.validate()
@@ -176,6 +183,7 @@ def run(
                                program=str(program), gpus=gpus,
                                slots=slots, startup_allowance=startup_allowance, eval_allowance=eval_allowance,
                                seed=seed, models=model or [], max_cost=max_cost, sandbox=sandbox,
+                               early_stop=early_stop,
                                prices=(ctx.obj or {}).get("prices", {})).validate()
         operators.check(config)
         # A resumed run already has its seed (unless it died before archiving it).
@@ -194,7 +202,7 @@ def run(
     view = RunView(config.name)
     archive.listener = view.on_event
     view.line(f"{'resuming' if resume else 'starting'} run {config.name!r}: preset {config.preset}, population "
-              f"{config.population}, temperature {config.temperature} ({config.cooling}), operator {config.operator}, "
+              f"{config.population or 'from the budget'}, temperature {config.temperature} ({config.cooling}), operator {config.operator}, "
               f"{len(slot_list)} slot(s): {', '.join(s.name for s in slot_list)}")
     try:
         apparatus.ensure_prepared(app_, view.line)
@@ -544,10 +552,26 @@ def best(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     """The best candidate found, with the path of changes that led to it."""
     archive, r, (c,) = open_run(storage, name, "best")
     typer.echo(f"best of run {r.name}: candidate {c.number}, val_bpb {candidate_bpb(c, r.sigma)}")
+    seed = archive.candidate_by_id(r.seed_id) if r.seed_id is not None else None
+    later = [e.val_bpb for e in archive.evaluations(r.id, c.id) if e.state == COMPLETE and e.replicate >= REPORTING_REPLICATE]
+    typer.echo(judged_line(c, later, seed, r.sigma))
     typer.echo(f"hypothesis: {c.hypothesis}")
     typer.echo("path from the seed:")
     for node in reversed(first_parents(c, archive.candidate_by_id)):
         typer.echo(f"  #{node.number:<5} {short_bpb(node)}  {node.operator:<9} {node.hypothesis}")
+
+
+def judged_line(c: Candidate, later: list[float], seed: Candidate | None, sigma: float | None) -> str:
+    """What the best is judged by (its reporting evaluations where it has them: made after the run
+    chose it, so no choice looked at them) and P(better than the seed) on the run's σ̂."""
+    mean, n = (c.val_bpb_post, len(later)) if c.val_bpb_post is not None and later else (c.val_bpb, c.n_evals)
+    what = f"its {n} evaluation(s) made after it was chosen" if n != c.n_evals else f"all {n} evaluation(s)"
+    text = f"judged on {what}: {fmt.bpb(mean, sigma)} (n={n}, ± the run's noise σ̂)"
+    if seed is None or seed.id == c.id or seed.val_bpb is None:
+        return text
+    p = acceptance.probability_better(mean, n, seed.val_bpb, seed.n_evals, sigma)
+    return text + (f"; P(better than the seed #{seed.number}) {p:.2f}" if p is not None else
+                   "; P(better than the seed): no noise σ̂ measured")
 
 
 @app.command()

@@ -9,11 +9,23 @@ better child is: greedy autoresearch's rule, where a tie is discarded).
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
-COOLING_SCHEDULES = ("exp", "linear", "none")
+COOLING_SCHEDULES = ("hold", "exp", "linear", "none")
+# "hold" keeps T0 until this fraction of the budget, then cools exponentially to FINAL_FRACTION·T0:
+# exponential cooling from the start halves T by 23 % of the budget, before the second uphill step
+# a valley needs can happen.
+HOLD_FRACTION = 0.6
+# The prior σ (a previous run's) weighs as this many degrees of freedom: the seed's 3 replicates
+# alone give 2, whose 90 % range is 0.23σ to 1.73σ.
+PRIOR_DOF = 4.0
 # `--temperature auto` starts at AUTO_SIGMAS × σ: a child one σ worse (within noise) is then
 # accepted with probability exp(-1/2) ≈ 0.61, one 3σ worse (a real loss) with ≈ 0.22.
 AUTO_SIGMAS = 2.0
+# ...for a night of 100 evaluations or fewer; from 400 on, 3σ (0.72 and 0.37): a longer night can
+# afford to wander further before it cools (bench/search_quality.py: at 400 evaluations on the
+# deceptive landscape 3σ crosses the barrier about twice as often; at 100, 2σ exploits better).
+AUTO_SIGMAS_RANGE = ((100.0, AUTO_SIGMAS), (400.0, 3.0))
 # Exponential cooling ends at this fraction of T0: 0.1σ at the end, which is nearly greedy.
 FINAL_FRACTION = 0.05
 
@@ -40,6 +52,10 @@ def temperature_at(t0: float, progress: float, cooling: str, final_fraction: flo
     p = min(max(progress, 0.0), 1.0)
     if cooling == "none":
         return t0
+    if cooling == "hold":
+        if p <= HOLD_FRACTION:
+            return t0
+        return t0 * final_fraction ** ((p - HOLD_FRACTION) / (1.0 - HOLD_FRACTION))
     if cooling == "exp":
         return t0 * final_fraction ** p
     if cooling == "linear":
@@ -47,13 +63,24 @@ def temperature_at(t0: float, progress: float, cooling: str, final_fraction: flo
     raise ValueError(f"unknown cooling schedule {cooling!r}; choose one of {', '.join(COOLING_SCHEDULES)}")
 
 
-def initial_temperature(setting: float | str, sigma: float | None) -> float:
-    """Resolve `--temperature`: a number in val_bpb units, or 'auto' = AUTO_SIGMAS × σ."""
+def initial_temperature(setting: float | str, sigma: float | None, sigmas: float = AUTO_SIGMAS) -> float:
+    """Resolve `--temperature`: a number in val_bpb units, or 'auto' = `sigmas` × σ."""
     if setting == "auto":
         if sigma is None:
             raise ValueError("temperature 'auto' needs the measured noise σ (--replicates 2 or more)")
-        return AUTO_SIGMAS * sigma
+        return sigmas * sigma
     return float(setting)
+
+
+def auto_sigmas(evaluations: float | None) -> float:
+    """How many σ `--temperature auto` starts at for a budget of `evaluations` in all (None: no
+    budget, a long night): AUTO_SIGMAS_RANGE's ends, log-linear between."""
+    (low_n, low), (high_n, high) = AUTO_SIGMAS_RANGE
+    if evaluations is None or evaluations >= high_n:
+        return high
+    if evaluations <= low_n:
+        return low
+    return low + (high - low) * math.log(evaluations / low_n) / math.log(high_n / low_n)
 
 
 def noise_sigma(values: list[float]) -> float | None:
@@ -62,6 +89,32 @@ def noise_sigma(values: list[float]) -> float | None:
         return None
     mean = sum(values) / len(values)
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def pooled_sigma(groups: Sequence[Sequence[float]], prior: float | None = None,
+                 prior_dof: float = PRIOR_DOF) -> float | None:
+    """The run's noise σ̂: the within-group spread pooled over every candidate measured more than
+    once (the seed's replicates, confirmations, re-measures), combined with `prior` as `prior_dof`
+    pseudo-degrees of freedom and floored at half the prior. None with neither."""
+    ss, dof = 0.0, 0
+    for values in groups:
+        if len(values) >= 2:
+            mean = sum(values) / len(values)
+            ss += sum((v - mean) ** 2 for v in values)
+            dof += len(values) - 1
+    if prior is None:
+        return math.sqrt(ss / dof) if dof else None
+    sigma = math.sqrt((ss + prior_dof * prior ** 2) / (dof + prior_dof))
+    return max(sigma, prior / 2.0)
+
+
+def probability_better(mean: float, n: int, seed_mean: float, seed_n: int, sigma: float | None) -> float | None:
+    """P(a candidate's true val_bpb is below the seed's), a normal approximation on the two means
+    (n and seed_n evaluations) with the run's noise σ̂. None without a σ̂ to judge by."""
+    if sigma is None or sigma <= 0 or n < 1 or seed_n < 1:
+        return None
+    z = (seed_mean - mean) / (sigma * math.sqrt(1.0 / n + 1.0 / seed_n))
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
 def progress(elapsed_seconds: float, hours: float | None, candidates: int, max_candidates: int | None) -> float:

@@ -22,23 +22,33 @@ def is_contender(c: Any) -> bool:
     return bool(c.accepted) and c.val_bpb is not None
 
 
+def post_selection(c: Any) -> float | None:
+    """The mean of a candidate's evaluations after its first (`val_bpb_post`), or None. The first
+    is what it was kept for, so among the kept it is lucky on average; the later ones are not."""
+    return getattr(c, "val_bpb_post", None)
+
+
 def best_key(c: Any) -> tuple[float, int]:
-    """Lowest mean val_bpb wins; ties go to the earlier candidate."""
-    return (c.val_bpb, c.number)
-
-
-def best(cands: Iterable[T]) -> T | None:
-    """THE best candidate: the lowest mean val_bpb among those ever accepted (ties: the earlier one)."""
-    return min((c for c in cands if is_contender(c)), key=best_key, default=None)
+    """Lowest post-selection mean (else mean) wins; ties go to the earlier candidate."""
+    post = post_selection(c)
+    return (post if post is not None else c.val_bpb, c.number)
 
 
 def best_index(cands: Sequence[Any]) -> int:
-    """The position of `best(cands)` in `cands`, -1 if there is none."""
-    pos, key = -1, None
-    for i, c in enumerate(cands):
-        if is_contender(c) and (key is None or best_key(c) < key):
-            pos, key = i, best_key(c)
-    return pos
+    """The position of THE best candidate in `cands`, -1 if there is none: among those ever accepted,
+    those measured again after selection (confirmed, re-measured) where there are any, by the mean
+    of those later evaluations; otherwise by mean val_bpb (greedy settings measure nothing twice).
+    Ties go to the earlier candidate."""
+    contenders = [i for i, c in enumerate(cands) if is_contender(c)]
+    judged = [i for i in contenders if post_selection(cands[i]) is not None] or contenders
+    return min(judged, key=lambda i: best_key(cands[i]), default=-1)
+
+
+def best(cands: Iterable[T]) -> T | None:
+    """THE best candidate (see `best_index`)."""
+    rows = list(cands)
+    i = best_index(rows)
+    return rows[i] if i >= 0 else None
 
 
 # ----- lines of first parents --------------------------------------------------------------------

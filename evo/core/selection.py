@@ -3,6 +3,9 @@
 Parents are drawn by tournament: TOURNAMENT_SIZE members are sampled uniformly and the best
 (lowest val_bpb) wins. Tournament selection depends only on ranks, so it behaves the same whatever
 the scale of val_bpb differences, and its pressure is mild enough to keep the population diverse.
+With annealing the engine also passes `elite_share` (the best member is the first parent that
+often) and `follow` (after an accepted worse step, its children come next: `follow_through`), and
+sizes the population to the budget (`default_population`).
 
 A child competes with its first parent (deterministic crowding: a child replaces the lineage it
 came from, so one good family does not take over the whole population). If that parent has
@@ -12,10 +15,19 @@ never leaves: when the child would push it out, the worst other member leaves in
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
 TOURNAMENT_SIZE = 2
+# With annealing, the elite is the first parent this often: at ~100 evaluations a binary tournament
+# spreads the few children over members that rarely lead anywhere.
+ELITE_SHARE = 0.5
+# Children of an accepted-worse member judged before selection takes over again.
+FOLLOW_TRIES = 3
+# Population by evaluations per slot: few members where the budget is small (exploit), more where
+# it is large (explore); log-linear between.
+POPULATION_RANGE = ((100.0, 2), (400.0, 8))
 
 
 @dataclass(frozen=True)
@@ -31,14 +43,72 @@ def tournament(members: list[Member], rng: random.Random, k: int = TOURNAMENT_SI
     return min(contenders, key=lambda m: (m.score, m.id))
 
 
-def select_parents(members: list[Member], n: int, rng: random.Random) -> list[Member]:
-    """n parents by independent tournaments; distinct where the population allows."""
-    first = tournament(members, rng)
+def select_parents(members: list[Member], n: int, rng: random.Random, *, elite_share: float = 0.0,
+                   follow: int | None = None) -> list[Member]:
+    """n parents, distinct where the population allows. The first: the member `follow` while it is
+    one (the line an accepted-worse step opened), else the elite with probability `elite_share`,
+    else a tournament; further ones by tournament. With elite_share 0 and no follow the draws are
+    exactly those of plain tournaments, so seeded runs repeat."""
+    followed = next((m for m in members if m.id == follow), None) if follow is not None else None
+    if followed is not None:
+        first = followed
+    elif elite_share > 0 and members and rng.random() < elite_share:
+        first = best(members)
+    else:
+        first = tournament(members, rng)
     chosen = [first]
     while len(chosen) < n:
         others = [m for m in members if m.id not in {c.id for c in chosen}] or members
         chosen.append(tournament(others, rng))
     return chosen
+
+
+@dataclass(frozen=True)
+class FollowThrough:
+    """The line the next proposals descend from after an accepted worse step: without it the worse
+    member is a dead end (a binary tournament picks the worst of 8 with probability 1/64), and
+    a valley's second uphill step never happens."""
+    member: int | None = None    # the accepted-worse child the next proposals descend from
+    tries: int = 0               # its children judged (rejected) so far
+
+
+def follow_through(state: FollowThrough, *, parent_id: int | None, child_id: int, accepted: bool,
+                   worse: bool) -> FollowThrough:
+    """The state after a child of `parent_id` was judged (`worse`: its Δ against its competitor > 0)."""
+    if accepted and worse:
+        return FollowThrough(child_id, 0)
+    if state.member is None or parent_id != state.member:
+        return state
+    if accepted:
+        return FollowThrough()  # the line improved: selection takes over
+    tries = state.tries + 1
+    return FollowThrough() if tries >= FOLLOW_TRIES else FollowThrough(state.member, tries)
+
+
+def default_population(evaluations_per_slot: float) -> int:
+    """Population size for a budget of `evaluations_per_slot`: 2 at 100 or fewer, 8 at 400 or more,
+    log-linear (rounded) between."""
+    (low_n, low_pop), (high_n, high_pop) = POPULATION_RANGE
+    if evaluations_per_slot <= low_n:
+        return low_pop
+    if evaluations_per_slot >= high_n:
+        return high_pop
+    share = math.log(evaluations_per_slot / low_n) / math.log(high_n / low_n)
+    return round(low_pop + share * (high_pop - low_pop))
+
+
+# The final re-measure, once the budget is spent: the REMEASURE_TOP members with the lowest means are
+# measured once more each (choosing); the best of them by its mean over every evaluation is the run's
+# chosen best, measured REMEASURE_REPORTING times more (reporting). Only those last evaluations,
+# made after the choice, give the value reported for it: any value the choice looked at is biased
+# low among the kept (the winner's curse), these are not.
+REMEASURE_TOP = 3
+REMEASURE_REPORTING = 3
+
+
+def finalists(members: list[Member], k: int = REMEASURE_TOP) -> list[Member]:
+    """The k members with the lowest means, best first."""
+    return sorted(members, key=lambda m: (m.score, m.id))[:k]
 
 
 def best(members: list[Member]) -> Member:

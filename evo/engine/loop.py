@@ -5,11 +5,15 @@ worker thread per slot (slots.py) and proposals each in a daemon thread (proposa
 never wait on the operator when work is possible. The loop, as `execute` reads:
 
     recover  ->  what a crash left (orphaned processes, RUNNING rows, unqueued evaluations, undecided candidates)
-    seed     ->  evaluated `replicates` times: σ measured, T0 resolved, the seed enters the population
-    loop     ->  propose: draw parents (tournament), the operator proposes a child, dedupe by code hash
+    seed     ->  evaluated `replicates` times: σ̂ measured (with a previous run's σ as a prior), the seed enters
+    loop     ->  propose: draw parents (the followed member, the elite, tournament), the operator proposes a
+                 child, dedupe by code hash
              ->  evaluate in a free slot -> a would-be new best is re-evaluated once (--confirm)
-             ->  decide: Metropolis against its competitor at T(progress) -> population updated
+             ->  decide: Metropolis against its competitor at T(progress), T0 = 2σ̂ pooled over every
+                 replicate so far -> population updated, follow-through updated
              until the budget (hours, candidates, cost) is spent or a stop is asked for
+    re-measure -> the top members by mean once more each; the best of them by mean, the run's chosen
+                 best, REMEASURE_REPORTING times more: the value reported for it
 
 A seed that fails (it cannot run here) ends the run as FAILED: nothing can be evolved from it.
 
@@ -30,6 +34,8 @@ from typing import Any, Callable
 
 from evo.config import RunConfig
 from evo.core import acceptance, decision, selection
+from evo.core import format as fmt
+from evo.engine.early import EarlyStopping
 from evo.engine.proposals import Asked, Proposals
 from evo.engine.seeding import SeedPlan
 from evo.engine.slots import Pending, SlotPool
@@ -37,8 +43,8 @@ from evo.launch.apparatus import Apparatus
 from evo.launch.runner import (EvalResult, Limits, Slot, file_hash, kill_orphan, run_evaluation, startup_limit,
                                training_limit)
 from evo.operators import Operator, OperatorUnavailable, Parent, Proposal
-from evo.storage import (COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, RUNNING, WAITING, Archive, ArchiveError, Candidate,
-                         Run, owner_id)
+from evo.storage import (CHOOSING_REPLICATE, COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, REPORTING_REPLICATE,
+                         RUNNING, WAITING, Archive, ArchiveError, Candidate, Run, owner_id)
 
 HEARTBEAT_SECONDS = 10.0
 MAX_OPERATOR_FAILURES = 20   # consecutive proposals that failed to produce code: stop proposing
@@ -79,6 +85,7 @@ class Engine:
         self.proposals = Proposals(archive, run.id, operator, clock)
         # `evaluate`: benchmarks and tests swap in a simulated evaluation with run_evaluation's signature
         self.pool = SlotPool(slots, evaluate, apparatus, self.limits, self.kill, clock)
+        self.early = EarlyStopping(archive, run.id, apparatus.time_budget, config.early_stop)
         self.status = self.pool.status            # slot name -> what it is doing, for the live view
         self._seed_startups: list[float] = []     # harness-clock start-ups of the seed's evaluations
         self._limit_training()                    # a resumed run's seed is measured already
@@ -87,6 +94,18 @@ class Engine:
         self._seed_id: int | None = None
         self._pause = PAUSE_FIRST
         self._cost_capped = False
+        self.prior_sigma, self.prior_run = self._prior_sigma()
+        self._sigma: tuple[int, float | None] | None = None  # (COMPLETE evaluations, σ̂ from them)
+        self.follow = self._replay_follow()
+        self._remeasured = self._remeasure_stage()  # stages of the final re-measure queued
+        self._reserve: float | None = None         # seconds --hours keeps for the re-measure, once known
+        self.search = config.resolve_search(len(slots), apparatus.time_budget + startup + evaluation)
+        stored = json.loads(run.config)
+        if (stored.get("population"), stored.get("auto_sigmas")) != (config.population, config.auto_sigmas):
+            # resolved from the budget: stored, so --resume and `evo status` use the same search
+            archive.update_run(run.id, self.search, config=json.dumps(config.to_dict(), sort_keys=True))
+        elif run.seed_id is None:  # a new run says once in its log what the search will do
+            archive.update_run(run.id, self.search)
 
     # ----- the loop -----------------------------------------------------------------------------
 
@@ -109,6 +128,8 @@ class Engine:
                 # After a stop, proposals still in flight are abandoned: an LLM call with the SDK's
                 # timeout and retries can take many minutes, and would only queue unevaluated work.
                 if not pool.running and (self.stop_proposing.is_set() or (not proposing and not self._work_possible())):
+                    if not self.stop_proposing.is_set() and self._remeasure():
+                        continue
                     break
                 done, _ = wait([*pool.running, *proposing], timeout=0.5, return_when=FIRST_COMPLETED)
                 finished = pool.collect(done)
@@ -128,6 +149,7 @@ class Engine:
             self.stop_proposing.set()
             pool.shutdown()
             self._settle_all()
+        self.temperature0()  # σ̂ and T0 as the last evaluations (the re-measures) leave them, for status and report
         status = INTERRUPTED if self.user_stopped else FINISHED
         archive.update_run(run_id, f"run {status.lower()}", status=status, active_seconds=self.active_seconds,
                            owner=None)
@@ -237,7 +259,9 @@ class Engine:
         queued = len(self.archive.waiting_evaluations(self.run.id)) if not self.stop_proposing.is_set() else 0
         wanted = len(self.slots) + self.config.lookahead - queued
         while len(self.proposals.in_flight) < wanted and self._may_propose():
-            self.proposals.ask(self.members, self.rng)
+            # the elite as parent only where there is a choice and annealing: greedy stays greedy
+            elite = selection.ELITE_SHARE if (self.config.population or 1) > 1 and self.temperature() > 0 else 0.0
+            self.proposals.ask(self.members, self.rng, elite_share=elite, follow=self.follow.member)
 
     def _may_propose(self) -> bool:
         if self.stop_proposing.is_set() or not self.budget_left():
@@ -314,7 +338,7 @@ class Engine:
             workdir = (self.archive.files / "runs" / self.run.name / f"c{cand.number:05d}" / f"r{ev.replicate}").resolve()
             self.archive.start_evaluation(ev.id, slot.name, str(workdir))
             self.pool.start(slot, ev.id, cand.id, self.archive.code(cand.code_hash), workdir, ev.seed,
-                            f"candidate {cand.number} r{ev.replicate}")
+                            f"candidate {cand.number} r{ev.replicate}", self.early.rule(cand, self._is_seed(cand)))
 
     def _finish(self, pending: Pending, fut: Future) -> None:
         fail_reason = self._settle(pending, fut)
@@ -325,7 +349,7 @@ class Engine:
             # The same code on the same machine fails the same way: replicating it only wastes slots.
             self.archive.cancel_waiting(cand.id, f"the seed failed ({fail_reason}); it would fail again")
             cand = self.archive.candidate_by_id(cand.id)
-        if cand.state in (COMPLETE, FAIL) and cand.accepted is None:
+        if cand.state in (COMPLETE, FAIL, PRUNED) and cand.accepted is None:
             self._decide(cand)
 
     def _settle(self, pending: Pending, fut: Future) -> str | None:
@@ -395,11 +419,13 @@ class Engine:
 
     def _decide(self, cand: Candidate) -> None:
         run_id = self.run.id
-        if cand.state == FAIL:
+        if cand.state in (FAIL, PRUNED):  # PRUNED: stopped early (never the seed; no repair, not a crash)
             if self._is_seed(cand) and self._seed_may_retry(cand):
                 self._seed_interrupted(cand)
+            reason = f"stopped early: {cand.fail_detail}" if cand.state == PRUNED else f"failed ({cand.fail_reason})"
             self.archive.decide(cand.id, accepted=False, temperature=None, probability=0.0, delta=None,
-                                competitor_id=None, leaving=[], reason=f"failed ({cand.fail_reason})")
+                                competitor_id=None, leaving=[], reason=reason)
+            self._followed(cand.parent_id, cand.id, False, None)
             if self._is_seed(cand):
                 self._seed_failed(cand)
             if self.proposals.wants_fix(cand, self._is_seed(cand)):
@@ -407,9 +433,9 @@ class Engine:
             return
         if self._is_seed(cand):
             values = [e.val_bpb for e in self.archive.evaluations(run_id, cand.id) if e.state == COMPLETE]
-            sigma = acceptance.noise_sigma(values)
+            sigma = self.sigma()
             try:
-                t0 = acceptance.initial_temperature(self.config.temperature, sigma)
+                t0 = acceptance.initial_temperature(self.config.temperature, sigma, self.config.auto_sigmas)
             except ValueError:  # replicates all failed but one: fall back to greedy, say so
                 t0 = 0.0
             if acceptance.ignores_seed(values):
@@ -419,8 +445,9 @@ class Engine:
                 if self.config.temperature == "auto":
                     raise EngineError(message + ", or start a run with an explicit --temperature.")
                 self.archive.update_run(run_id, message)
+            prior = f" and prior σ {self.prior_sigma:.6f} from run {self.prior_run}" if self.prior_run else ""
             self.archive.update_run(run_id, f"noise σ = {sigma if sigma is not None else float('nan'):.6f} from "
-                                    f"{len(values)} replicates; T0 = {t0:.6f}", sigma=sigma, temperature0=t0)
+                                    f"{len(values)} replicates{prior}; T0 = {t0:.6f}", sigma=sigma, temperature0=t0)
             self._limit_training(cand.id)
             self.archive.decide(cand.id, accepted=True, temperature=t0, probability=1.0, delta=None,
                                 competitor_id=None, leaving=[], reason=f"seed, val_bpb {cand.val_bpb:.6f}")
@@ -445,6 +472,7 @@ class Engine:
         self.archive.decide(cand.id, accepted=accepted, temperature=verdict.temperature,
                             probability=verdict.probability, delta=verdict.delta, competitor_id=verdict.competitor_id,
                             leaving=leaving, reason=verdict.reason, rng_state=_rng_to_json(self.rng) if judged else None)
+        self._followed(cand.parent_id, cand.id, accepted, verdict.delta)
         if judged and cand.model:  # feeds the model bandit
             spent = sum(c.cost_usd for c in self.archive.llm_calls(run_id) if c.candidate_id == cand.id)
             self.operator.record_outcome(cand.model, verdict.delta < 0, spent)
@@ -471,14 +499,118 @@ class Engine:
         return acceptance.progress(self.active_seconds, self.config.hours, judged, self.config.max_candidates)
 
     def temperature(self) -> float:
-        t0 = self.archive.run_by_id(self.run.id).temperature0 or 0.0
-        return acceptance.temperature_at(t0, self.progress(), self.config.cooling)
+        return acceptance.temperature_at(self.temperature0(), self.progress(), self.config.cooling)
+
+    def temperature0(self) -> float:
+        """T0: the number given, or with `auto` config.auto_sigmas × σ̂ as it stands now (stored with the
+        run when σ̂ moves, so `evo status` and the report show the one in use)."""
+        run = self.archive.run_by_id(self.run.id)
+        if self.config.temperature != "auto" or run.temperature0 is None:  # None: the seed is not in yet
+            return run.temperature0 or 0.0
+        sigma = self.sigma()
+        if sigma is None:
+            return run.temperature0
+        t0 = acceptance.initial_temperature("auto", sigma, self.config.auto_sigmas)
+        if sigma != run.sigma:
+            self.archive.update_run(self.run.id, sigma=sigma, temperature0=t0)
+        return t0
+
+    def sigma(self) -> float | None:
+        """σ̂: the spread within every candidate measured more than once (the seed's replicates,
+        confirmations, re-measures) pooled with the prior; computed again only when an evaluation
+        completed since."""
+        count = self.archive.count_evaluations(self.run.id)
+        if self._sigma is None or self._sigma[0] != count:
+            groups: dict[int, list[float]] = {}
+            for e in self.archive.evaluations(self.run.id):
+                if e.state == COMPLETE and e.val_bpb is not None:
+                    groups.setdefault(e.candidate_id, []).append(e.val_bpb)
+            self._sigma = (count, acceptance.pooled_sigma(list(groups.values()), self.prior_sigma))
+        return self._sigma[1]
+
+    def _prior_sigma(self) -> tuple[float | None, str | None]:
+        """The σ of the latest earlier run in this archive on the same preset, and its name."""
+        for r in reversed(self.archive.runs()):
+            if r.id < self.run.id and r.sigma is not None and json.loads(r.config).get("preset") == self.config.preset:
+                return r.sigma, r.name
+        return None, None
 
     def budget_left(self) -> bool:
         made = self.children_made() + len(self.proposals.in_flight)  # proposals in flight will become candidates
         if self.config.max_candidates is not None and made >= self.config.max_candidates:
             return False
-        return not (self.config.hours is not None and self.active_seconds >= self.config.hours * 3600)
+        return not (self.config.hours is not None
+                    and self.active_seconds >= self.config.hours * 3600 - self._remeasure_reserve())
+
+    # ----- follow-through and the final re-measure ------------------------------------------------
+
+    def _followed(self, parent_id: int | None, child_id: int, accepted: bool, delta: float | None) -> None:
+        self.follow = selection.follow_through(self.follow, parent_id=parent_id, child_id=child_id,
+                                               accepted=accepted, worse=delta is not None and delta > 0)
+
+    def _replay_follow(self) -> selection.FollowThrough:
+        """The follow-through state a resumed run continues from: the archive's decisions replayed
+        in the order they were made (the state is a pure function of them)."""
+        state = selection.FollowThrough()
+        for ev in self.archive.events(self.run.id, kind="decide"):
+            cand = self.archive.candidate_by_id(ev.candidate_id) if ev.candidate_id is not None else None
+            if cand is None or cand.parent_id is None:
+                continue
+            data = json.loads(ev.data or "{}")
+            delta = data.get("delta")
+            state = selection.follow_through(state, parent_id=cand.parent_id, child_id=cand.id,
+                                             accepted=bool(data.get("accepted")), worse=delta is not None and delta > 0)
+        return state
+
+    def _remeasures(self) -> bool:
+        """Greedy settings (one replicate, no confirmation) measure nothing twice, so stay greedy."""
+        return self.config.replicates > 1 or self.config.confirm
+
+    def _remeasure_reserve(self) -> float:
+        """Seconds a time budget keeps for the final re-measure, so that it runs inside --hours: its
+        two stages' waves over the slots, each evaluation as long as the seed's took (at most half
+        the budget; none before the seed is measured)."""
+        if not self._remeasures() or self.config.hours is None:
+            return 0.0
+        if self._reserve is None:
+            seed_id = self.archive.run_by_id(self.run.id).seed_id
+            walls = [e.wall_seconds for e in self.archive.evaluations(self.run.id, seed_id)
+                     if e.state == COMPLETE and e.wall_seconds] if seed_id is not None else []
+            if not walls:
+                return 0.0
+            slots = len(self.slots)
+            waves = -(-selection.REMEASURE_TOP // slots) + -(-selection.REMEASURE_REPORTING // slots)
+            self._reserve = min(waves * sum(walls) / len(walls), self.config.hours * 3600 / 2)
+        return self._reserve
+
+    def _remeasure_stage(self) -> int:
+        """How many stages of the final re-measure a run (resumed) has queued, from its evaluations."""
+        replicates = {e.replicate for e in self.archive.evaluations(self.run.id)}
+        return 2 if any(r >= REPORTING_REPLICATE for r in replicates) else 1 if CHOOSING_REPLICATE in replicates else 0
+
+    def _remeasure(self) -> bool:
+        """Once the budget is spent, the final re-measure (selection.REMEASURE_TOP): first the top
+        members by mean once more each, then the best of them by mean, measured in reporting
+        evaluations (replicates from REPORTING_REPLICATE). Returns whether anything was queued."""
+        if self._remeasured >= 2 or not self._remeasures() or self.budget_left():
+            return False
+        self._remeasured += 1
+        top = selection.finalists(self.members())
+        numbers = {c.id: c.number for c in self.archive.population(self.run.id)}
+        if self._remeasured == 1:
+            for m in top:
+                self.archive.queue_evaluation(self.run.id, m.id, CHOOSING_REPLICATE, EVAL_SEED_BASE + CHOOSING_REPLICATE)
+            self.archive.update_run(self.run.id, f"the budget is spent: measuring the top {len(top)} member(s) once "
+                                    "more to choose the best: candidate(s) " + ", ".join(str(numbers[m.id]) for m in top))
+            return True
+        chosen = selection.best(top)
+        for k in range(selection.REMEASURE_REPORTING):
+            replicate = REPORTING_REPLICATE + k
+            self.archive.queue_evaluation(self.run.id, chosen.id, replicate, EVAL_SEED_BASE + replicate)
+        self.archive.update_run(self.run.id, f"candidate {numbers[chosen.id]} is the best by its mean "
+                                f"({fmt.bpb(chosen.score)}); measuring it {selection.REMEASURE_REPORTING} times more "
+                                "for the value reported, which no choice looked at")
+        return True
 
     # ----- population ------------------------------------------------------------------------------
 

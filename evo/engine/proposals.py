@@ -37,9 +37,11 @@ class Proposals:
         self.in_flight: dict[Future, Asked] = {}
         self.fix_queue: list[int] = []
 
-    def ask(self, members: Callable[[], Sequence[selection.Member]], rng: random.Random) -> None:
+    def ask(self, members: Callable[[], Sequence[selection.Member]], rng: random.Random, *,
+            elite_share: float = 0.0, follow: int | None = None) -> None:
         """Ask the operator for one child: a repair when a crashed child waits for one, otherwise
-        a child of parents drawn by tournament. Draws from the run's RNG in a fixed order (the
+        a child of parents chosen by `selection.select_parents` (the followed member, the elite
+        `elite_share` of the time, else tournaments). Draws from the run's RNG in a fixed order (the
         child's own RNG first, then the parents) so seeded runs repeat."""
         child_rng = random.Random(rng.getrandbits(63))
         if self.fix_queue:
@@ -47,7 +49,8 @@ class Proposals:
             self.in_flight[in_daemon_thread(self.operator.propose_fix, failed, child_rng)] = \
                 Asked([failed], self.clock())
             return
-        chosen = selection.select_parents(list(members()), self.operator.n_parents, rng)
+        chosen = selection.select_parents(list(members()), self.operator.n_parents, rng, elite_share=elite_share,
+                                          follow=follow)
         parents = [self.as_parent(self.archive.candidate_by_id(m.id)) for m in chosen]
         self.in_flight[in_daemon_thread(self.operator.propose, parents, child_rng)] = \
             Asked(parents, self.clock())

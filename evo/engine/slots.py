@@ -13,7 +13,7 @@ from threading import Event
 from typing import Callable, Iterable
 
 from evo.launch.apparatus import Apparatus
-from evo.launch.runner import EvalResult, Limits, Slot
+from evo.launch.runner import EarlyStop, EvalResult, Limits, Slot
 
 
 @dataclass
@@ -42,11 +42,14 @@ class SlotPool:
         return {p.evaluation_id for p in self.running.values()}
 
     def start(self, slot: Slot, evaluation_id: int, candidate_id: int, code: str, workdir: Path, seed: int,
-              label: str) -> None:
-        """Evaluate `code` in `slot` (its evaluation already marked RUNNING in the archive)."""
+              label: str, early_stop: EarlyStop | None = None) -> None:
+        """Evaluate `code` in `slot` (its evaluation already marked RUNNING in the archive), stopped
+        early when the rule `early_stop` says so."""
+        # Passed only when there is a rule: evaluate functions that predate it (benchmarks' stand-ins) still work.
+        rule = {} if early_stop is None else {"early_stop": early_stop}
         fut = self._pool.submit(self.evaluate, code=code, workdir=workdir, prepare_src=self.apparatus.prepare_path,
                                 locked_hash=self.apparatus.locked_hash, slot=slot, seed=seed, limits=self.limits,
-                                preset=self.apparatus.preset, stop=self.kill)
+                                preset=self.apparatus.preset, stop=self.kill, **rule)
         self.running[fut] = Pending(evaluation_id, candidate_id, slot, self.clock())
         self.status[slot.name] = label
 

@@ -8,6 +8,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from evo.core import early_stop
+
 # The block autoresearch's train.py ends with, in order; the harness needs all of them.
 SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth")
@@ -159,14 +161,16 @@ def scored_verdict(returncode: int | None, output: str) -> dict:
 
 def classify(returncode: int | None, output: str, *, timed_out: str | None, interrupted: bool,
              time_budget: float, budget_slack: float, scored: dict | None, prepare_changed: bool,
-             over_budget: str | None = None, training_wall: float | None = None) -> Outcome:
+             over_budget: str | None = None, training_wall: float | None = None,
+             stopped_early: str | None = None) -> Outcome:
     """Decide an evaluation's outcome from the training process's exit status and output and the
     harness's own score of what it handed over (`scored`: scored_verdict's dict, None when the
     training process handed nothing over). The val_bpb the candidate printed is never used: the
     archived one is the harness's. `timed_out` is the runner's sentence saying which phase overran
     its limit, `over_budget` the one saying the training process ran past its measured limit
     (None: none did); `budget_slack` how far past the budget training may end
-    (logs.training_slack); `training_wall` the seconds of training the harness's own clock saw.
+    (logs.training_slack); `training_wall` the seconds of training the harness's own clock saw;
+    `stopped_early` the early-stop rule's sentence when it stopped the candidate (PRUNED).
 
     Order matters: what the harness observed itself (interruption, a modified prepare.py, time)
     outranks anything the candidate printed.
@@ -179,6 +183,8 @@ def classify(returncode: int | None, output: str, *, timed_out: str | None, inte
         return Outcome("FAIL", "over_budget", over_budget)
     if timed_out:
         return Outcome("FAIL", "timeout", timed_out)
+    if stopped_early:
+        return Outcome("PRUNED", early_stop.FAIL_REASON, stopped_early)
     # The summary's val_bpb reads nan under the harness (the model was handed over): not a divergence.
     tail = "\n".join(line for line in split_lines(output)[-40:] if not line.startswith("val_bpb:"))
     if returncode != 0:

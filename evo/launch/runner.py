@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from evo.launch import logs
 from evo.launch.sandbox import Sandbox, harness_paths, hidden_validation, wrap
@@ -50,6 +51,10 @@ _ENV_ALLOW = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPD
               "HF_ENDPOINT", "EVO_CACHE_DIR", "XDG_CACHE_HOME", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}
 _ENV_ALLOW_PREFIX = ("LC_", "NVIDIA_", "TORCH", "TRITON_", "NCCL_", "CUBLAS_", "PYTORCH_")
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+# The early-stop rule of one evaluation: the curve so far -> the sentence saying why to stop it, or None.
+EarlyStop = Callable[[list[tuple[int, float, float]]], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,7 @@ class Phases:
     training_end: float | None = None                 # when the first line reporting the budget reached was seen
     last_line: tuple[float, float] | None = None      # (written no earlier than, elapsed) of the latest progress line
     evaluation_from: float | None = None              # the hand-over began no earlier than this
+    curve: list[tuple[int, float, float]] = field(default_factory=list)  # the progress points so far
     _partial: str = ""                                # the log's last line, not yet ended
     _previous: float | None = None                    # the clock at the previous feed
     _line_seen: float | None = None                   # the clock at the previous feed that brought a training line
@@ -168,6 +174,7 @@ class Phases:
         if handed_over and self.evaluation_from is None:
             self.evaluation_from = written_after  # seen now, so begun after the previous feed
         points = logs.parse_curve("\n".join(lines), self.limits.time_budget)
+        self.curve.extend(points)
         if points:
             if self.first_line is None:
                 self.first_line = now
@@ -439,6 +446,7 @@ class _Training:
     timed_out: str | None
     over_budget: str | None
     interrupted: bool
+    stopped_early: str | None  # the early-stop rule's sentence, when it stopped the candidate
 
 
 def _wait(proc: subprocess.Popen) -> bool:
@@ -451,10 +459,12 @@ def _wait(proc: subprocess.Popen) -> bool:
 
 
 def _train(python: str, argv: list[str], workdir: Path, env: dict[str, str], limits: Limits,
-           stop: threading.Event | None) -> _Training:
-    """Run train.py (`argv`) to its end, holding it to its limits (Phases); its children die with it."""
+           stop: threading.Event | None, early_stop: EarlyStop | None = None) -> _Training:
+    """Run train.py (`argv`) to its end, holding it to its limits (Phases) and stopping it when
+    `early_stop` says so; its children die with it."""
     log_path, hand_over = workdir / "run.log", workdir / HAND_OVER
-    timed_out = over = None
+    timed_out = over = stopped = None
+    judged = 0  # progress points the early-stop rule has seen: it is asked again only when more arrive
     interrupted = False
     with open(log_path, "wb") as log, open(log_path, "rb") as reader:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -469,18 +479,22 @@ def _train(python: str, argv: list[str], workdir: Path, env: dict[str, str], lim
                 interrupted = stop is not None and stop.is_set()
                 over = None if interrupted else phases.over_budget(now)
                 timed_out = None if interrupted or over else phases.overrun(now)
-                if interrupted or timed_out or over:
+                if early_stop is not None and not (interrupted or timed_out or over) and len(phases.curve) > judged:
+                    judged = len(phases.curve)
+                    stopped = early_stop(list(phases.curve))
+                if interrupted or timed_out or over or stopped:
                     kill_group(proc, limits.kill_grace)
                     break
             p1 = time.monotonic()
             phases.feed(decoder.decode(reader.read(), final=True), p1, hand_over.exists())
-            if not (interrupted or timed_out or over):
+            if not (interrupted or timed_out or over or stopped):
                 over = phases.over_budget(p1)
             if _group_alive(proc.pid):  # children the candidate left behind die with it
                 kill_group(proc, limits.kill_grace)
         finally:
             os.close(lifeline)  # whatever is still alive now, the watchdog kills (also when this thread fails)
-    return _Training(proc.returncode, log_path.read_text(errors="replace"), phases, p1 - p0, timed_out, over, interrupted)
+    return _Training(proc.returncode, log_path.read_text(errors="replace"), phases, p1 - p0, timed_out, over, interrupted,
+                     stopped)
 
 
 def _score(python: str, argv: list[str], harness: Path, env: dict[str, str], limits: Limits,
@@ -523,9 +537,12 @@ def _sandboxes(confine: Confinement, workdir: Path, harness: Path, gpu: bool) ->
 
 def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: str, slot: Slot, seed: int,
                    limits: Limits, preset: str, stop: threading.Event | None = None,
-                   confine: Confinement | None = None, python: str = sys.executable) -> EvalResult:
+                   confine: Confinement | None = None, python: str = sys.executable,
+                   early_stop: EarlyStop | None = None) -> EvalResult:
     """Train one candidate in `workdir`, then score what it handed over in a process of the harness's
-    own; both sandboxed when `confine` is given. `stop` set means: kill it now (second Ctrl-C)."""
+    own; both sandboxed when `confine` is given. `stop` set means: kill it now (second Ctrl-C).
+    `early_stop` is asked with the curve so far whenever progress points arrive; its sentence
+    kills the candidate like a timeout, and the evaluation ends PRUNED(early_stop), curve kept."""
     t0 = time.monotonic()
     harness = workdir.with_name(workdir.name + HARNESS_SUFFIX)
     for folder in (workdir, harness):  # a re-queued evaluation starts clean
@@ -547,18 +564,20 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
         boxes = _sandboxes(confine, workdir, harness, gpu=slot.name.startswith("gpu"))
         train_argv, score_argv = wrap(train_argv, boxes[0], home), wrap(score_argv, boxes[1], home)
     training = _train(python, train_argv, workdir, {**env, "EVO_SEED": str(seed), HAND_OVER_ENV: str(hand_over)},
-                      limits, stop)
+                      limits, stop, early_stop)
     prepare_changed = not prepare.exists() or file_hash(prepare) != locked_hash or file_hash(prepare_src) != locked_hash
     interrupted = training.interrupted
     scored = None
     # A regular file only, moved out of the candidate's reach (a link could name anything).
-    if (training.returncode == 0 and not (interrupted or training.timed_out or training.over_budget or prepare_changed)
+    if (training.returncode == 0 and not (interrupted or training.timed_out or training.over_budget or prepare_changed
+                                          or training.stopped_early)
             and hand_over.is_file() and not hand_over.is_symlink()):
         os.replace(hand_over, scored_file)
         scored = _score(python, score_argv, harness, env, limits, stop)
         interrupted = scored is None
     outcome = logs.classify(training.returncode, training.output, timed_out=training.timed_out,
                             over_budget=training.over_budget, interrupted=interrupted,
+                            stopped_early=training.stopped_early,
                             time_budget=limits.time_budget, budget_slack=training.phases.slack, scored=scored,
                             prepare_changed=prepare_changed, training_wall=training.phases.training_wall)
     curve = _downsample(logs.parse_curve(training.output, limits.time_budget))

@@ -7,6 +7,7 @@ Hyperparameter-only evolution: a real baseline, and what tests use."""
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import random
 import re
@@ -54,7 +55,8 @@ def _is_power_of_two(v: float | int) -> bool:
     return isinstance(v, int) and v >= 2 and v & (v - 1) == 0
 
 
-def find_constants(code: str) -> list[Constant]:
+@functools.lru_cache(maxsize=256)  # a population's parents are tweaked again and again
+def find_constants(code: str) -> tuple[Constant, ...]:
     """Tweakable constants: top-level `NAME = <number>` assignments, NAME in UPPERCASE."""
     try:
         tree = parse(code)
@@ -79,7 +81,7 @@ def find_constants(code: str) -> list[Constant]:
         start = offsets[value.lineno - 1] + value.col_offset
         end = offsets[value.end_lineno - 1] + value.end_col_offset
         found.append(Constant(target.id, v, start, end, _is_power_of_two(v)))
-    return found
+    return tuple(found)
 
 
 def _format(new: float | int, old: Constant) -> str:

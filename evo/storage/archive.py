@@ -29,7 +29,7 @@ from evo.storage.db import (DEFAULT_STORAGE, RESTORE, ArchiveError, StorageError
                             open_engine, sqlite_file, storage_name, storage_error)
 from evo.storage.models import (ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, SCHEMA_VERSION, WAITING, Candidate, Code,
                                 CurvePoint, Evaluation, Event, LLMCall, Meta, Run, code_hash, derive_candidate,
-                                metric_values, seconds_since, utcnow)
+                                metric_values, post_selection_mean, REPORTING_REPLICATE, seconds_since, utcnow)
 
 # An owner on another host whose heartbeat is this old may be taken over; on this host a live
 # owner never is (see claim_run).
@@ -37,14 +37,22 @@ STALE_AFTER_SECONDS = 60.0
 
 # Schema steps: what a writer runs to bring a version-N archive to N+1, and what a reader runs on
 # each connection (temporary objects only, the file untouched) to see a version-N archive as the
-# current one. Step 1 -> 2: the fix marker, until then the hypothesis's "fix:" prefix.
+# current one. Step 1 -> 2: the fix marker, until then the hypothesis's "fix:" prefix. Step 2 -> 3:
+# the post-selection mean (models.post_selection_mean), from the evaluations.
 _FIX_FROM_HYPOTHESIS = "substr(hypothesis, 1, 4) = 'fix:'"
+_POST_FROM_EVALUATIONS = ("(SELECT AVG(e.val_bpb) FROM evaluation e WHERE e.candidate_id = candidate.id "
+                          f"AND e.state = 'COMPLETE' AND e.replicate >= {REPORTING_REPLICATE} AND e.val_bpb IS NOT NULL)")
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE candidate ADD COLUMN fix BOOLEAN NOT NULL DEFAULT FALSE",
         f"UPDATE candidate SET fix = {_FIX_FROM_HYPOTHESIS}"),
+    2: ("ALTER TABLE candidate ADD COLUMN val_bpb_post FLOAT",
+        f"UPDATE candidate SET val_bpb_post = {_POST_FROM_EVALUATIONS}"),
 }
-READ_AS_CURRENT: dict[int, tuple[str, ...]] = {
-    1: (f"CREATE TEMP VIEW candidate AS SELECT *, {_FIX_FROM_HYPOTHESIS} AS fix FROM main.candidate",),
+# The candidate columns a step added, as expressions over an older candidate table: a reader sees
+# them through one temporary view.
+READ_AS_CURRENT: dict[int, str] = {
+    1: f"{_FIX_FROM_HYPOTHESIS} AS fix",
+    2: f"{_POST_FROM_EVALUATIONS} AS val_bpb_post",
 }
 
 
@@ -129,11 +137,11 @@ class Archive:
         if self.reader.dialect.name != "sqlite":
             raise ArchiveError(f"the archive {self.where} has schema version {version}, older than this evo "
                                f"({SCHEMA_VERSION}); run `evo run --resume` on it once to upgrade it.")
-        statements = [q for step in range(version, SCHEMA_VERSION) for q in READ_AS_CURRENT[step]]
+        columns = ", ".join(READ_AS_CURRENT[step] for step in range(version, SCHEMA_VERSION))
+        statement = f"CREATE TEMP VIEW candidate AS SELECT *, {columns} FROM main.candidate AS candidate"
 
         def _views(dbapi_conn, _record):
-            for statement in statements:
-                dbapi_conn.execute(statement)
+            dbapi_conn.execute(statement)
 
         event.listen(self.reader, "connect", _views)
         self.reader.dispose()  # connections opened before the views exist are not handed out again
@@ -225,9 +233,12 @@ class Archive:
         with self.read() as s:
             return list(s.exec(select(CurvePoint).where(CurvePoint.evaluation_id == evaluation_id).order_by(CurvePoint.step)))
 
-    def events(self, run_id: int, limit: int | None = None) -> list[Event]:
+    def events(self, run_id: int, limit: int | None = None, kind: str | None = None) -> list[Event]:
+        """The run's events, oldest first (the last `limit`; of one `kind`)."""
         with self.read() as s:
             q = select(Event).where(Event.run_id == run_id).order_by(Event.id.desc())
+            if kind is not None:
+                q = q.where(Event.kind == kind)
             rows = list(s.exec(q.limit(limit) if limit else q))
         return rows[::-1]
 
@@ -497,16 +508,17 @@ class Archive:
         """Store what `derive_candidate` makes of the candidate's evaluations: every write that
         changes an evaluation ends here, the only place a candidate's state changes. Pending again
         (queued anew), it has no failure; a mean already stored stays until a new one exists."""
-        derived = derive_candidate(s.exec(select(Evaluation).where(Evaluation.candidate_id == cand.id)
-                                          .order_by(Evaluation.id)))
+        evaluations = list(s.exec(select(Evaluation).where(Evaluation.candidate_id == cand.id).order_by(Evaluation.id)))
+        derived = derive_candidate(evaluations)
         cand.state, cand.n_evals = derived.state, derived.n_evals
         if derived.val_bpb is not None:
             cand.val_bpb, cand.val_bpb_std = derived.val_bpb, derived.val_bpb_std
+            cand.val_bpb_post = post_selection_mean(evaluations)
         if derived.state in (WAITING, RUNNING):
             cand.fail_reason, cand.fail_detail = None, None
         else:
             cand.finished_at = self.clock()
-            if derived.state == FAIL:
+            if derived.state in (FAIL, PRUNED):  # PRUNED here: stopped early
                 cand.fail_reason, cand.fail_detail = derived.fail_reason, derived.fail_detail
         s.add(cand)
 
@@ -549,7 +561,7 @@ class Archive:
         with self.read() as s:
             return list(s.exec(select(Candidate).where(
                 Candidate.run_id == run_id, Candidate.accepted == None,  # noqa: E711
-                Candidate.state.in_([COMPLETE, FAIL])).order_by(Candidate.number)))
+                Candidate.state.in_([COMPLETE, FAIL, PRUNED])).order_by(Candidate.number)))
 
     def cost(self, run_id: int) -> float:
         with self.read() as s:
@@ -568,6 +580,14 @@ class Archive:
             if exclude_imports:
                 q = q.where(Candidate.operator != "import")
             return int(s.exec(q).one())
+
+
+    def count_evaluations(self, run_id: int, state: str = COMPLETE) -> int:
+        """How many of a run's evaluations are in `state`, counted in SQL (the engine asks before
+        each decision whether its noise estimate must be computed again)."""
+        with self.read() as s:
+            return int(s.exec(select(func.count()).select_from(Evaluation)
+                              .where(Evaluation.run_id == run_id, Evaluation.state == state)).one())
 
 
 def owner_id() -> str:

@@ -12,10 +12,12 @@ from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from evo.core.acceptance import noise_sigma
+from evo.core.early_stop import FAIL_REASON as EARLY_STOP
 from evo.launch.logs import SUMMARY_KEYS
 
 # 2: Candidate.fix (a repair proposal) replaced the "fix:" hypothesis prefix as the marker.
-SCHEMA_VERSION = 2
+# 3: Candidate.val_bpb_post, the mean of its reporting evaluations (post_selection_mean).
+SCHEMA_VERSION = 3
 
 # Lifecycle states (Optuna's names)
 WAITING, RUNNING, COMPLETE, FAIL, PRUNED = "WAITING", "RUNNING", "COMPLETE", "FAIL", "PRUNED"
@@ -61,14 +63,15 @@ class Derived:
     n_evals: int
     val_bpb: float | None              # mean over COMPLETE evaluations; None when there is none
     val_bpb_std: float | None
-    fail_reason: str | None = None     # of the last failed evaluation, when the state is FAIL
+    fail_reason: str | None = None     # of the last failed evaluation, when the state is FAIL (or PRUNED: early_stop)
     fail_detail: str | None = None
 
 
 def derive_candidate(evaluations: Iterable[Any]) -> Derived:
     """THE rule for a candidate's state, from its evaluations (rows with state, val_bpb,
-    fail_reason, detail; oldest first): WAITING or RUNNING while any is pending, FAIL when some
-    failed and none completed, else COMPLETE."""
+    fail_reason, detail; oldest first): WAITING or RUNNING while any is pending, PRUNED(early_stop)
+    when one was stopped early against its parent's curve and none completed, FAIL when some failed
+    and none completed, else COMPLETE."""
     evs = list(evaluations)
     done = [e.val_bpb for e in evs if e.state == COMPLETE]
     mean = sum(done) / len(done) if done else None
@@ -78,9 +81,28 @@ def derive_candidate(evaluations: Iterable[Any]) -> Derived:
     if pending:
         state = RUNNING if any(e.state == RUNNING for e in pending) else WAITING
         return Derived(state, len(done), mean, std)
+    stopped = [e for e in evs if e.state == PRUNED and e.fail_reason == EARLY_STOP]
+    if stopped and not done:
+        return Derived(PRUNED, 0, None, None, EARLY_STOP, stopped[-1].detail)
     if failed and not done:
         return Derived(FAIL, 0, None, None, failed[-1].fail_reason, failed[-1].detail)
     return Derived(COMPLETE, len(done), mean, std)
+
+
+# The final re-measure's evaluations have replicate numbers of their own, apart from any replicate or
+# confirmation (--replicates is at most 100), so the archive alone says how far it got: a finalist's
+# choosing evaluation is CHOOSING_REPLICATE, the chosen best's reporting ones REPORTING_REPLICATE on.
+CHOOSING_REPLICATE = 500
+REPORTING_REPLICATE = 1000
+
+
+def post_selection_mean(evaluations: Iterable[Any]) -> float | None:
+    """Mean val_bpb of a candidate's COMPLETE reporting evaluations (replicate >= REPORTING_REPLICATE):
+    those the final re-measure made after choosing it as the run's best, so no choice looked at
+    them (selection.REMEASURE_REPORTING). None when there is none."""
+    later = [e.val_bpb for e in evaluations
+             if e.state == COMPLETE and e.replicate >= REPORTING_REPLICATE and e.val_bpb is not None]
+    return sum(later) / len(later) if later else None
 
 
 # ---------------------------------------------------------------------------
@@ -133,6 +155,7 @@ class Candidate(SQLModel, table=True):
     val_bpb: Optional[float] = None            # mean over COMPLETE evaluations
     imported_val_bpb: Optional[float] = None   # what another machine measured (greedy results.tsv, another run)
     val_bpb_std: Optional[float] = None
+    val_bpb_post: Optional[float] = None       # mean of its reporting evaluations (post_selection_mean)
     n_evals: int = 0
     accepted: Optional[bool] = None
     accept_temperature: Optional[float] = None

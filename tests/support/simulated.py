@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from evo.config import RunConfig
+from evo.core.early_stop import FAIL_REASON as EARLY_STOP
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan
 from evo.launch import apparatus
 from evo.launch.logs import Outcome
-from evo.launch.runner import EvalResult, Slot
+from evo.launch.runner import EarlyStop, EvalResult, Slot
 from evo.operators import Operator
 from evo.operators.tweak import TweakOperator
-from evo.storage import COMPLETE, FAIL, Archive, Evaluation
+from evo.storage import COMPLETE, FAIL, PRUNED, Archive, Evaluation
 
 SURROGATE = Path(__file__).resolve().parent.parent / "fixtures" / "surrogate"
 # The summary keys a real run prints besides val_bpb, with neutral values.
@@ -148,7 +149,7 @@ class SimulatedEvaluation:
         self._lock = threading.Lock()  # slot threads count concurrently
 
     def __call__(self, *, code: str, workdir: Path, prepare_src: Path, locked_hash: str, slot: Slot, seed: int,
-                 limits, preset: str, stop: threading.Event) -> EvalResult:
+                 limits, preset: str, stop: threading.Event, early_stop: EarlyStop | None = None) -> EvalResult:
         with self._lock:
             self.count += 1
             last = self.cap is not None and self.count >= self.cap
@@ -157,9 +158,24 @@ class SimulatedEvaluation:
         measured = self.measure(code, seed)
         if not isinstance(measured, EvalResult):
             measured = EvalResult(Outcome(COMPLETE, summary={"val_bpb": measured, **SUMMARY_REST}), [], 0, 0.0, 0.0, "")
+        if early_stop is not None:
+            measured = stopped_early(measured, early_stop, limits.time_budget)
         if self.night is not None:
             self.night.occupy(str(workdir), measured.wall_seconds)
         return measured
+
+
+def stopped_early(result: EvalResult, early_stop: EarlyStop, time_budget: float) -> EvalResult:
+    """What the runner makes of `result` under the rule: asked as each point of the curve arrives;
+    once it gives a sentence, PRUNED(early_stop) with the curve so far and the share of the wall
+    seconds that its last point's elapsed is of the budget."""
+    for n in range(1, len(result.curve) + 1):
+        why = early_stop(result.curve[:n])
+        if why:
+            share = min(1.0, result.curve[n - 1][1] / time_budget)
+            return EvalResult(Outcome(PRUNED, EARLY_STOP, why), result.curve[:n], None, share * result.wall_seconds,
+                              0.0, why)
+    return result
 
 
 def failed(reason: str, detail: str, **rest) -> EvalResult:
