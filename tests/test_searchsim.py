@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from evo.core import tempering
+from tests.support import tempering
 from tests.support.landscapes import NAMES, make
 from tests.support.landscapes.ideas import IdeaPool, ideas_of, make_code
 from evo.config import RunConfig
@@ -128,9 +128,11 @@ def test_the_reported_best_comes_from_evaluations_made_after_its_choice() -> Non
 
 
 def test_annealing_crosses_the_deceptive_barrier_greedy_rarely_does() -> None:
-    crossed = {name: sum(bool(simulate(make("deceptive", s), name, 400, 1, s).crossed) for s in range(30))
+    """Over 200 seeds evo crosses in about a third of its nights, greedy in under 1 %: on these 60
+    (fixed, so the count is too) evo must cross at least 5 times as often."""
+    crossed = {name: sum(bool(simulate(make("deceptive", s), name, 400, 1, s).crossed) for s in range(60))
                for name in ("evo", "greedy")}
-    assert crossed["evo"] > crossed["greedy"] + 5, crossed
+    assert crossed["evo"] >= max(6, 5 * crossed["greedy"]), crossed
 
 
 # ----- the simulation against the real Engine -----------------------------------------------------

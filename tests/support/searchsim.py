@@ -21,7 +21,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from evo.core import acceptance, decision, selection, tempering
+from evo.core import acceptance, decision, selection
+from tests.support import tempering
 from evo.storage import CHOOSING_REPLICATE, REPORTING_REPLICATE
 from tests.support.landscapes import Landscape
 

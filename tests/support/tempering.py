@@ -1,4 +1,6 @@
-"""Parallel tempering, pure functions: one chain per slot, each at its own temperature, each
+"""Parallel tempering, pure functions, for the benchmark's `evo-pt` searcher (measured against evo's
+population in docs/benchmarks.md, and not adopted by the engine: on the idea pool and the deceptive
+landscape with 8 slots the population won): one chain per slot, each at its own temperature, each
 mutating its own state; after a decision, two adjacent chains may exchange states, so a state a hot
 chain carried over a barrier can sink into a cold chain, which then exploits it.
 
