@@ -21,7 +21,7 @@ import pytest
 from evo.config import RunConfig
 from evo.engine.early import EarlyStopping
 from evo.core.early_stop import (FAIL_REASON, MARGIN_SDS, MIN_GOOD, MIN_HISTORY, Completed, Threshold,
-                                 gaps, loss_at, should_stop, threshold)
+                                 gaps, loss_at, should_stop, should_stop_child, threshold)
 from evo.launch.logs import Outcome
 from evo.launch.runner import EvalResult, Limits, Slot, file_hash, run_evaluation
 from evo.operators.tweak import TweakOperator
@@ -115,6 +115,19 @@ def test_should_stop_only_once_a_checkpoint_is_passed_and_far_above() -> None:
     assert should_stop(near, parent, THRESHOLD, 100.0) is None
     assert should_stop(far, parent[:5], THRESHOLD, 100.0) is None, "no parent loss at that time"
     assert should_stop(far, parent, Threshold((None, None), (None, None), 30), 100.0) is None
+
+
+def test_hostile_parent_printing_low_losses_cannot_get_its_children_stopped() -> None:
+    """A member whose log reads lower than it trains would have every child stopped, and so never
+    be replaced by one: a child is stopped only when it is also far above the seed's curve."""
+    seed, honest_parent, child = curve(1.0), curve(1.0), curve(1.05)
+    fake_parent = [(j, t, loss - 0.5) for j, t, loss in honest_parent]
+    assert should_stop(child, fake_parent, THRESHOLD, 100.0) is not None, "against the parent alone it would be"
+    assert should_stop_child(child, fake_parent, seed, THRESHOLD, 100.0) is None
+    far = curve(1.6)
+    assert should_stop_child(far, fake_parent, seed, THRESHOLD, 100.0) == should_stop(far, fake_parent, THRESHOLD, 100.0)
+    assert should_stop_child(far, seed, seed, THRESHOLD, 100.0) is not None, "the seed's own children"
+    assert should_stop_child(far, honest_parent, [], THRESHOLD, 100.0) is None, "no seed curve: never stopped"
 
 
 def test_should_stop_at_the_second_checkpoint() -> None:

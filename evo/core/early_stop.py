@@ -120,3 +120,15 @@ def should_stop(child_points: Sequence[Point], parent_curve: Sequence[Point], th
                 f"above its parent's {parent:.4g}; of {threshold.children} completed children, those that ended "
                 f"better than their parent were at most {top:.4g} above theirs there (stop above {limit:.4g})")
     return None
+
+
+def should_stop_child(child_points: Sequence[Point], parent_curve: Sequence[Point], seed_curve: Sequence[Point],
+                      threshold: Threshold, time_budget: float) -> str | None:
+    """`should_stop` against the parent, confirmed against the seed: a parent's curve is printed by
+    candidate code, and a member printing losses lower than it trains at would have its children
+    stopped, so none of them ever replaces it. A child is stopped only when it is also that far
+    above the seed's curve (the user's code) at the same checkpoint."""
+    why = should_stop(child_points, parent_curve, threshold, time_budget)
+    if why is None or parent_curve is seed_curve or should_stop(child_points, seed_curve, threshold, time_budget):
+        return why
+    return None

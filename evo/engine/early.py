@@ -23,18 +23,26 @@ class EarlyStopping:
     def rule(self, cand: Candidate, is_seed: bool) -> EarlyStop | None:
         """The rule for `cand`'s next evaluation, or None: not for the seed, nor for a candidate
         that completed an evaluation already (a confirmation or replicate must run in full), nor
-        without its parent's curve or enough completed children to learn the threshold from."""
+        without its parent's curve or enough completed children to learn the threshold from. The
+        seed's curve confirms a stop (core.early_stop.should_stop_child)."""
         if not self.enabled or is_seed or cand.parent_id is None or cand.n_evals > 0:
             return None
-        parent = next((e.id for e in self.archive.evaluations(self.run_id, cand.parent_id) if e.state == COMPLETE), None)
-        parent_curve = [] if parent is None else self._curve(parent)
+        parent_curve = self._first_curve(cand.parent_id)
+        seed_curve = self._first_curve(self.archive.run_by_id(self.run_id).seed_id)
         if all(early_stop.loss_at(parent_curve, f * self.time_budget) is None for f in early_stop.CHECKPOINTS):
             return None  # nothing to compare with: the history (every completed child) need not be read
         threshold = early_stop.threshold(self._history(self._first_complete()))
         if threshold is None:
             return None
-        return functools.partial(early_stop.should_stop, parent_curve=parent_curve, threshold=threshold,
-                                 time_budget=self.time_budget)
+        return functools.partial(early_stop.should_stop_child, parent_curve=parent_curve, seed_curve=seed_curve,
+                                 threshold=threshold, time_budget=self.time_budget)
+
+    def _first_curve(self, candidate_id: int | None) -> list[early_stop.Point]:
+        """The curve of the candidate's first COMPLETE evaluation (empty without one)."""
+        if candidate_id is None:
+            return []
+        first = next((e.id for e in self.archive.evaluations(self.run_id, candidate_id) if e.state == COMPLETE), None)
+        return [] if first is None else self._curve(first)
 
     def _first_complete(self) -> dict[int, int]:
         """Candidate id -> its first COMPLETE evaluation's id."""
