@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 from evo.cli.app import app
 from evo.config import RunConfig
 from evo.core import acceptance, lineage, selection
+from evo.core.format import candidate_bpb
 from evo.core.selection import FollowThrough, Member, follow_through
 from evo.engine.loop import Engine
 from evo.engine.seeding import SeedPlan
@@ -342,3 +344,10 @@ def test_auto_temperature_scales_with_the_budget() -> None:
     assert acceptance.initial_temperature("auto", 1e-3, 2.5) == pytest.approx(2.5e-3)
     config = RunConfig(name="n", preset="smoke", max_candidates=800).validate()
     assert "temperature auto (3σ̂)" in config.resolve_search(8, 360.0) and config.auto_sigmas == 3.0
+
+
+def test_status_and_show_give_the_chosen_best_its_reported_value() -> None:
+    row = dict(val_bpb=1.0123456, val_bpb_std=0.0004, n_evals=6, imported_val_bpb=None)
+    assert candidate_bpb(SimpleNamespace(**row, val_bpb_post=None)) == "1.012346 ± 0.000400 (n=6)"
+    assert candidate_bpb(SimpleNamespace(**row, val_bpb_post=1.0131)) == \
+        "1.012346 ± 0.000400 (n=6); 1.013100 on the evaluations made after it was chosen"

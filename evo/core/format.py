@@ -26,11 +26,14 @@ def delta(value: float | None, missing: str = "-") -> str:
 
 
 def candidate_bpb(c: Any, sigma: float | None = None) -> str:
-    """A candidate's val_bpb with its spread and evaluation count (`evo show`, `evo status`)."""
+    """A candidate's val_bpb with its spread and evaluation count (`evo show`, `evo status`), and
+    for the run's chosen best the mean of its reporting evaluations, the value it is reported by."""
     if c.val_bpb is None:
         return f"- (imported {bpb(c.imported_val_bpb)}, measured elsewhere)" if c.imported_val_bpb is not None else "-"
     spread = c.val_bpb_std if c.val_bpb_std is not None else sigma
-    return f"{bpb(c.val_bpb, spread)} (n={c.n_evals})"
+    text = f"{bpb(c.val_bpb, spread)} (n={c.n_evals})"
+    post = getattr(c, "val_bpb_post", None)
+    return text if post is None else f"{text}; {bpb(post)} on the evaluations made after it was chosen"
 
 
 def short_bpb(c: Any) -> str:
