@@ -21,8 +21,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from evo import __version__
-from evo.storage import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, REPORTING_REPLICATE, Archive, ArchiveError, Candidate, OwnershipLost,
-                 STALE_AFTER_SECONDS, Run, liveness, owner_id)
+from evo.storage import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, REPORTING_REPLICATE, STALE_AFTER_SECONDS, Archive,
+                         ArchiveError, Candidate, OwnershipLost, Run, liveness, owner_id)
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb
 from evo.core import acceptance
@@ -117,15 +117,17 @@ def run(
     resume: Annotated[bool, typer.Option(help="Continue the named run exactly where it stopped.")] = False,
     population: Annotated[Optional[int], typer.Option(help=(
         "Population size N (default: from the budget, 2 at 100 or fewer evaluations per slot, 8 at 400 or more)."))] = None,
-    temperature: Annotated[str, typer.Option(help="Initial temperature in val_bpb units, or 'auto' (2 σ).")] = "auto",
+    temperature: Annotated[str, typer.Option(help=(
+        "Initial temperature in val_bpb units, or 'auto': k σ̂, k from 2 (100 evaluations or fewer) "
+        "to 3 (400 or more)."))] = "auto",
     cooling: Annotated[str, typer.Option(help=(
         "Cooling schedule over the budget: hold (T0 until 60 % of it, then exponential), exp, linear or none."))] = "hold",
     replicates: Annotated[int, typer.Option(help="Evaluations of the seed, to measure noise σ.")] = 3,
     confirm: Annotated[bool, typer.Option(help="Re-evaluate a would-be new best and judge it on its mean.")] = True,
     hours: Annotated[Optional[float], typer.Option(help="Wall-clock budget of the run.")] = None,
     max_candidates: Annotated[Optional[int], typer.Option(help=(
-        "Budget in candidates (after the seed). At its end the top 3 members are re-measured until each has 3 "
-        "evaluations: extra evaluations, not candidates (none with --replicates 1 --no-confirm)."))] = None,
+        "Budget in candidates (after the seed). At its end the top 3 members are measured once more and the best "
+        "of them 3 times more: extra evaluations, not candidates (none with --replicates 1 --no-confirm)."))] = None,
     operator: Annotated[str, typer.Option(help="How children are made: llm (mutation and crossover by an LLM) or tweak (offline hyperparameter perturbation).")] = "llm",
     model: Annotated[Optional[list[str]], typer.Option(
         help="LLM as provider:model[@base_url], repeatable (default anthropic:claude-sonnet-4-5).")] = None,
@@ -202,7 +204,8 @@ def run(
     view = RunView(config.name)
     archive.listener = view.on_event
     view.line(f"{'resuming' if resume else 'starting'} run {config.name!r}: preset {config.preset}, population "
-              f"{config.population or 'from the budget'}, temperature {config.temperature} ({config.cooling}), operator {config.operator}, "
+              f"{config.population or 'from the budget'}, temperature {config.temperature} ({config.cooling}), "
+              f"operator {config.operator}, "
               f"{len(slot_list)} slot(s): {', '.join(s.name for s in slot_list)}")
     try:
         apparatus.ensure_prepared(app_, view.line)
@@ -553,7 +556,8 @@ def best(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     archive, r, (c,) = open_run(storage, name, "best")
     typer.echo(f"best of run {r.name}: candidate {c.number}, val_bpb {candidate_bpb(c, r.sigma)}")
     seed = archive.candidate_by_id(r.seed_id) if r.seed_id is not None else None
-    later = [e.val_bpb for e in archive.evaluations(r.id, c.id) if e.state == COMPLETE and e.replicate >= REPORTING_REPLICATE]
+    later = [e.val_bpb for e in archive.evaluations(r.id, c.id)
+             if e.state == COMPLETE and e.replicate >= REPORTING_REPLICATE]
     typer.echo(judged_line(c, later, seed, r.sigma))
     typer.echo(f"hypothesis: {c.hypothesis}")
     typer.echo("path from the seed:")
