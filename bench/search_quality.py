@@ -131,7 +131,7 @@ def main() -> None:
     if str(args.json) != "-":
         args.json.write_text(json.dumps(dict(command="python3 bench/search_quality.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k != "json"), cells=summary), indent=1) + "\n")
+            for k, v in vars(args).items() if k != "json" and v is not None), cells=summary), indent=1) + "\n")
         print(f"summary: {args.json}")
 
 
