@@ -4,6 +4,7 @@ Engine using them: a many-slot run with the new defaults, and greedy settings th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,7 +30,8 @@ from evo.launch import apparatus
 from evo.launch.logs import Outcome
 from evo.launch.runner import EvalResult, Slot
 from evo.operators.tweak import TweakOperator
-from evo.storage import COMPLETE, FINISHED, PRUNED, REPORTING_REPLICATE, SCHEMA_VERSION, Archive, utcnow
+from evo.storage import (CHOOSING_REPLICATE, COMPLETE, FINISHED, PRUNED, REPORTING_REPLICATE, SCHEMA_VERSION, Archive,
+                         utcnow)
 from tests.support.simulated import (SUMMARY_REST, SURROGATE, Night, NightArchive, SimulatedEvaluation,
                                      simulated_engine)
 
@@ -351,3 +353,28 @@ def test_status_and_show_give_the_chosen_best_its_reported_value() -> None:
     assert candidate_bpb(SimpleNamespace(**row, val_bpb_post=None)) == "1.012346 ± 0.000400 (n=6)"
     assert candidate_bpb(SimpleNamespace(**row, val_bpb_post=1.0131)) == \
         "1.012346 ± 0.000400 (n=6); 1.013100 on the evaluations made after it was chosen"
+
+
+def test_a_run_resumed_with_more_budget_re_measures_at_its_new_end(tmp_path: Path) -> None:
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    config = RunConfig(name="more", preset="smoke", operator="tweak", population=3, max_candidates=6).validate()
+    assert simulated_engine(archive, config, SEED_CODE, SimulatedEvaluation(measure)).execute() == FINISHED
+    run = archive.find_run("more")
+
+    def remeasures() -> list[int]:
+        return sorted(e.replicate for e in archive.evaluations(run.id) if e.replicate >= CHOOSING_REPLICATE)
+
+    once = remeasures()
+    assert sum(r >= REPORTING_REPLICATE for r in once) == selection.REMEASURE_REPORTING
+    app_ = apparatus.load(SURROGATE / "prepare.py", "smoke")
+    same = RunConfig.from_dict(json.loads(run.config))
+    assert Engine(archive, archive.find_run("more"), same, TweakOperator(), [Slot("a")], app_, SeedPlan(SEED_CODE),
+                  evaluate=SimulatedEvaluation(measure)).execute() == FINISHED
+    assert remeasures() == once, "resumed with nothing left to do: nothing is measured again"
+    more = dataclasses.replace(same, max_candidates=12)
+    assert Engine(archive, archive.find_run("more"), more, TweakOperator(), [Slot("a")], app_, SeedPlan(SEED_CODE),
+                  evaluate=SimulatedEvaluation(measure)).execute() == FINISHED
+    twice = remeasures()
+    assert sum(r >= REPORTING_REPLICATE for r in twice) == 2 * selection.REMEASURE_REPORTING, twice
+    keys = [(e.candidate_id, e.replicate) for e in archive.evaluations(run.id)]
+    assert len(keys) == len(set(keys)), "no replicate number is used twice"

@@ -97,7 +97,6 @@ class Engine:
         self.prior_sigma, self.prior_run = self._prior_sigma()
         self._sigma: tuple[int, float | None] | None = None  # (COMPLETE evaluations, σ̂ from them)
         self.follow = self._replay_follow()
-        self._remeasured = self._remeasure_stage()  # stages of the final re-measure queued
         self._reserve: float | None = None         # seconds --hours keeps for the re-measure, once known
         self.search = config.resolve_search(len(slots), apparatus.time_budget + startup + evaluation)
         stored = json.loads(run.config)
@@ -584,28 +583,42 @@ class Engine:
         return self._reserve
 
     def _remeasure_stage(self) -> int:
-        """How many stages of the final re-measure a run (resumed) has queued, from its evaluations."""
-        replicates = {e.replicate for e in self.archive.evaluations(self.run.id)}
-        return 2 if any(r >= REPORTING_REPLICATE for r in replicates) else 1 if CHOOSING_REPLICATE in replicates else 0
+        """How many stages of the final re-measure the run has queued since its last child, from its
+        newest evaluation (the archive alone says it: a resumed run goes on where it was, and one
+        resumed with more budget re-measures again at its new end)."""
+        newest = max(self.archive.evaluations(self.run.id), key=lambda e: e.id, default=None)
+        if newest is None or newest.replicate < CHOOSING_REPLICATE:
+            return 0
+        return 2 if newest.replicate >= REPORTING_REPLICATE else 1
+
+    def _next_replicate(self, candidate_id: int, first: int, stop: int | None = None) -> int:
+        """The candidate's next free replicate number in [first, stop): a re-measure at a later end
+        of the same run (resumed with more budget) must not reuse one."""
+        taken = [e.replicate for e in self.archive.evaluations(self.run.id, candidate_id)
+                 if e.replicate >= first and (stop is None or e.replicate < stop)]
+        return max(taken, default=first - 1) + 1
 
     def _remeasure(self) -> bool:
         """Once the budget is spent, the final re-measure (selection.REMEASURE_TOP): first the top
         members by mean once more each, then the best of them by mean, measured in reporting
         evaluations (replicates from REPORTING_REPLICATE). Returns whether anything was queued."""
-        if self._remeasured >= 2 or not self._remeasures() or self.budget_left():
+        if not self._remeasures() or self.budget_left():
             return False
-        self._remeasured += 1
+        stage = self._remeasure_stage()
+        if stage >= 2:
+            return False
         top = selection.finalists(self.members())
         numbers = {c.id: c.number for c in self.archive.population(self.run.id)}
-        if self._remeasured == 1:
+        if stage == 0:
             for m in top:
-                self.archive.queue_evaluation(self.run.id, m.id, CHOOSING_REPLICATE, EVAL_SEED_BASE + CHOOSING_REPLICATE)
+                replicate = self._next_replicate(m.id, CHOOSING_REPLICATE, REPORTING_REPLICATE)
+                self.archive.queue_evaluation(self.run.id, m.id, replicate, EVAL_SEED_BASE + replicate)
             self.archive.update_run(self.run.id, f"the budget is spent: measuring the top {len(top)} member(s) once "
                                     "more to choose the best: candidate(s) " + ", ".join(str(numbers[m.id]) for m in top))
             return True
         chosen = selection.best(top)
-        for k in range(selection.REMEASURE_REPORTING):
-            replicate = REPORTING_REPLICATE + k
+        first = self._next_replicate(chosen.id, REPORTING_REPLICATE)
+        for replicate in range(first, first + selection.REMEASURE_REPORTING):
             self.archive.queue_evaluation(self.run.id, chosen.id, replicate, EVAL_SEED_BASE + replicate)
         self.archive.update_run(self.run.id, f"candidate {numbers[chosen.id]} is the best by its mean "
                                 f"({fmt.bpb(chosen.score)}); measuring it {selection.REMEASURE_REPORTING} times more "
