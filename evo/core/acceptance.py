@@ -75,12 +75,18 @@ def initial_temperature(setting: float | str, sigma: float | None, sigmas: float
 def auto_sigmas(evaluations: float | None) -> float:
     """How many σ `--temperature auto` starts at for a budget of `evaluations` in all (None: no
     budget, a long night): AUTO_SIGMAS_RANGE's ends, log-linear between."""
-    (low_n, low), (high_n, high) = AUTO_SIGMAS_RANGE
-    if evaluations is None or evaluations >= high_n:
-        return high
-    if evaluations <= low_n:
-        return low
-    return low + (high - low) * math.log(evaluations / low_n) / math.log(high_n / low_n)
+    return AUTO_SIGMAS_RANGE[1][1] if evaluations is None else log_linear(evaluations, *AUTO_SIGMAS_RANGE)
+
+
+def log_linear(x: float, low: tuple[float, float], high: tuple[float, float]) -> float:
+    """A setting scaled by a budget x: low[1] up to x = low[0], high[1] from x = high[0], linear in
+    log x between."""
+    (low_x, low_y), (high_x, high_y) = low, high
+    if x <= low_x:
+        return low_y
+    if x >= high_x:
+        return high_y
+    return low_y + (high_y - low_y) * math.log(x / low_x) / math.log(high_x / low_x)
 
 
 def noise_sigma(values: list[float]) -> float | None:

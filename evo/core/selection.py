@@ -15,9 +15,10 @@ never leaves: when the child would push it out, the worst other member leaves in
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
+
+from evo.core.acceptance import log_linear
 
 TOURNAMENT_SIZE = 2
 # With annealing, the elite is the first parent this often: at ~100 evaluations a binary tournament
@@ -88,13 +89,7 @@ def follow_through(state: FollowThrough, *, parent_id: int | None, child_id: int
 def default_population(evaluations_per_slot: float) -> int:
     """Population size for a budget of `evaluations_per_slot`: 2 at 100 or fewer, 8 at 400 or more,
     log-linear (rounded) between."""
-    (low_n, low_pop), (high_n, high_pop) = POPULATION_RANGE
-    if evaluations_per_slot <= low_n:
-        return low_pop
-    if evaluations_per_slot >= high_n:
-        return high_pop
-    share = math.log(evaluations_per_slot / low_n) / math.log(high_n / low_n)
-    return round(low_pop + share * (high_pop - low_pop))
+    return round(log_linear(evaluations_per_slot, *POPULATION_RANGE))
 
 
 # The final re-measure, once the budget is spent: the REMEASURE_TOP members with the lowest means are
