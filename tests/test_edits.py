@@ -118,7 +118,7 @@ def test_blocks_apply_in_order_on_the_changed_code():
 
 
 def test_search_that_matches_nothing_points_at_the_closest_line():
-    with pytest.raises(EditError, match=r"matches nothing.*closest to line 6: 'return a \+ b'"):
+    with pytest.raises(EditError, match=r"(?s)matches nothing.*closest is line 6 of the file.*\n-    return a - b\n\+    return a \+ b\n"):
         apply_blocks(CODE, [Block("    return a - b\n", "    return 0\n")])
     with pytest.raises(EditError, match="SEARCH block 2 of 2 matches nothing"):
         apply_blocks(CODE, [Block("LR = 0.1\n", "LR = 0.2\n"), Block("nothing like it\n", "x\n")])

@@ -1,18 +1,28 @@
 """Pure parsing and application of an LLM operator's reply.
 
-A reply carries one idea: a title (the hypothesis), a rationale, and an edit. The edit is either
-SEARCH/REPLACE blocks in the common format (bare or inside ``` fences)
+A reply carries one idea: a title (the hypothesis), a rationale, and an edit. Reasoning that a
+model shows before its answer (`<think>`, `<thinking>`, `<reasoning>` blocks) is dropped first, so
+a draft edit or title inside it is never used. The edit is one of
 
-    <<<<<<< SEARCH
-    lines copied exactly from the parent
-    =======
-    the lines that replace them
-    >>>>>>> REPLACE
+  - SEARCH/REPLACE blocks in the common format (bare or inside ``` fences; 4 to 12 marker
+    characters, as models write them)
 
-or one fenced python block holding the whole new train.py. Blocks are applied in order: an exact
-match first, then a whitespace-tolerant one (trailing whitespace ignored, then indentation too,
-the replacement re-indented to where the match is); either must be unique. Anything that cannot
-be used raises `EditError` with one sentence the model can act on in a repair round.
+        <<<<<<< SEARCH
+        lines copied from the parent
+        =======
+        the lines that replace them
+        >>>>>>> REPLACE
+
+  - a unified diff (```diff, or bare `---`/`+++`/`@@` lines): each hunk becomes a block, located by
+    its lines, not its line numbers;
+  - one fenced python block holding the whole new train.py.
+
+Blocks are applied in order, each by the first of these tiers that matches: exactly; ignoring
+trailing whitespace; ignoring indentation (the replacement re-indented to the match); collapsing
+runs of whitespace inside lines; and also ignoring blank lines. Every tier demands a unique match.
+A child that elides code (`# ... rest unchanged ...`) or, as a whole file, is much shorter than its
+parent is refused. Anything that cannot be used raises `EditError` with what the model should do
+in a repair round; a SEARCH that matches nothing shows the closest lines of the file as a diff.
 """
 
 from __future__ import annotations
@@ -25,17 +35,32 @@ from evo.operators.base import OperatorError
 
 MAX_REPLY_CHARS = 1_000_000   # a reply larger than this is refused unread
 MAX_TITLE_CHARS = 200
+SHRINK_LIMIT = 0.5            # a whole file with fewer than this share of its parent's lines is a fragment
+SHRINK_MIN_LINES = 40         # ... judged only for parents at least this long
+CLOSEST_DIFF_LINES = 30       # lines of the closest-window diff shown when a SEARCH matches nothing
+CLOSEST_MIN_SIMILARITY = 0.35 # ... shown only when at least this similar (difflib ratio)
+TAB_WIDTH = 4
 
-_SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\b.*$")
-_DIVIDER = re.compile(r"^\s*={5,9}\s*$")
-_REPLACE = re.compile(r"^\s*>{5,9}\s*REPLACE\b.*$")
+_SEARCH = re.compile(r"^\s*<{4,12}\s*SEARCH\b.*$", re.IGNORECASE)
+_DIVIDER = re.compile(r"^\s*={4,12}\s*$")
+_REPLACE = re.compile(r"^\s*>{4,12}\s*REPLACE\b.*$", re.IGNORECASE)
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+.-]*)\s*$")
-_LABEL = re.compile(r"^\s*(?:[#>*_-]+\s*)?(?:\*\*)?\s*(title|hypothesis|idea|rationale|reasoning|why|edit|patch|diff)"
-                    r"\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(.*)$", re.IGNORECASE)
-_HEADING = re.compile(r"^\s*#{1,6}\s+(title|hypothesis|idea|rationale|reasoning|why|edit|patch|diff)\s*:?\s*$",
-                      re.IGNORECASE)
+_KEYS = r"(title|hypothesis|idea|rationale|reasoning|why|edit|patch|diff|change|changes)"
+_LABEL = re.compile(r"^\s*(?:\d+[.)]\s*)?(?:[#>*_-]+\s*)?(?:\*\*|__)?\s*" + _KEYS +
+                    r"\s*(?:\*\*|__)?\s*[:：—–]\s*(?:\*\*|__)?\s*(.*)$", re.IGNORECASE)
+_HEADING = re.compile(r"^\s*(?:\d+[.)]\s*)?(?:#{1,6}\s+|\*\*)" + _KEYS + r"\s*:?\s*(?:\*\*)?\s*:?\s*$", re.IGNORECASE)
+_XML_FIELD = re.compile(r"<(title|hypothesis|rationale)>\s*(.*?)\s*</\1>", re.IGNORECASE | re.DOTALL)
 _TITLE_KEYS = {"title", "hypothesis", "idea"}
 _RATIONALE_KEYS = {"rationale", "reasoning", "why"}
+_REASONING_TAGS = ("think", "thinking", "reasoning", "reflection")
+_REASONING_BLOCK = re.compile(r"<(%s)>.*?</\1>" % "|".join(_REASONING_TAGS), re.IGNORECASE | re.DOTALL)
+_REASONING_OPEN = re.compile(r"<(%s)>" % "|".join(_REASONING_TAGS), re.IGNORECASE)
+_REASONING_CLOSE = re.compile(r"</(%s)>" % "|".join(_REASONING_TAGS), re.IGNORECASE)
+# Comments models write where they leave code out; "..." alone on a line as well.
+_ELISION = re.compile(r"^\s*(?:#|//)\s*(?:\.\.\.|…|\[\.\.\.\]|\(\.\.\.\)).*$|"
+                      r"^\s*(?:#|//).*\b(?:unchanged|remains? the same|stays? the same|same as (?:before|above|the original)"
+                      r"|as before|omitted|elided|not shown|for brevity|rest of (?:the )?(?:file|code|function|class))\b.*$|"
+                      r"^\s*(?:\.\.\.|…)\s*$", re.IGNORECASE)
 
 
 class EditError(OperatorError):
@@ -60,6 +85,20 @@ class ParsedReply:
 # Parsing
 # ---------------------------------------------------------------------------
 
+def strip_reasoning(text: str) -> str:
+    """The reply without the reasoning a model showed before answering: closed reasoning blocks,
+    and everything up to a closing tag whose opening tag the server ate (some serve R1-style
+    models that way). An opening tag that never closes leaves nothing: the answer never came."""
+    text = _REASONING_BLOCK.sub("", text)
+    closes = list(_REASONING_CLOSE.finditer(text))
+    if closes:
+        text = text[closes[-1].end():]
+    opened = _REASONING_OPEN.search(text)
+    if opened:
+        text = text[:opened.start()]
+    return text
+
+
 def parse_reply(text: str | None, *, truncated: bool = False) -> ParsedReply:
     """Split a reply into title, rationale and edit. `truncated`: the API said the reply hit its
     output limit (finish_reason "length" / stop_reason "max_tokens")."""
@@ -69,32 +108,42 @@ def parse_reply(text: str | None, *, truncated: bool = False) -> ParsedReply:
         raise EditError(f"the reply was {len(text):,} characters, over the {MAX_REPLY_CHARS:,} limit; "
                         "send a short title, rationale and SEARCH/REPLACE blocks, not the same text repeated.")
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    lines = text.split("\n")
-    blocks, block_span, unterminated = _parse_blocks(lines)
+    answer = strip_reasoning(text)
+    if not answer.strip():
+        cut = " and hit the output-token limit" if truncated else ""
+        raise EditError(f"the reply held only reasoning{cut}; after thinking, write the answer itself: TITLE, "
+                        "RATIONALE and the edit, outside any <think> block.")
+    lines = answer.split("\n")
+    blocks, spans, unterminated = _parse_blocks(lines)
     if unterminated:
         cut = " because the reply hit the output-token limit" if truncated else ""
         raise EditError(f"the reply ended inside a SEARCH/REPLACE block{cut}; every block needs its "
                         "'=======' and '>>>>>>> REPLACE' lines, so send fewer or shorter blocks.")
-    fences, open_fence = _parse_fences(lines, skip=block_span)
+    fences, open_fence = _parse_fences(lines, skip=spans)
     if truncated:
         where = "inside a code block" if open_fence is not None else "before the reply was complete"
         raise EditError(f"the reply hit the output-token limit {where}; send a shorter answer: SEARCH/REPLACE "
                         "blocks for only the lines that change, not the whole file.")
     full_code = None
     if not blocks:
+        blocks, diff_spans = _diff_blocks(lines, fences)
+        spans = spans + diff_spans
+    if not blocks:
         code_fences = [f for f in fences if f[0] in ("python", "py", "python3", "")]
         if code_fences:
-            full_code = max(code_fences, key=lambda f: len(f[1]))[1]
+            chosen = max(code_fences, key=lambda f: len(f[1]))
+            full_code = chosen[1]
         elif open_fence is not None:
             raise EditError("the reply ended inside a code block that never closes; send SEARCH/REPLACE blocks for "
                             "the lines that change, or the whole file in one closed ```python block.")
         else:
             raise EditError("the reply has no edit: add SEARCH/REPLACE blocks (<<<<<<< SEARCH / ======= / "
                             ">>>>>>> REPLACE) or the whole new train.py in one ```python block.")
-    first_edit_line = min([s for s, _ in block_span] + [f[2] for f in fences] + [len(lines)])
-    while first_edit_line > 0 and _FENCE.match(lines[first_edit_line - 1]):
-        first_edit_line -= 1  # the fence around the first block
-    hypothesis, rationale = _title_and_rationale(lines[:first_edit_line])
+    hidden = set()
+    for start, end in spans + [(f[2], f[3]) for f in fences]:
+        hidden.update(range(start, end + 1))
+    first_edit = min([s for s, _ in spans] + [f[2] for f in fences] + [len(lines)])
+    hypothesis, rationale = _title_and_rationale(answer, lines, hidden, first_edit)
     return ParsedReply(hypothesis=hypothesis, rationale=rationale, blocks=tuple(blocks), full_code=full_code)
 
 
@@ -123,8 +172,7 @@ def _parse_blocks(lines: list[str]) -> tuple[list[Block], list[tuple[int, int]],
             k += 1
         if k >= n:
             return blocks, spans, True
-        search, replace = lines[i + 1:j], lines[j + 1:k]
-        blocks.append(Block(_join(search), _join(replace)))
+        blocks.append(Block(_join(lines[i + 1:j]), _join(lines[j + 1:k])))
         spans.append((start, k))
         i = k + 1
     return blocks, spans, False
@@ -134,13 +182,13 @@ def _join(lines: list[str]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _parse_fences(lines: list[str], skip: list[tuple[int, int]]) -> tuple[list[tuple[str, str, int]], int | None]:
-    """Fenced code blocks outside SEARCH/REPLACE spans: (language, body, start line); and the
-    start line of a fence that never closes."""
+def _parse_fences(lines: list[str], skip: list[tuple[int, int]]) -> tuple[list[tuple[str, str, int, int]], int | None]:
+    """Fenced code blocks outside SEARCH/REPLACE spans: (language, body, first line, last line);
+    and the first line of a fence that never closes."""
     inside = set()
     for s, e in skip:
         inside.update(range(s, e + 1))
-    fences: list[tuple[str, str, int]] = []
+    fences: list[tuple[str, str, int, int]] = []
     i, n = 0, len(lines)
     while i < n:
         m = _FENCE.match(lines[i]) if i not in inside else None
@@ -154,16 +202,82 @@ def _parse_fences(lines: list[str], skip: list[tuple[int, int]]) -> tuple[list[t
         if j >= n:
             return fences, i
         if not any(k in inside for k in range(i, j + 1)):
-            fences.append((lang, _join(lines[i + 1:j]), i))
+            fences.append((lang, _join(lines[i + 1:j]), i, j))
         i = j + 1
     return fences, None
 
 
-def _title_and_rationale(lines: list[str]) -> tuple[str, str]:
+# ----- unified diffs ---------------------------------------------------------------------------
+
+_HUNK = re.compile(r"^@@ .*@@")
+_DIFF_HEADER = re.compile(r"^(diff --git |index [0-9a-f]|--- |\+\+\+ |new file mode|deleted file mode)")
+
+
+def _diff_blocks(lines: list[str], fences) -> tuple[list[Block], list[tuple[int, int]]]:
+    """SEARCH/REPLACE blocks from a unified diff: a ```diff/```patch fence, or bare diff lines."""
+    for lang, body, start, end in fences:
+        if lang in ("diff", "patch", "udiff"):
+            blocks = hunks_to_blocks(body.split("\n")[:-1])
+            if blocks:
+                return blocks, [(start, end)]
+    starts = [i for i, line in enumerate(lines) if line.startswith("--- ") and i + 1 < len(lines)
+              and lines[i + 1].startswith("+++ ")]
+    if starts:
+        end = starts[0] + 2
+        while end < len(lines) and (lines[end][:1] in (" ", "+", "-", "\\", "@") or lines[end] == ""
+                                    or _DIFF_HEADER.match(lines[end])):
+            end += 1
+        blocks = hunks_to_blocks(lines[starts[0]:end])
+        if blocks:
+            return blocks, [(starts[0], end - 1)]
+    return [], []
+
+
+def hunks_to_blocks(diff: list[str]) -> list[Block]:
+    """Each hunk of a unified diff as a block: its context and '-' lines are the SEARCH, its
+    context and '+' lines the REPLACE. Line numbers are ignored (models get them wrong); a blank
+    line inside a hunk is context (models drop the leading space)."""
+    hunks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in diff:
+        if _HUNK.match(line):
+            current = []
+            hunks.append(current)
+        elif _DIFF_HEADER.match(line):
+            current = None
+        elif line[:1] in (" ", "+", "-", "") or line.startswith("\\"):
+            if current is None:  # a diff without @@ lines: one hunk
+                current = []
+                hunks.append(current)
+            current.append(line)
+    blocks = []
+    for hunk in hunks:
+        while hunk and hunk[-1] == "":
+            hunk.pop()
+        if not any(line[:1] in ("+", "-") for line in hunk):
+            continue
+        search = [line[1:] for line in hunk if line[:1] in (" ", "-") or line == ""]
+        replace = [line[1:] for line in hunk if line[:1] in (" ", "+") or line == ""]
+        if not any(s.strip() for s in search):
+            raise EditError("a diff hunk adds lines without any unchanged line around them, so it cannot be placed; "
+                            "include a few context lines, or use SEARCH/REPLACE blocks.")
+        blocks.append(Block(_join(search), _join(replace)))
+    return blocks
+
+
+# ----- title and rationale ---------------------------------------------------------------------
+
+def _title_and_rationale(answer: str, lines: list[str], hidden: set[int], first_edit: int) -> tuple[str, str]:
+    """The labelled TITLE and RATIONALE wherever they are outside the edit (before or after it,
+    as a markdown label, a numbered item or a heading); unlabelled, the first line of prose
+    before the edit and the prose after it."""
     title: str | None = None
     rationale: list[str] = []
     section = None
-    for raw in lines:
+    for number, raw in enumerate(lines):
+        if number in hidden:
+            section = None if section == "rationale" and rationale else section
+            continue
         m = _LABEL.match(raw) or _HEADING.match(raw)
         if m:
             key = m.group(1).lower()
@@ -172,29 +286,35 @@ def _title_and_rationale(lines: list[str]) -> tuple[str, str]:
             if key in _TITLE_KEYS:
                 section = "title"
                 if rest and title is None:
-                    title = rest
+                    title, section = rest, None
                 continue
-            if key in _RATIONALE_KEYS:
+            if key in _RATIONALE_KEYS and not rationale:
                 section = "rationale"
                 if rest:
                     rationale.append(rest)
                 continue
-            section = "edit"
+            section = "edit" if key not in _RATIONALE_KEYS else None
             continue
-        if section == "title" and title is None and raw.strip():
-            title = raw.strip()
+        if section == "title" and raw.strip():
+            if title is None:
+                title = raw.strip()
+            section = None
             continue
         if section == "rationale":
             rationale.append(raw)
-    if title is None:  # no label: the first line of prose
-        title = next((line.strip() for line in lines if line.strip() and not _FENCE.match(line)), "")
-        if rationale == [] and title:
-            after = False
-            for raw in lines:
-                if after:
-                    rationale.append(raw)
-                elif raw.strip() == title:
-                    after = True
+    xml = {m.group(1).lower(): m.group(2) for m in _XML_FIELD.finditer(answer)}
+    if title is None and (xml.get("title") or xml.get("hypothesis")):
+        title = (xml.get("title") or xml.get("hypothesis")).strip().splitlines()[0]
+    if not rationale and xml.get("rationale"):
+        rationale = [xml["rationale"]]
+    if title is None:  # no label: the first line of prose before the edit
+        prose = [(i, line) for i, line in enumerate(lines[:first_edit]) if i not in hidden and line.strip()
+                 and not _FENCE.match(line)]
+        if prose:
+            title = prose[0][1].strip()
+            if not rationale:
+                rationale = [line for i, line in enumerate(lines[:first_edit]) if i > prose[0][0] and i not in hidden]
+    title = re.sub(r"</?\w+>", "", title or "")
     title = re.sub(r"^[#>*_\s-]+|[*_\s]+$", "", title).strip()
     if len(title) > MAX_TITLE_CHARS:
         title = title[:MAX_TITLE_CHARS - 3].rstrip() + "..."
@@ -211,14 +331,31 @@ def apply_reply(parent_code: str, reply: ParsedReply) -> str:
     """The child code: the whole file the reply sent, or the parent with its blocks applied."""
     if reply.full_code is not None:
         code = reply.full_code
-        if len(code) < 0.3 * len(parent_code) and "from prepare import" in parent_code and "prepare" not in code:
-            raise EditError("the python block is a fragment, not a whole train.py; send SEARCH/REPLACE blocks for a "
-                            "partial change, or the complete file.")
+        _check_whole_file(parent_code, code)
     else:
         code = apply_blocks(parent_code, reply.blocks)
     if code.strip() == parent_code.strip():
         raise EditError("the edit changes nothing; make the change the hypothesis describes.")
+    elided = elisions(parent_code, code)
+    if elided:
+        raise EditError(f"the edit leaves code out ({elided[0].strip()[:80]!r} stands where code was); write out every "
+                        "line the change keeps, or use SEARCH/REPLACE blocks for only the lines that change.")
     return code
+
+
+def _check_whole_file(parent_code: str, code: str) -> None:
+    parent_lines = sum(1 for line in parent_code.splitlines() if line.strip())
+    lines = sum(1 for line in code.splitlines() if line.strip())
+    if parent_lines >= SHRINK_MIN_LINES and lines < SHRINK_LIMIT * parent_lines:
+        raise EditError(f"the python block has {lines} lines against the parent's {parent_lines}, so it is a fragment, "
+                        "not a whole train.py; send SEARCH/REPLACE blocks for a partial change, or the complete file.")
+
+
+def elisions(parent_code: str, code: str) -> list[str]:
+    """Lines of the child that stand for left-out code ("# ... rest unchanged ...", a bare "...")
+    and that its parent did not have."""
+    had = {line.strip() for line in parent_code.splitlines()}
+    return [line for line in code.splitlines() if _ELISION.match(line) and line.strip() not in had]
 
 
 def apply_blocks(code: str, blocks: tuple[Block, ...] | list[Block]) -> str:
@@ -242,7 +379,14 @@ def _apply_one(code: str, block: Block, number: int, total: int) -> str:
     if len(hits) > 1:
         raise EditError(f"{which} matches {len(hits)} places in train.py; include more surrounding lines so it "
                         "matches exactly one.")
+    if "\t" not in code:  # the model indented with tabs where the file has spaces
+        search, replace = _expand_tabs(search), _expand_tabs(replace)
     return _apply_tolerant(code, search, replace, which)
+
+
+def _expand_tabs(text: str) -> str:
+    return "".join(_indent(line).expandtabs(TAB_WIDTH) + line.lstrip() if line.strip() else line
+                   for line in text.splitlines(keepends=True))
 
 
 def _line_anchored(code: str, search: str) -> list[int]:
@@ -268,54 +412,78 @@ def _indent(line: str) -> str:
     return line[: len(line) - len(line.lstrip())]
 
 
+def _collapse(line: str) -> str:
+    return " ".join(line.split())
+
+
+# The tolerant tiers, strictest first: (how a line is compared, whether blank lines count, whether
+# the replacement is re-indented to the match).
+_TIERS = ((str.rstrip, True, False), (str.strip, True, True), (_collapse, True, True), (_collapse, False, True))
+
+
 def _apply_tolerant(code: str, search: str, replace: str, which: str) -> str:
     code_lines = code.split("\n")
     search_lines = _trim_blank(search.split("\n"))
     replace_lines = replace.split("\n")
     if replace_lines and replace_lines[-1] == "":
         replace_lines = replace_lines[:-1]
-    n = len(search_lines)
-    for normalise in (str.rstrip, str.strip):
-        wanted = [normalise(line) for line in search_lines]
-        have = [normalise(line) for line in code_lines]
-        hits = [i for i in range(len(have) - n + 1) if have[i:i + n] == wanted]
+    for normalise, blanks, reindent in _TIERS:
+        # (index in the file, compared text) of every line the tier compares
+        have = [(i, normalise(line)) for i, line in enumerate(code_lines) if blanks or line.strip()]
+        wanted = [normalise(line) for line in search_lines if blanks or line.strip()]
+        n = len(wanted)
+        texts = [t for _, t in have]
+        hits = [k for k in range(len(have) - n + 1) if texts[k:k + n] == wanted]
         if len(hits) > 1:
             raise EditError(f"{which} matches {len(hits)} places in train.py (ignoring whitespace); include more "
                             "surrounding lines so it matches exactly one.")
         if len(hits) == 1:
-            i = hits[0]
+            first, last = have[hits[0]][0], have[hits[0] + n - 1][0] + 1
             new = replace_lines
-            if normalise is str.strip:
-                new = _reindent(replace_lines, search_lines, code_lines[i:i + n])
-            return "\n".join(code_lines[:i] + new + code_lines[i + n:])
-    raise EditError(f"{which} matches nothing in train.py{_closest(code_lines, search_lines)}; copy the lines "
-                    "exactly as they are in the current file.")
+            if reindent:
+                new = _reindent(replace_lines, search_lines, code_lines[first:last])
+            return "\n".join(code_lines[:first] + new + code_lines[last:])
+    raise EditError(f"{which} matches nothing in train.py{_closest(code_lines, search_lines)}")
 
 
 def _reindent(replace: list[str], search: list[str], matched: list[str]) -> list[str]:
     """Shift the replacement by the indentation difference between the SEARCH and the match."""
-    first = next((k for k, line in enumerate(search) if line.strip()), 0)
-    have, given = _indent(matched[first]), _indent(search[first])
+    first = next((line for line in search if line.strip()), "")
+    first_matched = next((line for line in matched if line.strip()), "")
+    shift = len(_indent(first_matched)) - len(_indent(first))
+    if shift == 0:
+        return replace
     out = []
     for line in replace:
-        if not line.strip():
-            out.append(line)
-        elif given and line.startswith(given):
-            out.append(have + line[len(given):])
-        elif not given:
-            out.append(have + line)
-        else:
-            out.append(have + line.lstrip())
+        width = len(_indent(line))
+        out.append(" " * max(0, width + shift) + line[width:] if line.strip() else line)
     return out
 
 
 def _closest(code_lines: list[str], search_lines: list[str]) -> str:
-    first = next((line.strip() for line in search_lines if line.strip()), "")
-    stripped = [line.strip() for line in code_lines]
-    match = difflib.get_close_matches(first, [s for s in stripped if s], n=1, cutoff=0.6)
-    if not match:
-        return f" (its first line {first[:80]!r} is not in the file)"
-    line_no = stripped.index(match[0]) + 1
-    if match[0] == first:
-        return f" (its first line is line {line_no}, but the lines after it differ)"
-    return f" (its first line {first[:80]!r} is closest to line {line_no}: {match[0][:80]!r})"
+    """Where the SEARCH comes closest: the window of the file most like it, shown as a diff."""
+    wanted = [_collapse(line) for line in search_lines if line.strip()]
+    if not wanted:
+        return "; copy the lines exactly as they are in the current file."
+    first = wanted[0]
+    stripped = [_collapse(line) for line in code_lines]
+    n = len(search_lines)
+    target = "\n".join(wanted)
+    best, best_score = None, 0.0
+    for i in range(max(1, len(code_lines) - n + 1)):
+        window = "\n".join(s for s in stripped[i:i + n] if s)
+        matcher = difflib.SequenceMatcher(None, target, window, autojunk=False)
+        if matcher.real_quick_ratio() <= best_score or matcher.quick_ratio() <= best_score:
+            continue
+        score = matcher.ratio()
+        if score > best_score:
+            best, best_score = i, score
+    if best is None or best_score < CLOSEST_MIN_SIMILARITY:
+        return f" (its first line {first[:80]!r} is not in the file); copy the lines exactly as they are in the current file."
+    window = code_lines[best:best + n]
+    where = f"line {best + 1}" if n == 1 else f"lines {best + 1}-{best + n}"
+    diff = list(difflib.unified_diff(search_lines, window, lineterm=""))[2:]
+    if len(diff) > CLOSEST_DIFF_LINES:
+        diff = diff[:CLOSEST_DIFF_LINES] + [f"... ({len(diff) - CLOSEST_DIFF_LINES} more diff lines)"]
+    return (f"; the closest is {where} of the file, which differs from it as this diff shows (- your SEARCH, "
+            f"+ the file):\n```diff\n" + "\n".join(diff) + "\n```\nCopy the lines exactly as they are in the current file.")

@@ -19,6 +19,7 @@ training process and the separate evaluation process that alone computes val_bpb
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 import sys
 from functools import lru_cache
@@ -108,6 +109,46 @@ def validate_child(code: str, parent_code: str | None = None, *,
     _check_environment(nodes)
     _check_imports(nodes, allowed_imports)
     _check_apparatus(tree, nodes)
+    _check_undefined(nodes, parent_code)
+
+
+def undefined_names(nodes: list[ast.AST]) -> set[str]:
+    """Names the code reads that nothing in it binds and that are not builtins: a NameError
+    waiting to happen. Scopes are not tracked (a name bound anywhere counts as bound), so this
+    only finds names that cannot resolve anywhere; a star import makes every name possible."""
+    bound = set(dir(builtins)) | {"__file__", "__name__", "__doc__", "__spec__", "__loader__", "__builtins__"}
+    used: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Name):
+            (used if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            if node.name == "*":
+                return set()
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            bound.update(node.names)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            bound.add(node.rest)
+    return used - bound
+
+
+def _check_undefined(nodes: list[ast.AST], parent_code: str | None) -> None:
+    missing = undefined_names(nodes)
+    if missing and parent_code is not None:
+        try:
+            missing -= undefined_names(list(ast.walk(parse(parent_code))))
+        except SyntaxError:
+            pass
+    if missing:
+        names = ", ".join(sorted(missing)[:8])
+        raise EditError(f"the new train.py uses {names} but never defines or imports {'it' if len(missing) == 1 else 'them'} "
+                        "(code left out, or a definition removed); keep the definitions the code still uses.")
 
 
 def _calls(nodes: list[ast.AST], names: set[str]) -> bool:
