@@ -137,3 +137,22 @@ def ignores_seed(values: list[float]) -> bool:
     """Whether replicates with different EVO_SEEDs scored exactly alike: the code ignores its seed
     (on a CPU the harness's score of one trained model is exact), so their spread says nothing."""
     return len(values) >= 2 and len(set(values)) == 1
+
+
+# Failures that are the machine's or evo's, not the proposer's: they say nothing about it.
+NOT_THE_PROPOSERS = frozenset({"harness", "interrupted"})
+
+
+def proposal_reward(state: str, fail_reason: str | None, delta: float | None, n: int, rival_n: int,
+                    sigma: float | None) -> float | None:
+    """What one proposal earns the model that made it, in [0, 1]: the posterior probability that
+    the child beats its rival (Δ = child minus rival, n and rival_n evaluations, noise σ̂; the sign
+    of Δ without a σ̂), not the sign of Δ, which pure noise gets right half the time; 0 for a
+    proposal that gave nothing usable (FAIL: unusable reply, crash, timeout; PRUNED: a duplicate,
+    stopped early); None when the outcome says nothing about the proposer."""
+    if state in ("FAIL", "PRUNED"):
+        return None if fail_reason in NOT_THE_PROPOSERS else 0.0
+    if delta is None:
+        return None
+    p = probability_better(delta, max(n, 1), 0.0, max(rival_n, 1), sigma)
+    return p if p is not None else float(delta < 0)

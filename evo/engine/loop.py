@@ -96,6 +96,7 @@ class Engine:
         self._cost_capped = False
         self.prior_sigma, self.prior_run = self._prior_sigma()
         self._sigma: tuple[int, float | None] | None = None  # (COMPLETE evaluations, σ̂ from them)
+        self._fed: set[int] = set()  # candidates whose outcome the model bandit has been told
         self.follow = self._replay_follow()
         self._reserve: float | None = None         # seconds --hours keeps for the re-measure, once known
         self.search = config.resolve_search(len(slots), apparatus.time_budget + startup + evaluation)
@@ -174,6 +175,7 @@ class Engine:
                 archive.update_run(run_id, f"killed the orphaned process of evaluation {ev.id} left by a crash")
         archive.recover(run_id)
         self._queue_lost_evaluations()
+        self._replay_outcomes()
         seed_id = archive.run_by_id(run_id).seed_id
         if seed_id is not None and (seed := archive.candidate_by_id(seed_id)).state == FAIL:
             if seed.accepted is None:  # it failed for reasons of this machine: measure it again
@@ -260,7 +262,9 @@ class Engine:
         while len(self.proposals.in_flight) < wanted and self._may_propose():
             # the elite as parent only where there is a choice and annealing: greedy stays greedy
             elite = selection.ELITE_SHARE if (self.config.population or 1) > 1 and self.temperature() > 0 else 0.0
-            self.proposals.ask(self.members, self.rng, elite_share=elite, follow=self.follow.member)
+            sigma = self.sigma()
+            heat = self.temperature() / sigma if sigma else None
+            self.proposals.ask(self.members, self.rng, elite_share=elite, follow=self.follow.member, heat=heat)
 
     def _may_propose(self) -> bool:
         if self.stop_proposing.is_set() or not self.budget_left():
@@ -300,11 +304,13 @@ class Engine:
             # locked database, git in a merge): one proposal is lost, not the night
             self._operator_failures += 1
             self._resume_proposals()
-            self.proposals.store_failure(asked, e, rng_state)
+            self._feed_bandit(self.proposals.store_failure(asked, e, rng_state))
             return
         self._operator_failures = 0
         self._resume_proposals()
-        self.proposals.store(asked, proposal, rng_state, self._replicate_seeds(0, 1))
+        stored = self.proposals.store(asked, proposal, rng_state, self._replicate_seeds(0, 1))
+        if stored.state == PRUNED:  # a duplicate: LLM spend for nothing
+            self._feed_bandit(stored)
 
     def _pause_proposals(self, error: OperatorUnavailable, submitted: float) -> None:
         """Pause proposals, doubling the pause once per outage: proposals asked before the current
@@ -425,6 +431,7 @@ class Engine:
             self.archive.decide(cand.id, accepted=False, temperature=None, probability=0.0, delta=None,
                                 competitor_id=None, leaving=[], reason=reason)
             self._followed(cand.parent_id, cand.id, False, None)
+            self._feed_bandit(cand)
             if self._is_seed(cand):
                 self._seed_failed(cand)
             if self.proposals.wants_fix(cand, self._is_seed(cand)):
@@ -472,9 +479,35 @@ class Engine:
                             probability=verdict.probability, delta=verdict.delta, competitor_id=verdict.competitor_id,
                             leaving=leaving, reason=verdict.reason, rng_state=_rng_to_json(self.rng) if judged else None)
         self._followed(cand.parent_id, cand.id, accepted, verdict.delta)
-        if judged and cand.model:  # feeds the model bandit
-            spent = sum(c.cost_usd for c in self.archive.llm_calls(run_id) if c.candidate_id == cand.id)
-            self.operator.record_outcome(cand.model, verdict.delta < 0, spent)
+        if judged:
+            self._feed_bandit(self.archive.candidate_by_id(cand.id))
+
+    # ----- the model bandit ----------------------------------------------------------------------
+
+    def _feed_bandit(self, cand: Candidate, spent: float | None = None) -> None:
+        """Tell the operator what a proposal earned its model, once per candidate: live as each
+        outcome is known, and on resume for everything the archive already holds."""
+        if not cand.model or cand.id in self._fed:
+            return
+        competitor = self.archive.candidate_by_id(cand.competitor_id) if cand.competitor_id else None
+        won = acceptance.proposal_reward(cand.state, cand.fail_reason, cand.accept_delta, cand.n_evals,
+                            competitor.n_evals if competitor else 1, self.sigma())
+        if won is None:
+            return
+        self._fed.add(cand.id)
+        if spent is None:
+            spent = sum(c.cost_usd for c in self.archive.llm_calls(self.run.id) if c.candidate_id == cand.id)
+        self.operator.record_outcome(cand.model, won, spent)
+
+    def _replay_outcomes(self) -> None:
+        """A resumed run's bandit goes on from the outcomes already archived, in their order."""
+        spent: dict[int, float] = {}
+        for call in self.archive.llm_calls(self.run.id):
+            if call.candidate_id is not None:
+                spent[call.candidate_id] = spent.get(call.candidate_id, 0.0) + call.cost_usd
+        for cand in self.archive.candidates(self.run.id):
+            if cand.model and (cand.accepted is not None or cand.state in (FAIL, PRUNED)):
+                self._feed_bandit(cand, spent.get(cand.id, 0.0))
 
     # ----- budget and temperature --------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class Parent:
     code: str
     hypothesis: str
     val_bpb: float | None
+    heat: float | None = None   # the search's temperature when it was chosen, in units of the noise σ̂
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Operator:
         """A repair of the crashed child `failed`; called only when `repairs` is set."""
         raise NotImplementedError
 
-    def record_outcome(self, model: str, improved: bool, cost: float) -> None:
-        """How a child proposed by `model` fared against its competitor, and what it cost (the
-        LLM operator's model bandit learns from it); operators without models ignore it."""
+    def record_outcome(self, model: str | None, won: float, cost: float) -> None:
+        """What a proposal by `model` earned, in [0, 1] (the posterior probability that the child
+        beat its competitor; 0 for nothing usable), and what its LLM calls cost (the LLM operator's
+        model bandit learns from it); operators without models ignore it."""

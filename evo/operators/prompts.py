@@ -8,8 +8,16 @@ Every prompt asks for ONE idea in the form `edits.parse_reply` reads:
     EDIT:
     <SEARCH/REPLACE blocks, or the whole new train.py in one ```python block>
 
-Size is bounded: the prompt is counted in tokens and history (ancestors, siblings, failures) is
-dropped oldest first until it fits `budget`. Tokens are counted with tiktoken's `o200k_base` (or
+Stable parts come first, so that a provider's prompt cache can hold them: the system prompt (role,
+research program, answer format), then, in the user message, the hardware facts and the parent's
+code (`Prompt.stable_chars` marks where that prefix ends; `Prompt.cache_key` names it). What varies
+from one proposal to the next follows: scores, the best candidate and its diff from the seed, the
+run-wide idea ledger, the line of descent, siblings (measured and in flight), failures, the
+direction this proposal should take and how bold to be.
+
+Size is bounded: the prompt is counted in tokens and history is dropped until it fits `budget`,
+least useful first: the ledger's own entries (oldest first), then its imported ones, failures,
+siblings, and ancestors last. Tokens are counted with tiktoken's `o200k_base` (or
 `cl100k_base`) when that encoding is already in tiktoken's local cache; tiktoken downloads its
 encodings on first use and evo never triggers a download from a proposal thread, so without a
 cached file the count is an approximation (see `approx_tokens`).
@@ -36,6 +44,20 @@ FIX_TAIL_LINES = 60          # lines of the crashed child's log kept in a fix pr
 FIX_TAIL_CHARS = 6_000
 HYPOTHESIS_CHARS = 160
 REPAIR_REPLY_CHARS = 60_000  # of an unusable reply echoed back in the repair round (a whole train.py fits)
+LEDGER_HYPOTHESIS_CHARS = 90 # of each idea in the run-wide ledger: a few dozen tokens a line
+IN_FLIGHT = ("WAITING", "RUNNING")
+HOT_SIGMAS = 1.5             # T / σ̂ at or above which a proposal is asked to be bold
+COLD_SIGMAS = 0.5            # ... at or below which it is asked to refine
+# Directions for concurrent proposals when the research program lists none.
+DIRECTIONS = (
+    "learning rates and their schedule (warmup, warmdown, final fraction)",
+    "model shape for the budget: depth against width, head size, MLP ratio",
+    "batch size against step count within the time budget",
+    "optimizer details: Muon and AdamW settings, betas, weight decay",
+    "architecture details: normalisation, residual scalings, embeddings, attention windows",
+    "throughput: fewer wasted operations, so more steps fit in the budget",
+    "initialisation and the scale of logits and residual branches",
+)
 
 _TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
 
@@ -79,6 +101,8 @@ class Lineage:
     failures: Sequence[CandidateSummary] = ()    # recent failed candidates near node (with log tails)
     best: CandidateSummary | None = None         # the best candidate of the run
     sigma: float | None = None                   # the run's measured noise σ (seed replicates)
+    ledger: Sequence[CandidateSummary] = ()      # every other idea judged in the run, imported history first
+    best_diff: str = ""                          # the best candidate's change from the seed (unified diff)
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,9 @@ class Prompt:
     messages: tuple[dict, ...]        # {"role": "user" | "assistant", "content": str}
     tokens: int                       # system + messages, as counted by `count_tokens`
     omitted: int = 0                  # history entries dropped to fit the budget
+    stable_chars: int = 0             # leading characters of the first user message shared by every
+                                      # prompt about the same parent (the cacheable prefix, with system)
+    cache_key: str = ""               # names that prefix (a hash), for providers that route by it
 
     def text(self) -> str:
         """The whole prompt as one text, for the audit record."""
@@ -100,7 +127,8 @@ class Prompt:
         if len(reply) > REPAIR_REPLY_CHARS:
             reply = reply[:REPAIR_REPLY_CHARS] + f"\n[... {len(reply) - REPAIR_REPLY_CHARS:,} more characters cut]"
         messages = self.messages + ({"role": "assistant", "content": reply}, {"role": "user", "content": note})
-        return Prompt(self.system, messages, self.tokens + count_tokens(reply) + count_tokens(note), self.omitted)
+        return Prompt(self.system, messages, self.tokens + count_tokens(reply) + count_tokens(note), self.omitted,
+                      self.stable_chars, self.cache_key)
 
 
 # ---------------------------------------------------------------------------
@@ -224,13 +252,18 @@ def _metrics(c: CandidateSummary) -> str:
     return ", ".join(parts)
 
 
-def _facts(facts: Mapping[str, str], sigma: float | None, parent: CandidateSummary | None) -> str:
+def _facts(facts: Mapping[str, str]) -> str:
     lines = [f"- {k}: {v}" for k, v in facts.items()]
+    return "## Hardware and budget\n" + ("\n".join(lines) if lines else "- (not known)")
+
+
+def _noise(sigma: float | None, parent: CandidateSummary | None) -> str:
+    lines = []
     if sigma is not None:
         lines.append(f"- run-to-run noise σ of val_bpb (same code, different seed): {fmt.bpb(sigma)}")
     if parent is not None and (parent.metrics or {}).get("peak_vram_mb") is not None:
         lines.append(f"- the parent's peak VRAM: {parent.metrics['peak_vram_mb']:.0f} MB")
-    return "## Hardware and budget\n" + ("\n".join(lines) if lines else "- (not known)")
+    return "## Noise and memory\n" + "\n".join(lines) if lines else ""
 
 
 def _describe(c: CandidateSummary, sigma: float | None, title: str) -> str:
@@ -265,9 +298,14 @@ def _history_sections(ancestors, siblings, failures, sigma, omitted_ancestors: i
         lines = [f"- ({omitted_ancestors} older ancestors omitted)"] if omitted_ancestors else []
         lines += [_line(c, sigma) for c in ancestors]
         parts.append(head + "\n" + "\n".join(lines))
-    if siblings:
+    measured = [c for c in siblings if c.state not in IN_FLIGHT]
+    in_flight = [c for c in siblings if c.state in IN_FLIGHT]
+    if measured:
         parts.append("## Already tried from this parent (do not repeat these ideas)\n"
-                     + "\n".join(_line(c, sigma) for c in siblings))
+                     + "\n".join(_line(c, sigma) for c in measured))
+    if in_flight:
+        parts.append("## Being evaluated now, from this parent (pick a different idea)\n"
+                     + "\n".join(f"- #{c.number}: {_short(c.hypothesis)}" for c in in_flight))
     if failures:
         items = []
         for c in failures:
@@ -282,14 +320,88 @@ def _history_sections(ancestors, siblings, failures, sigma, omitted_ancestors: i
     return "\n\n".join(parts)
 
 
-def _fit(render: Callable[[set[int]], tuple[str, str]], history: list[tuple[int, int]], budget: int) -> Prompt:
-    """Drop history oldest first (by candidate number) until the prompt fits. `history` holds
-    (number, key) of every droppable entry; render(dropped keys) -> (system, user)."""
-    order = [key for _, key in sorted(history)]
+def ledger_lines(entries: Sequence[CandidateSummary], sigma: float | None) -> list[str]:
+    """The run-wide idea ledger, one short line per distinct idea (the same hypothesis tried
+    several times is one line with its count and latest outcome), imported history marked."""
+    seen: dict[str, int] = {}
+    lines: list[list] = []
+    for c in entries:
+        key = " ".join((c.hypothesis or "").lower().split())
+        if not key:
+            continue
+        origin = "imported " if c.operator == "import" else ""
+        text = f"- #{c.number} {origin}{_short(c.hypothesis, LEDGER_HYPOTHESIS_CHARS)} -> {_ledger_outcome(c, sigma)}"
+        if key in seen:
+            entry = lines[seen[key]]
+            entry[0], entry[1] = text, entry[1] + 1
+        else:
+            seen[key] = len(lines)
+            lines.append([text, 1])
+    return [text + (f" (tried {n} times)" if n > 1 else "") for text, n in lines]
+
+
+def _ledger_outcome(c: CandidateSummary, sigma: float | None) -> str:
+    if c.state == "FAIL":
+        return f"FAIL({c.fail_reason or '?'})"
+    if c.state == "PRUNED":
+        return f"PRUNED({c.fail_reason or '?'})"
+    verdict = {True: "kept", False: "discarded" if c.operator == "import" else "rejected"}.get(c.accepted, c.state.lower())
+    return verdict + (f", Δ {c.delta / sigma:+.1f}σ" if c.delta is not None and sigma else
+                      f", Δ {fmt.delta(c.delta)}" if c.delta is not None else "")
+
+
+def directions(program: str) -> tuple[str, ...]:
+    """The research program's list of directions worth trying (the bullets under its heading that
+    says so), or evo's own when it has none: each concurrent proposal from one parent gets one."""
+    found, inside = [], False
+    for line in program.splitlines():
+        if line.startswith("#"):
+            inside = "worth trying" in line.lower() or "direction" in line.lower()
+            continue
+        if inside and line.lstrip().startswith(("- ", "* ")):
+            found.append(" ".join(line.strip()[2:].split()))
+        elif inside and found and line.startswith("  ") and line.strip():
+            found[-1] += " " + " ".join(line.split())  # a bullet continued on the next line
+    return tuple(found) or DIRECTIONS
+
+
+def boldness(heat: float | None) -> str:
+    """How bold to be, from the chain's temperature in units of the noise σ (T / σ̂)."""
+    if heat is None:
+        return ""
+    if heat >= HOT_SIGMAS:
+        return (f"The search is hot (T ≈ {heat:.1f}σ): be bold. Aim for an expected |Δ| of 3σ or more; a "
+                "structural change is welcome, and a worse result can still be kept for a while to cross a valley.")
+    if heat > COLD_SIGMAS:
+        return (f"The search is warm (T ≈ {heat:.1f}σ): a clear step in one direction, big enough to show "
+                "through the noise (an expected |Δ| of 1-3σ).")
+    return ("The search is cold: refine what won. A small, well-aimed change to what has worked in this "
+            "lineage; a worse result will be rejected.")
+
+
+def _steer(focus: str | None, heat: float | None) -> str:
+    lines = []
+    if focus:
+        lines.append(f"Direction for this proposal: {focus} (other proposals from this parent take other "
+                     "directions; leave this one only if the history shows it is exhausted).")
+    bold = boldness(heat)
+    if bold:
+        lines.append(bold)
+    return "## This proposal\n" + "\n".join(lines) if lines else ""
+
+
+def _fit(render: Callable[[set], tuple[str, str, str]], history: list[tuple[tuple, object]], budget: int) -> Prompt:
+    """Drop history in the order of its sort keys until the prompt fits. `history` holds
+    (sort key, key) of every droppable entry; render(dropped keys) -> (system, stable, varying):
+    the user message is stable + varying, and system + stable is the cacheable prefix."""
+    order = [key for _, key in sorted(history, key=lambda item: item[0])]
 
     def build(k: int) -> Prompt:
-        system, user = render(set(order[:k]))
-        return Prompt(system, ({"role": "user", "content": user},), count_tokens(system) + count_tokens(user), k)
+        system, stable, varying = render(set(order[:k]))
+        user = stable + varying
+        key = hashlib.sha256((system + "\0" + stable).encode()).hexdigest()[:32]
+        return Prompt(system, ({"role": "user", "content": user},), count_tokens(system) + count_tokens(user), k,
+                      len(stable), key)
 
     full = build(0)
     if full.tokens <= budget:
@@ -313,6 +425,10 @@ def _system(program: str, role: str) -> str:
     return f"{role}\n\n# The research program\n\n{program.strip()}\n\n{ANSWER_FORMAT}"
 
 
+def _stable(facts: Mapping[str, str], title: str, code: str) -> str:
+    return f"{_facts(facts)}\n\n## {title}\n{_code_block(code)}\n\n"
+
+
 MUTATE_ROLE = ("You are the mutation operator of evo, an evolutionary search over LLM training scripts. "
                "You are given one train.py from the population and its history; you propose one new experiment.")
 CROSSOVER_ROLE = ("You are the crossover operator of evo, an evolutionary search over LLM training scripts. "
@@ -326,35 +442,57 @@ FIX_ROLE = ("You are the repair operator of evo, an evolutionary search over LLM
 # ---------------------------------------------------------------------------
 
 def mutation_prompt(program: str, parent_code: str, lineage: Lineage, facts: Mapping[str, str],
-                    budget: int = DEFAULT_PROMPT_TOKENS) -> Prompt:
-    """Ask for one new idea for the parent (`lineage.node`), with its code, metrics, line of
-    descent, siblings already tried, failures near it, the best so far and the hardware facts."""
+                    budget: int = DEFAULT_PROMPT_TOKENS, *, focus: str | None = None,
+                    heat: float | None = None) -> Prompt:
+    """Ask for one new idea for the parent (`lineage.node`): its code, scores and metrics, the best
+    so far and its diff from the seed, the run-wide ledger of ideas, its line of descent, siblings
+    tried and in flight, failures near it, the hardware facts; `focus` is this proposal's direction
+    and `heat` (T / σ̂) says how bold to be."""
     node, sigma = lineage.node, lineage.sigma
     ancestors = [c for c in lineage.ancestors if c.number != node.number]
     siblings = list(lineage.siblings)
     failures = list(lineage.failures)
-    history = [(c.number, ("a", i)) for i, c in enumerate(ancestors)] + \
-              [(c.number, ("s", i)) for i, c in enumerate(siblings)] + \
-              [(c.number, ("f", i)) for i, c in enumerate(failures)]
+    shown = {c.number for c in (node, *ancestors, *siblings, *failures)}
+    ledger = [c for c in lineage.ledger if c.number not in shown]
+    history = [((4, c.number), ("a", i)) for i, c in enumerate(ancestors)] + \
+              [((3, c.number), ("s", i)) for i, c in enumerate(siblings)] + \
+              [((2, c.number), ("f", i)) for i, c in enumerate(failures)] + \
+              [((1 if c.operator == "import" else 0, c.number), ("l", i)) for i, c in enumerate(ledger)]
     system = _system(program, MUTATE_ROLE)
+    stable = _stable(facts, f"The parent's train.py (candidate #{node.number})", parent_code)
 
-    def render(dropped: set) -> tuple[str, str]:
+    def render(dropped: set) -> tuple[str, str, str]:
         keep_a = [c for i, c in enumerate(ancestors) if ("a", i) not in dropped]
         keep_s = [c for i, c in enumerate(siblings) if ("s", i) not in dropped]
         keep_f = [c for i, c in enumerate(failures) if ("f", i) not in dropped]
+        keep_l = [c for i, c in enumerate(ledger) if ("l", i) not in dropped]
         omitted_a = len(ancestors) - len(keep_a)
-        parts = [_facts(facts, sigma, node)]
+        parts = [_describe(node, sigma, "The parent")]
+        noise = _noise(sigma, node)
+        if noise:
+            parts.append(noise)
         if lineage.best is not None:
-            parts.append("## Best candidate so far\n" + _line(lineage.best, sigma) + (
-                f"\n  {_metrics(lineage.best)}" if _metrics(lineage.best) else ""))
-        hist = _history_sections(keep_a, keep_s, keep_f, sigma, omitted_a, len(dropped) - omitted_a)
+            best = "## Best candidate so far\n" + _line(lineage.best, sigma) + (
+                f"\n  {_metrics(lineage.best)}" if _metrics(lineage.best) else "")
+            if lineage.best_diff and lineage.best.number != node.number:
+                best += f"\nits change from the seed (for inspiration):\n```diff\n{lineage.best_diff}```"
+            parts.append(best)
+        if keep_l or len(keep_l) < len(ledger):
+            lines = ledger_lines(keep_l, sigma)
+            if len(keep_l) < len(ledger):
+                lines.insert(0, f"- ({len(ledger) - len(keep_l)} more entries omitted)")
+            parts.append("## Ideas tried elsewhere in this run (do not repeat them unless the outcome invites "
+                         "a variation)\n" + "\n".join(lines))
+        hist = _history_sections(keep_a, keep_s, keep_f, sigma, omitted_a,
+                                 len(dropped) - omitted_a - (len(ledger) - len(keep_l)))
         if hist:
             parts.append(hist)
-        parts.append(_describe(node, sigma, "The parent"))
-        parts.append("The parent's train.py:\n" + _code_block(parent_code))
+        steer = _steer(focus, heat)
+        if steer:
+            parts.append(steer)
         parts.append("Propose ONE new idea for this train.py: one that is not in the history above, is big enough to "
                      "show through the noise, and fits the budget and the device. Answer in the form given.")
-        return system, "\n\n".join(parts)
+        return system, stable, "\n\n".join(parts)
 
     return _fit(render, history, budget)
 
@@ -373,20 +511,25 @@ def crossover_prompt(program: str, code_a: str, code_b: str, lineage_a: Lineage,
     since = ancestor.number if ancestor is not None else -1
     path_a = [c for c in lineage_a.ancestors if c.number > since]
     path_b = [c for c in lineage_b.ancestors if c.number > since]
-    history = [(c.number, ("a", i)) for i, c in enumerate(path_a)] + [(c.number, ("b", i)) for i, c in enumerate(path_b)]
+    history = [((0, c.number), ("a", i)) for i, c in enumerate(path_a)] + \
+              [((0, c.number), ("b", i)) for i, c in enumerate(path_b)]
     if ancestor_code is not None and ancestor is not None:
-        diffs = ("## What A changed since their common ancestor #{n}\n```diff\n{da}```\n\n"
-                 "## What B changed since their common ancestor #{n}\n```diff\n{db}```").format(
+        diffs = ("## What A changed since their common ancestor #{n} (for reading)\n```diff\n{da}```\n\n"
+                 "## What B changed since their common ancestor #{n} (for reading)\n```diff\n{db}```").format(
             n=ancestor.number,
             da=unified_diff(ancestor_code, code_a, f"#{ancestor.number}", f"A #{a.number}") or "(no change)\n",
             db=unified_diff(ancestor_code, code_b, f"#{ancestor.number}", f"B #{b.number}") or "(no change)\n")
     else:
-        diffs = "## How B differs from A\n```diff\n{}```".format(
+        diffs = "## How B differs from A (for reading)\n```diff\n{}```".format(
             unified_diff(code_a, code_b, f"A #{a.number}", f"B #{b.number}") or "(no change)\n")
     system = _system(program, CROSSOVER_ROLE)
+    stable = _stable(facts, f"Parent A's train.py (candidate #{a.number})", code_a)
 
-    def render(dropped: set) -> tuple[str, str]:
-        parts = [_facts(facts, sigma, a)]
+    def render(dropped: set) -> tuple[str, str, str]:
+        parts = []
+        noise = _noise(sigma, a)
+        if noise:
+            parts.append(noise)
         for label, path, key, node in (("A", path_a, "a", a), ("B", path_b, "b", b)):
             kept = [c for i, c in enumerate(path) if (key, i) not in dropped]
             lines = [_line(c, sigma) for c in kept]
@@ -395,11 +538,11 @@ def crossover_prompt(program: str, code_a: str, code_b: str, lineage_a: Lineage,
             desc = _describe(node, sigma, f"Parent {label}")
             parts.append(desc + ("\nits steps since the common ancestor:\n" + "\n".join(lines) if lines else ""))
         parts.append(diffs)
-        parts.append("Parent A's train.py:\n" + _code_block(code_a))
         parts.append("Write ONE train.py that keeps both A's and B's ideas, resolving any clash between them sensibly. "
-                     "Send SEARCH/REPLACE blocks against parent A's train.py, or the complete file in one ```python "
-                     "block. The TITLE names the combination.")
-        return system, "\n\n".join(parts)
+                     "The diffs above are for reading: your edit applies to parent A's train.py (shown first), so "
+                     "send SEARCH/REPLACE blocks whose SEARCH lines are copied from A's file, or the complete file "
+                     "in one ```python block. The TITLE names the combination.")
+        return system, stable, "\n\n".join(parts)
 
     return _fit(render, history, budget)
 
@@ -410,20 +553,19 @@ def fix_prompt(program: str, child_code: str, child: CandidateSummary, facts: Ma
     system = _system(program, FIX_ROLE)
     tail = _tail(child.log_tail, FIX_TAIL_LINES, FIX_TAIL_CHARS) or "(no output was captured)"
     change = unified_diff(parent_code, child_code, "parent", f"#{child.number}") if parent_code is not None else ""
+    stable = _stable(facts, f"The crashed candidate's train.py (candidate #{child.number})", child_code)
 
-    def render(dropped: set) -> tuple[str, str]:
-        parts = [_facts(facts, None, child),
-                 f"## The crashed candidate #{child.number}\nhypothesis: {_short(child.hypothesis, 400)}\n"
+    def render(dropped: set) -> tuple[str, str, str]:
+        parts = [f"## The crashed candidate #{child.number}\nhypothesis: {_short(child.hypothesis, 400)}\n"
                  f"outcome: FAIL({child.fail_reason or 'crash'})" + (f": {child.fail_detail}" if child.fail_detail else "")]
         if change and "diff" not in dropped:
             parts.append(f"## Its change from its parent\n```diff\n{change}```")
         parts.append("## The end of its output\n```text\n" + tail + "\n```")
-        parts.append("Its train.py:\n" + _code_block(child_code))
         parts.append("Make the smallest change that fixes this error while keeping the candidate's idea. The TITLE "
                      "must start with 'fix:' and name the error; prefer SEARCH/REPLACE blocks.")
-        return system, "\n\n".join(parts)
+        return system, stable, "\n\n".join(parts)
 
-    return _fit(render, [(0, "diff")] if change else [], budget)
+    return _fit(render, [((0, 0), "diff")] if change else [], budget)
 
 
 def repair_message(error: str) -> str:

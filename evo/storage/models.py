@@ -21,6 +21,7 @@ SCHEMA_VERSION = 3
 
 # Lifecycle states (Optuna's names)
 WAITING, RUNNING, COMPLETE, FAIL, PRUNED = "WAITING", "RUNNING", "COMPLETE", "FAIL", "PRUNED"
+NO_PROPOSAL = "(no proposal)"  # the hypothesis of a proposal that produced no code (FAIL invalid/harness)
 # Run status (FAILED: the seed failed, so the run cannot go on; a new run must start it again)
 ACTIVE, FINISHED, INTERRUPTED, FAILED = "ACTIVE", "FINISHED", "INTERRUPTED", "FAILED"
 

@@ -21,7 +21,7 @@ from sqlmodel import Session, select
 
 from evo.core.lineage import best, first_parents
 from evo.storage.archive import Archive, liveness
-from evo.storage.models import FAIL, METRICS, Candidate, Code, CurvePoint, Evaluation, LLMCall, Run
+from evo.storage.models import FAIL, METRICS, NO_PROPOSAL, Candidate, Code, CurvePoint, Evaluation, LLMCall, Run
 
 # Evaluation columns the figures need (not the log tail or the failure detail: those stream later).
 EVAL_COLUMNS = (Evaluation.id, Evaluation.candidate_id, Evaluation.replicate, Evaluation.seed, Evaluation.state,
@@ -164,11 +164,16 @@ class LineageRows:
     best: Candidate | None                    # the run's best (core.lineage.best)
     last_evaluation: dict[int, Evaluation]    # the latest evaluation of each candidate above that has one
     sigma: float | None                       # the run's noise
+    ledger: list[Candidate] = field(default_factory=list)  # every judged or failed idea of the run, by number
+    seed: Candidate | None = None
 
 
-def lineage_rows(archive: Archive, run_id: int, candidate_id: int, recent_failures: int) -> LineageRows:
+def lineage_rows(archive: Archive, run_id: int, candidate_id: int, recent_failures: int,
+                 ledger_size: int = 0) -> LineageRows:
     """A candidate's neighbourhood in its run: ancestors, children, the `recent_failures` latest
-    failed children of its line, the best, with their latest evaluations."""
+    failed children of its line, the best, with their latest evaluations; and the run's ledger:
+    up to `ledger_size` ideas judged or failed anywhere in the run (imported history included),
+    the latest kept when there are more."""
     with archive.read() as s:
         everyone = list(s.exec(select(Candidate).where(Candidate.run_id == run_id).order_by(Candidate.number)))
         by_id = {c.id: c for c in everyone}
@@ -184,7 +189,12 @@ def lineage_rows(archive: Archive, run_id: int, candidate_id: int, recent_failur
             for e in s.exec(select(Evaluation).where(Evaluation.run_id == run_id, Evaluation.candidate_id.in_(group))
                             .order_by(Evaluation.id)):
                 last[e.candidate_id] = e
-        return LineageRows(node, ancestors, siblings, failures, top, last, s.get(Run, run_id).sigma)
+        run = s.get(Run, run_id)
+        ledger = [c for c in everyone if c.id != run.seed_id and c.hypothesis != NO_PROPOSAL
+                  and (c.accepted is not None or c.state == FAIL or c.operator == "import")]
+        ledger = ledger[-ledger_size:] if ledger_size else []
+        return LineageRows(node, ancestors, siblings, failures, top, last, run.sigma, ledger,
+                           by_id.get(run.seed_id) if run.seed_id else None)
 
 
 def code_of(archive: Archive, candidate_id: int) -> str:
