@@ -53,6 +53,7 @@ class RunConfig:
     models: list[str] = field(default_factory=list)
     max_cost: float | None = None
     prices: dict[str, list[float]] = field(default_factory=dict)  # USD per million tokens in/out, by model
+    model_settings: dict[str, dict] = field(default_factory=dict)  # [tool.evo.models]: settings by model (ModelSettings)
     sandbox: bool = True                # candidates in a bubblewrap sandbox where the platform allows
     early_stop: bool = True             # stop a child far above its parent's learning curve (evo.core.early_stop)
     locked: dict[str, str] = field(default_factory=dict)  # the apparatus the run started with (apparatus.locked_state)

@@ -9,13 +9,20 @@ real `openai` and `anthropic` SDKs talk to it, and plays a scripted queue of beh
     server.push(Sleep(2.0))                                                  # longer than the client timeout
     server.push(Reply("x" * 5_000_000))                                      # a 5 MB reply
     server.push(Reply("...", finish="length"))                               # truncated
+    server.push(Reply("...", usage=(9_000, 300), cached=8_000))              # 8k of the 9k prompt from cache
+    server.push(Reply("...", reasoning="first I think"))                     # a reasoning channel
     openai_base = server.openai_url      # http://127.0.0.1:PORT/v1
     anthropic_base = server.anthropic_url  # http://127.0.0.1:PORT
 
 When the queue is empty it answers with `default(request)` (by default `auto_edit`: a valid
 SEARCH/REPLACE that changes one UPPERCASE constant of the train.py in the prompt). `latency` adds
-seconds before every answer. Every request is recorded in `requests`. Each handler thread stops
-sleeping when the server stops, so shutdown is immediate.
+seconds before every answer. Every request is recorded in `requests` (path, lower-cased headers,
+JSON body; `last` is the latest). Usage is sent in each protocol's own fields: OpenAI
+`usage.prompt_tokens` (the whole prompt) with `prompt_tokens_details.cached_tokens`; Anthropic
+`usage.input_tokens` (the uncached rest) with `cache_read_input_tokens` and
+`cache_creation_input_tokens`. A reasoning text goes in `message.reasoning_content` (or
+`reasoning_field`) for OpenAI and in a `thinking` content block for Anthropic. Each handler thread
+stops sleeping when the server stops, so shutdown is immediate.
 """
 
 from __future__ import annotations
@@ -28,13 +35,19 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+from evo.operators.prompts import count_tokens
+
 
 @dataclass
 class Reply:
     text: str
     finish: str = "stop"            # "stop" or "length" (OpenAI); mapped to end_turn / max_tokens (Anthropic)
-    usage: tuple[int, int] | None = None  # (input, output) tokens; default: a rough count
+    usage: tuple[int, int] | None = None  # (whole prompt, output) tokens; default: evo's count, a rough one
     omit_usage: bool = False
+    cached: int = 0                 # of the prompt tokens, read from cache
+    cache_write: int = 0            # of the prompt tokens, written to cache (Anthropic)
+    reasoning: str = ""             # the reasoning channel's text
+    reasoning_field: str = "reasoning_content"  # OpenAI-compatible servers: or "reasoning" (OpenRouter, Ollama)
 
 
 @dataclass
@@ -61,15 +74,17 @@ class Recorded:
     @property
     def prompt_text(self) -> str:
         """Everything the client sent as text: system and messages."""
-        parts = []
-        if isinstance(self.body.get("system"), str):
-            parts.append(self.body["system"])
-        for m in self.body.get("messages", []):
-            content = m.get("content")
-            if isinstance(content, list):
-                content = "".join(c.get("text", "") for c in content if isinstance(c, dict))
-            parts.append(str(content))
+        system = self.body.get("system")
+        parts = [_text(system)] if system else []
+        parts += [_text(m.get("content")) for m in self.body.get("messages", [])]
         return "\n".join(parts)
+
+
+def _text(content: object) -> str:
+    """A message's or system prompt's text: a string, or a list of text blocks (Anthropic)."""
+    if isinstance(content, list):
+        return "".join(c.get("text", "") for c in content if isinstance(c, dict))
+    return str(content)
 
 
 _CONST = re.compile(r"^([A-Z][A-Z0-9_]*) = ([0-9][0-9_.eE+-]*)(\s*(?:#.*)?)$", re.MULTILINE)
@@ -168,6 +183,11 @@ class FakeLLMServer:
             self.queue.clear()
             self.requests.clear()
 
+    @property
+    def last(self) -> Recorded:
+        with self._lock:
+            return self.requests[-1]
+
     def _next(self, request: Recorded) -> object:
         with self._lock:
             self.requests.append(request)
@@ -214,19 +234,28 @@ def _make_handler(server: FakeLLMServer):
                 behaviour = Reply(str(behaviour))
             anthropic = path == "/v1/messages"
             model = body.get("model", "fake")
-            tokens_in, tokens_out = behaviour.usage or (len(request.prompt_text) // 4, len(behaviour.text) // 4)
+            # by default the prompt is counted as evo counts it, so only a scripted usage looks truncated
+            tokens_in, tokens_out = behaviour.usage or (count_tokens(request.prompt_text), len(behaviour.text) // 4)
             if anthropic:
+                thinking = [{"type": "thinking", "thinking": behaviour.reasoning, "signature": "fake-signature"}] \
+                    if behaviour.reasoning else []
                 payload = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
-                           "content": [{"type": "text", "text": behaviour.text}],
+                           "content": [*thinking, {"type": "text", "text": behaviour.text}],
                            "stop_reason": "max_tokens" if behaviour.finish == "length" else "end_turn",
                            "stop_sequence": None,
-                           "usage": {"input_tokens": tokens_in, "output_tokens": tokens_out}}
+                           "usage": {"input_tokens": tokens_in - behaviour.cached - behaviour.cache_write,
+                                     "cache_read_input_tokens": behaviour.cached,
+                                     "cache_creation_input_tokens": behaviour.cache_write,
+                                     "output_tokens": tokens_out}}
             else:
+                message = {"role": "assistant", "content": behaviour.text}
+                if behaviour.reasoning:
+                    message[behaviour.reasoning_field] = behaviour.reasoning
                 payload = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": behaviour.text},
-                                        "finish_reason": behaviour.finish}],
+                           "choices": [{"index": 0, "message": message, "finish_reason": behaviour.finish}],
                            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-                                     "total_tokens": tokens_in + tokens_out}}
+                                     "total_tokens": tokens_in + tokens_out,
+                                     "prompt_tokens_details": {"cached_tokens": behaviour.cached}}}
             if behaviour.omit_usage:
                 payload.pop("usage")
             self._send(200, payload)

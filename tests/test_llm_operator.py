@@ -335,14 +335,13 @@ def test_fix_explicit_form(server, archive):
 # ---------------------------------------------------------------------------
 
 
-
 def test_model_choice_bandit_and_weights(server, archive):
     specs = [parse_model_spec(f"openai:cheap@{server.openai_url}"), parse_model_spec(f"openai:dear@{server.openai_url}")]
     op = LLMOperator(specs, archive.context(), client_options=FAST, prices={"cheap": [0, 0], "dear": [100, 100]})
     rng = random.Random(1)
     for _ in range(30):
-        op.record_outcome(str(specs[0]), False, 0.0)
-        op.record_outcome(str(specs[1]), True, 5.0)
+        op.record_outcome(str(specs[0]), 0.0, 0.0)
+        op.record_outcome(str(specs[1]), 1.0, 2.0)
     picks = [str(op.choose_model(rng)) for _ in range(200)]
     assert picks.count(str(specs[1])) > 150  # improves every time: worth its price against the slot cost
     op2 = LLMOperator(specs, archive.context(), client_options=FAST, weights=[1, 0])

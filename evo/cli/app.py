@@ -80,7 +80,15 @@ def main(
     prices = defaults.pop("prices", {})
     if not isinstance(prices, dict):
         raise fail("[tool.evo.prices] in pyproject.toml must be a table of model = [input, output] USD per million tokens.")
-    ctx.obj = {"prices": prices}
+    models = defaults.pop("models", None)
+    if models is not None:  # checked here so that a typo stops every command, as a bad [tool.evo] key does
+        from evo.operators import OperatorError
+        from evo.operators.llm.client import parse_model_settings
+        try:
+            parse_model_settings(models)
+        except OperatorError as e:
+            raise fail(str(e))
+    ctx.obj = {"prices": prices, "model_settings": models or {}}
     if defaults:
         known = {p.name for p in run_command_params()}
         unknown = sorted(set(defaults) - known)
@@ -186,7 +194,8 @@ def run(
                                slots=slots, startup_allowance=startup_allowance, eval_allowance=eval_allowance,
                                seed=seed, models=model or [], max_cost=max_cost, sandbox=sandbox,
                                early_stop=early_stop,
-                               prices=(ctx.obj or {}).get("prices", {})).validate()
+                               prices=(ctx.obj or {}).get("prices", {}),
+                               model_settings=(ctx.obj or {}).get("model_settings", {})).validate()
         operators.check(config)
         # A resumed run already has its seed (unless it died before archiving it).
         plan = None if resume and run_row.seed_id is not None else _seed_plan(config, archive, prepare)

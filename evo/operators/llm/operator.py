@@ -17,6 +17,10 @@ Every call is in `Proposal.extra["llm_calls"]`, or `exc.llm_calls` on failure, a
 archive's LLMCall fields: model, purpose, tokens_in, tokens_out, latency_s, cost_usd, error,
 prompt, response. LLMUnavailable (the API is down) propagates unchanged, with its calls.
 
+Concurrent proposals from one parent get different directions (`prompts.directions`, from the
+research program's list), in turn; each prompt says how bold to be from the parent's `heat` (the
+chain's temperature in σ units). Prompts are sent with their cacheable prefix marked.
+
 Model choice with several models: evo.operators.llm.bandit (fixed `weights`, else Thompson
 sampling on improvement per dollar, fed by `record_outcome`).
 """
@@ -24,6 +28,7 @@ sampling on improvement per dollar, fed by `record_outcome`).
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -32,10 +37,10 @@ from evo.core.lineage import lowest_common_ancestor
 from evo.operators.base import Operator, OperatorError, OperatorUnavailable, Parent, Proposal
 from evo.operators.edits import EditError, apply_reply, parse_reply
 from evo.operators.llm.bandit import DEFAULT_SLOT_COST_USD, TYPICAL_CALL_TOKENS, ModelBandit
-from evo.operators.llm.client import LLMClient, LLMReply, ModelSpec, clip, cost_usd, normalize_prices
+from evo.operators.llm.client import LLMClient, LLMReply, ModelSettings, ModelSpec, clip, cost_usd, normalize_prices
 from evo.operators.merge import merge3
 from evo.operators.prompts import (DEFAULT_PROMPT_TOKENS, CandidateSummary, Lineage, Prompt, crossover_prompt,
-                                   fix_prompt, mutation_prompt, repair_message)
+                                   directions, fix_prompt, mutation_prompt, repair_message)
 from evo.operators.validate import validate_child
 
 
@@ -65,10 +70,11 @@ class LLMOperator(Operator):
     def __init__(self, models: Sequence[ModelSpec], context: LLMContext, clients: dict | None = None,
                  crossover_rate: float = 0.2, prompt_token_budget: int = DEFAULT_PROMPT_TOKENS,
                  prices: Mapping | None = None, *, weights: Sequence[float] | None = None,
-                 slot_cost_usd: float = DEFAULT_SLOT_COST_USD, client_options: Mapping | None = None):
+                 slot_cost_usd: float = DEFAULT_SLOT_COST_USD, client_options: Mapping | None = None,
+                 settings: Mapping[str, ModelSettings] | None = None):
         """models: at least one. clients: {str(spec): object with complete(system, messages) ->
-        LLMReply}; models without one get an LLMClient(spec, prices=prices, **client_options),
-        which raises OperatorError at once when its API key is missing."""
+        LLMReply}; models without one get an LLMClient(spec, prices=prices, settings=settings[str(spec)],
+        **client_options), which raises OperatorError at once when its API key is missing."""
         if not models:
             raise OperatorError("the LLM operator needs at least one --model.")
         if not 0.0 <= crossover_rate <= 1.0:
@@ -83,18 +89,23 @@ class LLMOperator(Operator):
         clients = dict(clients or {})
         for spec in self.models:
             if str(spec) not in clients:
-                clients[str(spec)] = LLMClient(spec, prices=self.prices, **dict(client_options or {}))
+                clients[str(spec)] = LLMClient(spec, prices=self.prices, settings=(settings or {}).get(str(spec)),
+                                               **dict(client_options or {}))
         self.clients = clients
+        self.directions = directions(context.program)
+        self._asked: dict[int, int] = {}   # proposals asked per parent, for the directions' turn
+        self._asked_lock = threading.Lock()
         self.bandit = ModelBandit([str(s) for s in self.models],
                                   [cost_usd(s, *TYPICAL_CALL_TOKENS, self.prices) for s in self.models],
                                   weights=weights, slot_cost_usd=slot_cost_usd)
 
     # ----- model choice ---------------------------------------------------------------------
 
-    def record_outcome(self, model: str, improved: bool, cost: float) -> None:
-        """Feed the bandit: a proposal by `model` (Proposal.model) was judged; `cost` is what its
-        LLM calls cost in USD. Unknown models (merges have none) are ignored."""
-        self.bandit.record(model, improved, cost)
+    def record_outcome(self, model: str | None, won: float, cost: float) -> None:
+        """Feed the bandit: a proposal by `model` (Proposal.model) earned `won` in [0, 1]
+        (bandit.reward); `cost` is what its LLM calls cost in USD. Unknown models (merges have
+        none) are ignored."""
+        self.bandit.record(model, won, cost)
 
     def choose_model(self, rng: random.Random) -> ModelSpec:
         return self.models[self.bandit.choose(rng)]
@@ -139,9 +150,18 @@ class LLMOperator(Operator):
 
     # ----- mutation and crossover ---------------------------------------------------------------
 
+    def _focus(self, parent: Parent) -> str:
+        """This proposal's direction: the next one in turn for this parent, so proposals asked at
+        the same time from one parent (a wave over many slots) never share one."""
+        with self._asked_lock:
+            k = self._asked.get(parent.id, 0)
+            self._asked[parent.id] = k + 1
+        return self.directions[(parent.number + k) % len(self.directions)]
+
     def _mutate(self, a: Parent, rng: random.Random) -> Proposal:
         lineage = self.context.lineage(a.id)
-        prompt = mutation_prompt(self.context.program, a.code, lineage, self.context.facts, self.budget)
+        prompt = mutation_prompt(self.context.program, a.code, lineage, self.context.facts, self.budget,
+                                 focus=self._focus(a), heat=a.heat)
         return self._ask(self.choose_model(rng), prompt, a.code, "mutate", {"operator": "mutate", "parent2_used": False})
 
     def _crossover(self, a: Parent, b: Parent, rng: random.Random) -> Proposal:
@@ -210,7 +230,7 @@ class LLMOperator(Operator):
             except EditError as second:
                 calls[-1]["error"] = f"unusable reply: {second}"
                 raise _failure(OperatorError(f"{purpose} by {spec.model} gave no usable edit after a repair round: "
-                                             f"{second}"), calls, operator) from None
+                                             f"{second}"), calls, operator, spec) from None
         hypothesis = parsed.hypothesis
         if purpose == "fix" and not hypothesis.lower().startswith("fix:"):
             hypothesis = f"fix: {hypothesis}"
@@ -229,22 +249,25 @@ class LLMOperator(Operator):
         client = self.clients[str(spec)]
         started = time.monotonic()
         try:
-            reply = client.complete(prompt.system, list(prompt.messages))
+            reply = client.complete(prompt.system, list(prompt.messages), stable_chars=prompt.stable_chars,
+                                    cache_key=prompt.cache_key or None)
         except OperatorUnavailable as e:  # LLMUnavailable: propagates unchanged, with the calls so far
             calls.append(_record(spec, purpose, audit_prompt, error=str(e), latency=time.monotonic() - started))
             e.llm_calls = list(calls)
             raise
         except OperatorError as e:  # the API refused the request (bad key, unknown model, prompt too long)
             calls.append(_record(spec, purpose, audit_prompt, error=str(e), latency=time.monotonic() - started))
-            raise _failure(OperatorError(str(e)), calls, operator) from None
+            raise _failure(OperatorError(str(e)), calls, operator, spec) from None
         calls.append(_record(spec, purpose, audit_prompt, reply=reply))
         return reply
 
 
-def _failure(error: OperatorError, calls: list[dict], operator: str) -> OperatorError:
-    """An OperatorError carrying the calls made (for the archive) and the operator it was for."""
+def _failure(error: OperatorError, calls: list[dict], operator: str, spec: ModelSpec) -> OperatorError:
+    """An OperatorError carrying the calls made (for the archive), the operator it was for and the
+    model that failed (the bandit counts it as a loss)."""
     error.llm_calls = list(calls)
     error.operator = operator
+    error.model = str(spec)
     return error
 
 
@@ -256,8 +279,18 @@ def _record(spec: ModelSpec, purpose: str, prompt: str, reply: LLMReply | None =
                     error=error, prompt=clip(prompt), response=None)
     return dict(model=str(spec), purpose=purpose, tokens_in=reply.tokens_in, tokens_out=reply.tokens_out,
                 latency_s=reply.latency_s, cost_usd=reply.cost_usd,
-                error="truncated at the output-token limit" if reply.truncated else None,
+                error=_call_warning(reply),
                 prompt=clip(prompt), response=clip(reply.text))
+
+
+def _call_warning(reply: LLMReply) -> str | None:
+    """What the call record should flag about a reply that came back."""
+    if reply.truncated:
+        return "truncated at the output-token limit"
+    if getattr(reply, "prompt_truncated", False):
+        return ("the server counted far fewer prompt tokens than were sent: it truncates the prompt (raise its "
+                "context length, e.g. Ollama's num_ctx)")
+    return None
 
 
 def _brief(text: str, limit: int = 60) -> str:
