@@ -71,3 +71,11 @@ def smoke_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def smoke(smoke_cache: Path, monkeypatch: pytest.MonkeyPatch):
     return load_prepare(smoke_cache, "smoke", monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The fake LLM server (tests/llm_server.py), shared by one module's tests."""
+    from llm_server import FakeLLMServer
+    with FakeLLMServer() as s:
+        yield s

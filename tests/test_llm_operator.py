@@ -18,7 +18,7 @@ from evo.operators.llm.operator import LLMContext, LLMOperator
 from evo.operators.prompts import CandidateSummary, Lineage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_server import FakeLLMServer, Reply, Sleep, Status  # noqa: E402
+from llm_server import Reply, Sleep, Status  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = (ROOT / "seed_train.py").read_text()
@@ -67,12 +67,6 @@ class FakeArchive:
     def context(self) -> LLMContext:
         return LLMContext(PROGRAM, {"preset": "gpu", "device": "NVIDIA H100 80GB HBM3", "TIME_BUDGET": "300 s"},
                           self.lineage, self.codes.__getitem__)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from evo.operators.prompts import count_tokens
 from evo.storage import Archive
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_server import FakeLLMServer, Reply  # noqa: E402
+from llm_server import Reply  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SURROGATE = ROOT / "tests" / "fixtures" / "surrogate"
@@ -34,12 +34,6 @@ STABLE = "PROGRAM AND PARENT CODE\n" * 50
 VARIABLE = "this proposal's history\n"
 MESSAGES = [{"role": "user", "content": STABLE + VARIABLE}]
 DEEPSEEK = "openai:deepseek-chat@https://api.deepseek.com/v1"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeLLMServer() as s:
-        yield s
 
 
 @pytest.fixture(autouse=True)
