@@ -68,3 +68,30 @@ def test_llm_run_on_smoke_with_the_real_seed(tmp_path: Path, smoke_cache: Path) 
     assert len(tsv) == 1 + 3
     evaluated = [row.split("\t") for row in tsv[2:] if row.split("\t")[3] in ("keep", "discard")]
     assert evaluated and all(row[4] for row in evaluated), "evaluated candidates carry their hypotheses"
+
+
+def test_a_run_seeded_from_a_greedy_branch_shows_its_discards_to_the_llm(tmp_path: Path) -> None:
+    """`evo run --seed-from REPO` with the LLM operator: the greedy branch's discarded and crashed
+    experiments (reset away, only in results.tsv) are in the very first mutation prompt."""
+    from test_git import HEADER, commit_file, new_repo
+    src = (SURROGATE / "train.py").read_text()
+    repo = new_repo(tmp_path / "ar")
+    commit_file(repo, "train.py", src, "base")
+    kept = commit_file(repo, "train.py", src.replace("X1 = 1.0", "X1 = 1.5"), "x1 up")
+    discard = commit_file(repo, "train.py", src.replace("X1 = 1.0", "X1 = 1.5").replace("X2 = 1.0", "X2 = 0.5"),
+                          "x2 halved")
+    repo.git.reset("-q", "--hard", "HEAD~1")
+    crash = commit_file(repo, "train.py", src.replace("X1 = 1.0", "X1 = 1.5") + "raise SystemExit(1)\n", "x3 crash")
+    repo.git.reset("-q", "--hard", "HEAD~1")
+    (tmp_path / "ar" / "results.tsv").write_text(
+        HEADER + f"baseline\t1.0\t1\tkeep\tbaseline\n{kept[:7]}\t0.9\t1\tkeep\tx1 up\n"
+        f"{discard[:7]}\t0.95\t1\tdiscard\tx2 halved\n{crash[:7]}\t0\t0\tcrash\tx3 crash\n")
+    with FakeLLMServer() as server:
+        result = evo(tmp_path, "run", "--name", "seeded", "--seed-from", str(tmp_path / "ar"), "--prepare",
+                     str(SURROGATE / "prepare.py"), "--preset", "smoke", "--model", f"openai:fake@{server.openai_url}",
+                     "--max-candidates", "1", "--replicates", "2", "--program", str(ROOT / "program.md"))
+        first = server.requests[0].prompt_text
+    assert result.returncode == 0, result.stderr
+    ledger = first.split("## Ideas tried elsewhere in this run")[1]
+    assert "imported x2 halved" in ledger and "-> discarded" in ledger
+    assert "x3 crash" in first.split("## Recent failures near this parent")[1]
