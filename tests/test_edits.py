@@ -118,7 +118,7 @@ def test_blocks_apply_in_order_on_the_changed_code():
 
 
 def test_search_that_matches_nothing_points_at_the_closest_line():
-    with pytest.raises(EditError, match=r"(?s)matches nothing.*closest is line 6 of the file.*\n-    return a - b\n\+    return a \+ b\n"):
+    with pytest.raises(EditError, match=r"(?s)matches nothing.*closest part of the file is line 6.*\n-    return a - b\n\+    return a \+ b\n"):
         apply_blocks(CODE, [Block("    return a - b\n", "    return 0\n")])
     with pytest.raises(EditError, match="SEARCH block 2 of 2 matches nothing"):
         apply_blocks(CODE, [Block("LR = 0.1\n", "LR = 0.2\n"), Block("nothing like it\n", "x\n")])
@@ -158,6 +158,20 @@ def test_valid_children_pass():
     assert {"MAX_SEQ_LEN", "TIME_BUDGET", "Tokenizer", "make_dataloader", "evaluate_bpb"} <= prepare_imports(SEED)
     assert prepare_imports("import prepare as p\nx = p.TIME_BUDGET\np.evaluate_bpb(m, t, 1)\n") >= {"TIME_BUDGET", "evaluate_bpb"}
     assert {"torch", "numpy", "kernels", "prepare", "json"} <= ALLOWED_IMPORTS
+    # names bound without an assignment, or through the namespace, are not "undefined"
+    for extra in ("\nclass K:\n    name = __qualname__\n    where = __module__\n", "\nprint(__package__, __annotations__)\n",
+                  "\nLATE = 1\ndel LATE\n", "\nprint([v for v in range(3)], (w := 2), w)\n",
+                  "\ntry:\n    import flash_attn_interface as fast\nexcept ImportError:\n    fast = None\n"):
+        validate_child(SEED + extra, SEED)
+
+
+def test_names_left_undefined_are_refused_but_the_parents_own_are_not():
+    with pytest.raises(EditError, match="uses norm but never defines or imports it"):
+        validate_child(SEED.replace("def norm(x):", "def rms(x):"), SEED)
+    with pytest.raises(EditError, match="uses helper1, helper2 but never defines or imports them"):
+        validate_child(SEED + "\nhelper1()\nhelper2()\n", SEED)
+    odd = SEED + "\nprint(GIVEN_BY_EXEC)\n"  # a parent that already reads a name it never binds
+    validate_child(odd + "\nX = 1\n", odd)
 
 
 @pytest.mark.parametrize("change, words", [

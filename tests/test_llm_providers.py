@@ -99,8 +99,9 @@ def test_openai_cached_tokens_are_billed_at_the_cached_price(server):
 ])
 def test_prompt_cache_key_goes_to_openai_only(spec, sent):
     kwargs = request_kwargs(parse_model_spec(spec), None, "S", MESSAGES, cache_key="run-1")
-    assert ("prompt_cache_key" in kwargs) is sent and kwargs.get("prompt_cache_key", "run-1") == "run-1"
-    assert "prompt_cache_key" not in request_kwargs(parse_model_spec(spec), None, "S", MESSAGES)
+    extra = kwargs.get("extra_body", {})  # through extra_body, so older SDKs send it too
+    assert ("prompt_cache_key" in extra) is sent and extra.get("prompt_cache_key", "run-1") == "run-1"
+    assert "extra_body" not in request_kwargs(parse_model_spec(spec), None, "S", MESSAGES)
 
 
 def test_cached_prices_and_the_price_table():
@@ -151,7 +152,7 @@ def test_reply_fields_have_defaults():
 # reasoning models, temperatures, reasoning channels
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model", ["gpt-5", "gpt-5-mini", "o3", "o4-mini", "deepseek-reasoner", "qwen3-30b-thinking"])
+@pytest.mark.parametrize("model", ["gpt-5", "gpt-5-mini", "o3", "o4-mini", "openai/gpt-5"])
 def test_reasoning_models_get_max_completion_tokens_and_no_temperature_on_any_server(server, model):
     server.push(Reply("ok", reasoning="step by step"))
     reply = client(server, "openai", model, temperature=0.7, max_tokens=1_234).complete("S", MESSAGES)
@@ -167,9 +168,11 @@ def test_openai_api_by_url_gets_max_completion_tokens():
     assert "max_completion_tokens" in gpt41 and gpt41["temperature"] == 0.3
 
 
-def test_compatible_non_reasoning_models_keep_max_tokens_and_temperature(server):
+@pytest.mark.parametrize("model", ["qwen3-coder", "qwen3-30b-thinking", "deepseek-r1-reasoner"])
+def test_compatible_non_reasoning_models_keep_max_tokens_and_temperature(server, model):
+    """Self-hosted servers bound "thinking" models by max_tokens too (Ollama ignores max_completion_tokens)."""
     server.push(Reply("ok", reasoning="hidden", reasoning_field="reasoning"))
-    reply = client(server, "openai", "qwen3-coder", temperature=0.7, max_tokens=1_234).complete("S", MESSAGES)
+    reply = client(server, "openai", model, temperature=0.7, max_tokens=1_234).complete("S", MESSAGES)
     body = server.last.body
     assert body["max_tokens"] == 1_234 and body["temperature"] == 0.7 and "max_completion_tokens" not in body
     assert reply.reasoning == "hidden" and "hidden" not in reply.text
@@ -185,7 +188,7 @@ def test_reasoning_effort_setting_makes_a_reasoning_model(server):
         check_settings(parse_model_spec("openai:gpt-oss-120b"), ModelSettings(reasoning_effort="low", temperature=0.5))
     anthropic = request_kwargs(parse_model_spec("anthropic:claude-opus-4-5"), ModelSettings(reasoning_effort="max"),
                                "S", MESSAGES)
-    assert anthropic["output_config"] == {"effort": "max"}
+    assert anthropic["extra_body"]["output_config"] == {"effort": "max"}
     with pytest.raises(OperatorError, match="reasoning_effort for Anthropic must be one of"):
         check_settings(parse_model_spec("anthropic:claude-opus-4-5"), ModelSettings(reasoning_effort="minimal"))
 

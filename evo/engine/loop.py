@@ -496,15 +496,12 @@ class Engine:
             return
         self._fed.add(cand.id)
         if spent is None:
-            spent = sum(c.cost_usd for c in self.archive.llm_calls(self.run.id) if c.candidate_id == cand.id)
+            spent = self.archive.cost(self.run.id, cand.id)
         self.operator.record_outcome(cand.model, won, spent)
 
     def _replay_outcomes(self) -> None:
         """A resumed run's bandit goes on from the outcomes already archived, in their order."""
-        spent: dict[int, float] = {}
-        for call in self.archive.llm_calls(self.run.id):
-            if call.candidate_id is not None:
-                spent[call.candidate_id] = spent.get(call.candidate_id, 0.0) + call.cost_usd
+        spent = self.archive.cost_by_candidate(self.run.id)
         for cand in self.archive.candidates(self.run.id):
             if cand.model and (cand.accepted is not None or cand.state in (FAIL, PRUNED)):
                 self._feed_bandit(cand, spent.get(cand.id, 0.0))

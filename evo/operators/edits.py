@@ -38,7 +38,8 @@ MAX_TITLE_CHARS = 200
 SHRINK_LIMIT = 0.5            # a whole file with fewer than this share of its parent's lines is a fragment
 SHRINK_MIN_LINES = 40         # ... judged only for parents at least this long
 CLOSEST_DIFF_LINES = 30       # lines of the closest-window diff shown when a SEARCH matches nothing
-CLOSEST_MIN_SIMILARITY = 0.35 # ... shown only when at least this similar (difflib ratio)
+CLOSEST_MIN_SIMILARITY = 0.4  # ... a line at least this similar (difflib ratio) when no line is shared
+CLOSEST_MAX_LINES = 40        # ... of a long SEARCH, its first lines are compared
 TAB_WIDTH = 4
 
 _SEARCH = re.compile(r"^\s*<{4,12}\s*SEARCH\b.*$", re.IGNORECASE)
@@ -51,16 +52,24 @@ _LABEL = re.compile(r"^\s*(?:\d+[.)]\s*)?(?:[#>*_-]+\s*)?(?:\*\*|__)?\s*" + _KEY
 _HEADING = re.compile(r"^\s*(?:\d+[.)]\s*)?(?:#{1,6}\s+|\*\*)" + _KEYS + r"\s*:?\s*(?:\*\*)?\s*:?\s*$", re.IGNORECASE)
 _XML_FIELD = re.compile(r"<(title|hypothesis|rationale)>\s*(.*?)\s*</\1>", re.IGNORECASE | re.DOTALL)
 _TITLE_KEYS = {"title", "hypothesis", "idea"}
+_TITLE_ORDER = ("title", "hypothesis", "idea", "change")
 _RATIONALE_KEYS = {"rationale", "reasoning", "why"}
 _REASONING_TAGS = ("think", "thinking", "reasoning", "reflection")
-_REASONING_BLOCK = re.compile(r"<(%s)>.*?</\1>" % "|".join(_REASONING_TAGS), re.IGNORECASE | re.DOTALL)
+_LONE_CLOSE = re.compile(r"^[ \t]*</(%s)>[ \t]*$" % "|".join(_REASONING_TAGS), re.IGNORECASE | re.MULTILINE)
 _REASONING_OPEN = re.compile(r"<(%s)>" % "|".join(_REASONING_TAGS), re.IGNORECASE)
-_REASONING_CLOSE = re.compile(r"</(%s)>" % "|".join(_REASONING_TAGS), re.IGNORECASE)
-# Comments models write where they leave code out; "..." alone on a line as well.
-_ELISION = re.compile(r"^\s*(?:#|//)\s*(?:\.\.\.|…|\[\.\.\.\]|\(\.\.\.\)).*$|"
-                      r"^\s*(?:#|//).*\b(?:unchanged|remains? the same|stays? the same|same as (?:before|above|the original)"
-                      r"|as before|omitted|elided|not shown|for brevity|rest of (?:the )?(?:file|code|function|class))\b.*$|"
-                      r"^\s*(?:\.\.\.|…)\s*$", re.IGNORECASE)
+# Comments models write where they leave code out: an ellipsis, or the whole comment a phrase
+# saying the rest is unchanged ("# rest of the file unchanged", "# ... existing code ...").
+_ELISION = re.compile(
+    r"^\s*(?:#|//)\s*(?:\.\.\.|…|\[\.\.\.\]|\(\.\.\.\)).*$|"
+    r"^\s*(?:#|//)\s*[(\[]?\s*(?:the\s+)?(?:rest|remainder)\s+(?:of\s+(?:the\s+)?(?:file|code|function|class|module|"
+    r"script|loop|method|training loop)\s*)?(?:(?:is|are|remains?|stays?)\s+)?(?:unchanged|the same|as before|omitted)?"
+    r"\s*(?:\.\.\.|…)?\s*[)\]]?\s*\.?\s*$|"
+    r"^\s*(?:#|//)\s*[(\[]?\s*(?:existing|other|previous|original|remaining|unchanged)\s+(?:code|lines|functions|"
+    r"definitions|methods)(?:\s+(?:here|unchanged|remains? (?:the )?same|as before|omitted|goes here))?\s*"
+    r"(?:\.\.\.|…)?\s*[)\]]?\s*\.?\s*$|"
+    r"^\s*(?:#|//)\s*(?:unchanged|same as before|as before|omitted for brevity)\s*(?:\.\.\.|…)?\s*\.?\s*$",
+    re.IGNORECASE)
+_BARE_ELLIPSIS = re.compile(r"^\s*(?:\.\.\.|…)\s*$")
 
 
 class EditError(OperatorError):
@@ -86,16 +95,23 @@ class ParsedReply:
 # ---------------------------------------------------------------------------
 
 def strip_reasoning(text: str) -> str:
-    """The reply without the reasoning a model showed before answering: closed reasoning blocks,
-    and everything up to a closing tag whose opening tag the server ate (some serve R1-style
-    models that way). An opening tag that never closes leaves nothing: the answer never came."""
-    text = _REASONING_BLOCK.sub("", text)
-    closes = list(_REASONING_CLOSE.finditer(text))
-    if closes:
-        text = text[closes[-1].end():]
-    opened = _REASONING_OPEN.search(text)
-    if opened:
-        text = text[:opened.start()]
+    """The reply without the reasoning a model showed before answering: reasoning blocks at the
+    start of the reply, and everything up to a closing tag whose opening tag the server ate (some
+    serve R1-style models that way), alone on its line. A reasoning block that
+    opens at the start and never closes leaves nothing: the answer never came. Tags anywhere else
+    (in code, in the rationale) are the answer's own text and stay."""
+    while True:
+        head = text.lstrip()
+        opened = _REASONING_OPEN.match(head)
+        if not opened:
+            break
+        close = re.compile(r"</%s>" % re.escape(opened.group(1)), re.IGNORECASE).search(head, opened.end())
+        if close is None:
+            return ""
+        text = head[close.end():]
+    close = _LONE_CLOSE.search(text)
+    if close and not _REASONING_OPEN.search(text, 0, close.start()):
+        text = text[close.end():]
     return text
 
 
@@ -209,34 +225,54 @@ def _parse_fences(lines: list[str], skip: list[tuple[int, int]]) -> tuple[list[t
 
 # ----- unified diffs ---------------------------------------------------------------------------
 
-_HUNK = re.compile(r"^@@ .*@@")
+_HUNK = re.compile(r"^@@(?:\s.*)?$")
 _DIFF_HEADER = re.compile(r"^(diff --git |index [0-9a-f]|--- |\+\+\+ |new file mode|deleted file mode)")
+_DIFF_LINE = re.compile(r"^(?:[ +\-\\]|@@)")
 
 
 def _diff_blocks(lines: list[str], fences) -> tuple[list[Block], list[tuple[int, int]]]:
-    """SEARCH/REPLACE blocks from a unified diff: a ```diff/```patch fence, or bare diff lines."""
+    """SEARCH/REPLACE blocks from unified diffs: every ```diff/```patch fence, else every bare
+    section that starts with `---`/`+++` headers; hunks in reply order."""
+    blocks: list[Block] = []
+    spans: list[tuple[int, int]] = []
     for lang, body, start, end in fences:
         if lang in ("diff", "patch", "udiff"):
-            blocks = hunks_to_blocks(body.split("\n")[:-1])
-            if blocks:
-                return blocks, [(start, end)]
-    starts = [i for i, line in enumerate(lines) if line.startswith("--- ") and i + 1 < len(lines)
-              and lines[i + 1].startswith("+++ ")]
-    if starts:
-        end = starts[0] + 2
-        while end < len(lines) and (lines[end][:1] in (" ", "+", "-", "\\", "@") or lines[end] == ""
-                                    or _DIFF_HEADER.match(lines[end])):
+            found = hunks_to_blocks(body.split("\n")[:-1])
+            if found:
+                blocks += found
+                spans.append((start, end))
+    if blocks:
+        return blocks, spans
+    i = 0
+    while i < len(lines) - 1:
+        if not (lines[i].startswith("--- ") and lines[i + 1].startswith("+++ ")):
+            i += 1
+            continue
+        end = i + 2
+        while end < len(lines) and _in_bare_diff(lines, end):
             end += 1
-        blocks = hunks_to_blocks(lines[starts[0]:end])
-        if blocks:
-            return blocks, [(starts[0], end - 1)]
-    return [], []
+        found = hunks_to_blocks(lines[i:end])
+        if found:
+            blocks += found
+            spans.append((i, end - 1))
+        i = end
+    return blocks, spans
+
+
+def _in_bare_diff(lines: list[str], i: int) -> bool:
+    """Whether line i still belongs to a bare diff: a diff line, a header, or a blank or
+    unprefixed line (a context line that lost its space) with more diff lines right after it."""
+    line = lines[i]
+    if _DIFF_HEADER.match(line) or _HUNK.match(line) or (_DIFF_LINE.match(line) and line.strip()):
+        return True
+    following = lines[i + 1] if i + 1 < len(lines) else ""
+    return bool(following.strip()) and (_HUNK.match(following) is not None or following[:1] in (" ", "+"))
 
 
 def hunks_to_blocks(diff: list[str]) -> list[Block]:
     """Each hunk of a unified diff as a block: its context and '-' lines are the SEARCH, its
-    context and '+' lines the REPLACE. Line numbers are ignored (models get them wrong); a blank
-    line inside a hunk is context (models drop the leading space)."""
+    context and '+' lines the REPLACE. Line numbers are ignored (models get them wrong); a line
+    without a prefix inside a hunk is context (models drop the leading space, blank lines most)."""
     hunks: list[list[str]] = []
     current: list[str] | None = None
     for line in diff:
@@ -245,19 +281,19 @@ def hunks_to_blocks(diff: list[str]) -> list[Block]:
             hunks.append(current)
         elif _DIFF_HEADER.match(line):
             current = None
-        elif line[:1] in (" ", "+", "-", "") or line.startswith("\\"):
+        elif not line.startswith("\\"):
             if current is None:  # a diff without @@ lines: one hunk
                 current = []
                 hunks.append(current)
-            current.append(line)
+            current.append(line if line[:1] in (" ", "+", "-") else " " + line)
     blocks = []
     for hunk in hunks:
-        while hunk and hunk[-1] == "":
+        while hunk and not hunk[-1].strip():
             hunk.pop()
         if not any(line[:1] in ("+", "-") for line in hunk):
             continue
-        search = [line[1:] for line in hunk if line[:1] in (" ", "-") or line == ""]
-        replace = [line[1:] for line in hunk if line[:1] in (" ", "+") or line == ""]
+        search = [line[1:] for line in hunk if line[:1] in (" ", "-")]
+        replace = [line[1:] for line in hunk if line[:1] in (" ", "+")]
         if not any(s.strip() for s in search):
             raise EditError("a diff hunk adds lines without any unchanged line around them, so it cannot be placed; "
                             "include a few context lines, or use SEARCH/REPLACE blocks.")
@@ -269,9 +305,9 @@ def hunks_to_blocks(diff: list[str]) -> list[Block]:
 
 def _title_and_rationale(answer: str, lines: list[str], hidden: set[int], first_edit: int) -> tuple[str, str]:
     """The labelled TITLE and RATIONALE wherever they are outside the edit (before or after it,
-    as a markdown label, a numbered item or a heading); unlabelled, the first line of prose
-    before the edit and the prose after it."""
-    title: str | None = None
+    as a markdown label, a numbered item or a heading; TITLE before HYPOTHESIS before IDEA before
+    an inline CHANGE); unlabelled, the first line of prose before the edit and the prose after it."""
+    titles: dict[str, str] = {}   # label -> the first title it gave
     rationale: list[str] = []
     section = None
     for number, raw in enumerate(lines):
@@ -283,10 +319,11 @@ def _title_and_rationale(answer: str, lines: list[str], hidden: set[int], first_
             key = m.group(1).lower()
             rest = m.group(2).strip() if m.lastindex and m.lastindex >= 2 else ""
             rest = rest.strip("*_ ").strip()
-            if key in _TITLE_KEYS:
-                section = "title"
-                if rest and title is None:
-                    title, section = rest, None
+            if key in _TITLE_KEYS or (key in ("change", "changes") and rest):
+                section = key
+                if rest:
+                    titles.setdefault(key.rstrip("s"), rest)
+                    section = None
                 continue
             if key in _RATIONALE_KEYS and not rationale:
                 section = "rationale"
@@ -295,13 +332,13 @@ def _title_and_rationale(answer: str, lines: list[str], hidden: set[int], first_
                 continue
             section = "edit" if key not in _RATIONALE_KEYS else None
             continue
-        if section == "title" and raw.strip():
-            if title is None:
-                title = raw.strip()
+        if section in _TITLE_KEYS and raw.strip():
+            titles.setdefault(section, raw.strip())
             section = None
             continue
         if section == "rationale":
             rationale.append(raw)
+    title = next((titles[k] for k in _TITLE_ORDER if k in titles), None)
     xml = {m.group(1).lower(): m.group(2) for m in _XML_FIELD.finditer(answer)}
     if title is None and (xml.get("title") or xml.get("hypothesis")):
         title = (xml.get("title") or xml.get("hypothesis")).strip().splitlines()[0]
@@ -309,7 +346,7 @@ def _title_and_rationale(answer: str, lines: list[str], hidden: set[int], first_
         rationale = [xml["rationale"]]
     if title is None:  # no label: the first line of prose before the edit
         prose = [(i, line) for i, line in enumerate(lines[:first_edit]) if i not in hidden and line.strip()
-                 and not _FENCE.match(line)]
+                 and not _FENCE.match(line) and not _LABEL.match(line) and not _HEADING.match(line)]
         if prose:
             title = prose[0][1].strip()
             if not rationale:
@@ -352,10 +389,17 @@ def _check_whole_file(parent_code: str, code: str) -> None:
 
 
 def elisions(parent_code: str, code: str) -> list[str]:
-    """Lines of the child that stand for left-out code ("# ... rest unchanged ...", a bare "...")
-    and that its parent did not have."""
+    """Lines of the child that stand for left-out code ("# ... rest unchanged ...", a bare "..."
+    that is not the body of a block it opens) and that its parent did not have."""
     had = {line.strip() for line in parent_code.splitlines()}
-    return [line for line in code.splitlines() if _ELISION.match(line) and line.strip() not in had]
+    found, previous = [], ""
+    for line in code.splitlines():
+        if line.strip() not in had:
+            if _ELISION.match(line) or (_BARE_ELLIPSIS.match(line) and not previous.rstrip().endswith(":")):
+                found.append(line)
+        if line.strip():
+            previous = line
+    return found
 
 
 def apply_blocks(code: str, blocks: tuple[Block, ...] | list[Block]) -> str:
@@ -433,7 +477,8 @@ def _apply_tolerant(code: str, search: str, replace: str, which: str) -> str:
         wanted = [normalise(line) for line in search_lines if blanks or line.strip()]
         n = len(wanted)
         texts = [t for _, t in have]
-        hits = [k for k in range(len(have) - n + 1) if texts[k:k + n] == wanted]
+        hits = [k for k in range(len(have) - n + 1) if texts[k:k + n] == wanted
+                and (not reindent or _same_nesting(search_lines, [code_lines[i] for i, _ in have[k:k + n]], blanks))]
         if len(hits) > 1:
             raise EditError(f"{which} matches {len(hits)} places in train.py (ignoring whitespace); include more "
                             "surrounding lines so it matches exactly one.")
@@ -444,6 +489,17 @@ def _apply_tolerant(code: str, search: str, replace: str, which: str) -> str:
                 new = _reindent(replace_lines, search_lines, code_lines[first:last])
             return "\n".join(code_lines[:first] + new + code_lines[last:])
     raise EditError(f"{which} matches nothing in train.py{_closest(code_lines, search_lines)}")
+
+
+def _same_nesting(search: list[str], matched: list[str], blanks: bool) -> bool:
+    """Whether the SEARCH nests its lines as the matched lines do (indentation relative to the
+    first line): a match that ignores indentation must not move code into or out of a block."""
+    given = [line for line in search if blanks or line.strip()]
+    pairs = [(g, m) for g, m in zip(given, matched) if g.strip() and m.strip()]
+    if not pairs:
+        return True
+    g0, m0 = len(_indent(pairs[0][0])), len(_indent(pairs[0][1]))
+    return all(len(_indent(g)) - g0 == len(_indent(m)) - m0 for g, m in pairs)
 
 
 def _reindent(replace: list[str], search: list[str], matched: list[str]) -> list[str]:
@@ -461,29 +517,31 @@ def _reindent(replace: list[str], search: list[str], matched: list[str]) -> list
 
 
 def _closest(code_lines: list[str], search_lines: list[str]) -> str:
-    """Where the SEARCH comes closest: the window of the file most like it, shown as a diff."""
+    """Where the SEARCH comes closest: the window of the file sharing most of its lines (compared
+    whole, whitespace collapsed), else the line most like its first; shown as a diff."""
+    search_lines = search_lines[:CLOSEST_MAX_LINES]
     wanted = [_collapse(line) for line in search_lines if line.strip()]
     if not wanted:
         return "; copy the lines exactly as they are in the current file."
-    first = wanted[0]
     stripped = [_collapse(line) for line in code_lines]
     n = len(search_lines)
-    target = "\n".join(wanted)
     best, best_score = None, 0.0
     for i in range(max(1, len(code_lines) - n + 1)):
-        window = "\n".join(s for s in stripped[i:i + n] if s)
-        matcher = difflib.SequenceMatcher(None, target, window, autojunk=False)
-        if matcher.real_quick_ratio() <= best_score or matcher.quick_ratio() <= best_score:
-            continue
-        score = matcher.ratio()
+        window = [s for s in stripped[i:i + n] if s]
+        score = difflib.SequenceMatcher(None, wanted, window, autojunk=False).ratio()
         if score > best_score:
             best, best_score = i, score
-    if best is None or best_score < CLOSEST_MIN_SIMILARITY:
-        return f" (its first line {first[:80]!r} is not in the file); copy the lines exactly as they are in the current file."
+    if best is None:
+        match = difflib.get_close_matches(wanted[0], [s for s in stripped if s], n=1, cutoff=CLOSEST_MIN_SIMILARITY)
+        if not match:
+            return (f" (its first line {wanted[0][:80]!r} is not in the file); copy the lines exactly as they are in "
+                    "the current file.")
+        first = next(k for k, line in enumerate(search_lines) if line.strip())
+        best = max(0, stripped.index(match[0]) - first)
     window = code_lines[best:best + n]
-    where = f"line {best + 1}" if n == 1 else f"lines {best + 1}-{best + n}"
+    where = f"line {best + 1}" if n == 1 else f"lines {best + 1}-{best + len(window)}"
     diff = list(difflib.unified_diff(search_lines, window, lineterm=""))[2:]
     if len(diff) > CLOSEST_DIFF_LINES:
         diff = diff[:CLOSEST_DIFF_LINES] + [f"... ({len(diff) - CLOSEST_DIFF_LINES} more diff lines)"]
-    return (f"; the closest is {where} of the file, which differs from it as this diff shows (- your SEARCH, "
+    return (f"; the closest part of the file is {where}, which differs from it as this diff shows (- your SEARCH, "
             f"+ the file):\n```diff\n" + "\n".join(diff) + "\n```\nCopy the lines exactly as they are in the current file.")

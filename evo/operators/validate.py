@@ -112,13 +112,22 @@ def validate_child(code: str, parent_code: str | None = None, *,
     _check_undefined(nodes, parent_code)
 
 
+# Names Python binds in a module or class body without an assignment.
+IMPLICIT_NAMES = frozenset({"__file__", "__name__", "__doc__", "__spec__", "__loader__", "__builtins__", "__package__",
+                            "__path__", "__cached__", "__annotations__", "__qualname__", "__module__", "__class__",
+                            "__dict__"})
+
+
 def undefined_names(nodes: list[ast.AST]) -> set[str]:
     """Names the code reads that nothing in it binds and that are not builtins: a NameError
     waiting to happen. Scopes are not tracked (a name bound anywhere counts as bound), so this
     only finds names that cannot resolve anywhere; a star import makes every name possible."""
-    bound = set(dir(builtins)) | {"__file__", "__name__", "__doc__", "__spec__", "__loader__", "__builtins__"}
+    bound = set(dir(builtins)) | IMPLICIT_NAMES
     used: set[str] = set()
     for node in nodes:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("globals", "vars",
+                                                                                                 "locals"):
+            return set()  # names may be bound through the namespace itself
         if isinstance(node, ast.Name):
             (used if isinstance(node.ctx, ast.Load) else bound).add(node.id)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):

@@ -563,10 +563,21 @@ class Archive:
                 Candidate.run_id == run_id, Candidate.accepted == None,  # noqa: E711
                 Candidate.state.in_([COMPLETE, FAIL, PRUNED])).order_by(Candidate.number)))
 
-    def cost(self, run_id: int) -> float:
+    def cost(self, run_id: int, candidate_id: int | None = None) -> float:
+        """LLM spend in USD of a run, or of one of its candidates, summed in SQL (prompts and
+        replies are never loaded)."""
+        q = select(func.coalesce(func.sum(LLMCall.cost_usd), 0.0)).where(LLMCall.run_id == run_id)
+        if candidate_id is not None:
+            q = q.where(LLMCall.candidate_id == candidate_id)
         with self.read() as s:
-            return float(s.exec(select(func.coalesce(func.sum(LLMCall.cost_usd), 0.0))
-                                .where(LLMCall.run_id == run_id)).one())
+            return float(s.exec(q).one())
+
+    def cost_by_candidate(self, run_id: int) -> dict[int, float]:
+        """LLM spend in USD per candidate of a run, summed in SQL."""
+        with self.read() as s:
+            rows = s.exec(select(LLMCall.candidate_id, func.sum(LLMCall.cost_usd)).where(
+                LLMCall.run_id == run_id, LLMCall.candidate_id.is_not(None)).group_by(LLMCall.candidate_id))
+            return {cid: float(total or 0.0) for cid, total in rows}
 
     def count_candidates(self, run_id: int, *, after_number: int = -1, judged_only: bool = False,
                          exclude_imports: bool = False) -> int:

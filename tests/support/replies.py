@@ -203,13 +203,38 @@ CASES: tuple[Case, ...] = (
          "TITLE: simpler file\nRATIONALE: x.\n" + whole(_NO_NORM), refused="never defines or imports"),
     Case("block-undefined-name", "a block that renames a definition but not its uses",
          "TITLE: rename norm\nRATIONALE: x.\n" + sr('def norm(x):\n', 'def rms_norm(x):\n'), refused="uses norm"),
+    # ----- look-alikes that are the answer's own text -----------------------------------------------
+    Case("think-tag-in-code", "an edit whose code holds the reasoning tags themselves",
+         "TITLE: name the special tokens\nRATIONALE: for the tokenizer's benefit.\n"
+         + sr(DEPTH, DEPTH + 'SPECIAL = ["<think>", "</think>"]\n'),
+         ((DEPTH, DEPTH + 'SPECIAL = ["<think>", "</think>"]\n'),), "name the special tokens"),
+    Case("rationale-mentions-think", "prose that talks about <think> blocks before the edit",
+         "TITLE: Depth 10\nRATIONALE: I kept my reasoning out of any <think> block, as asked.\n" + sr(DEPTH, DEPTH_10),
+         ((DEPTH, DEPTH_10),), "Depth 10"),
+    Case("comment-that-looks-elided", "a new comment saying something stays unchanged",
+         "TITLE: higher Muon LR\nRATIONALE: x.\n" + sr(MATRIX, "# keep the AdamW rates unchanged\n" + MATRIX_05),
+         ((MATRIX, "# keep the AdamW rates unchanged\n" + MATRIX_05),), "higher Muon LR"),
+    Case("two-diff-fences", "one ```diff per change, prose between them",
+         "TITLE: LR and warmdown\nRATIONALE: x.\nFirst the LR:\n```diff\n@@ -61 +61 @@\n-" + MATRIX + "+" + MATRIX_05
+         + "```\nThen the warmdown:\n```diff\n@@ -71 +71 @@\n-" + WARMDOWN + "+" + WARMDOWN_06 + "```\n",
+         ((MATRIX, MATRIX_05), (WARMDOWN, WARMDOWN_06)), "LR and warmdown"),
+    Case("diff-context-without-space", "a top-level context line that lost its leading space, then a second hunk",
+         "TITLE: LR and warmdown\nRATIONALE: x.\n--- a/train.py\n+++ b/train.py\n@@ -60,3 +60,3 @@\n-" + MATRIX + "+"
+         + MATRIX_05 + "SCALAR_LR = 0.5             # AdamW, per-layer x0 lambdas (residual lambdas get 1% of it)\n"
+         "@@ -71 +71 @@\n-" + WARMDOWN + "+" + WARMDOWN_06 + "\n- longer warmdown: more time at a low rate\n",
+         ((MATRIX, MATRIX_05), (WARMDOWN, WARMDOWN_06)), "LR and warmdown"),
+    Case("wrong-nesting", "a SEARCH that nests a line inside the loop above it (only indentation differs)",
+         "TITLE: x\nRATIONALE: y\n" + sr("def lr_multiplier(progress):\n    if progress < WARMUP_RATIO:\n"
+                                        "    return progress / WARMUP_RATIO\n",
+                                        "def lr_multiplier(progress):\n    if progress < WARMUP_RATIO:\n"
+                                        "    return 0.0\n"), refused="matches nothing"),
     # ----- replies that cannot be used -------------------------------------------------------------
     Case("empty", "an empty completion", "", refused="empty"),
     Case("prose-only", "a chatty model that never edits",
          "I would suggest lowering the learning rate, since training seems unstable.", refused="no edit"),
     Case("search-not-in-file", "an invented SEARCH",
          "TITLE: x\nRATIONALE: y\n" + sr("MATRIX_LR = 0.02  # Muon\n", "MATRIX_LR = 0.03  # Muon\n"),
-         refused="closest is line 61"),
+         refused="closest part of the file is line 61"),
     Case("ambiguous-search", "a SEARCH that matches two places",
          "TITLE: x\nRATIONALE: y\n" + sr("    synchronize()\n", "    torch.cuda.synchronize()\n"),
          refused="matches"),

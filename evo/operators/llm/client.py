@@ -55,7 +55,6 @@ MAX_OUTPUT_TOKENS = {"claude-3-5-sonnet": 8_192, "claude-3-5-haiku": 8_192, "cla
                      "claude-3-opus": 4_096, "gpt-4o": 16_384, "gpt-4-turbo": 4_096}
 # Reasoning models take max_completion_tokens and refuse a temperature, wherever they are served.
 _REASONING = ("gpt-5", "o1", "o3", "o4")
-_REASONING_WORDS = ("reasoner", "thinking")   # deepseek-reasoner, qwen3-...-thinking
 MAX_STORED_CHARS = 200_000    # of a response kept in the audit record
 # A server that reports far fewer prompt tokens than were sent cut the prompt (Ollama's default
 # context does so silently). Small prompts are left alone: tokenizers differ most there.
@@ -240,11 +239,12 @@ def check_credentials(specs: Sequence[ModelSpec], env: Mapping[str, str] | None 
 
 
 def is_reasoning(spec: ModelSpec, settings: "ModelSettings | None" = None) -> bool:
-    """gpt-5*, o1/o3/o4*, *reasoner*, *thinking*, or any model given a reasoning effort. The last
-    path segment counts, so OpenRouter's openai/gpt-5 is one too."""
+    """OpenAI's reasoning models, gpt-5* and o1/o3/o4*, or any model given a reasoning effort:
+    they take max_completion_tokens and no temperature wherever they are served. The last path
+    segment counts, so OpenRouter's openai/gpt-5 is one too. Self-hosted "thinking"/"reasoner"
+    models are not: vLLM and Ollama bound them by max_tokens (and ignore max_completion_tokens)."""
     name = spec.model.rsplit("/", 1)[-1].lower()
-    return (name.startswith(_REASONING) or any(w in name for w in _REASONING_WORDS)
-            or bool(settings and settings.reasoning_effort))
+    return name.startswith(_REASONING) or bool(settings and settings.reasoning_effort)
 
 
 # ---------------------------------------------------------------------------
@@ -524,8 +524,8 @@ def request_kwargs(spec: ModelSpec, settings: ModelSettings | None, system: str,
             kwargs["system"] = [{"type": "text", "text": system, "cache_control": dict(EPHEMERAL)}]
         if settings.temperature is not None and not reasoning and _anthropic_takes_temperature():
             kwargs["temperature"] = settings.temperature
-        if settings.reasoning_effort:
-            kwargs["output_config"] = {"effort": settings.reasoning_effort}
+        if settings.reasoning_effort:  # through extra_body: SDKs older than the field would refuse the keyword
+            kwargs["extra_body"] = {"output_config": {"effort": settings.reasoning_effort}}
         return kwargs
     kwargs = dict(model=spec.model, messages=[{"role": "system", "content": system}, *(dict(m) for m in messages)])
     # OpenAI's own API and every reasoning model want max_completion_tokens (gpt-5 and o-series
@@ -533,10 +533,15 @@ def request_kwargs(spec: ModelSpec, settings: ModelSettings | None, system: str,
     kwargs["max_completion_tokens" if reasoning or is_official_api(spec) else "max_tokens"] = max_out
     if settings.temperature is not None and not reasoning:
         kwargs["temperature"] = settings.temperature
+    # Newer fields go through extra_body (the same JSON on the wire): openai SDKs older than a field
+    # raise TypeError for its keyword, and pyproject admits openai 1.50.
+    extra = {}
     if settings.reasoning_effort:
-        kwargs["reasoning_effort"] = settings.reasoning_effort
+        extra["reasoning_effort"] = settings.reasoning_effort
     if cache_key and is_official_api(spec):  # compatible servers may refuse a field they do not know
-        kwargs["prompt_cache_key"] = cache_key
+        extra["prompt_cache_key"] = cache_key
+    if extra:
+        kwargs["extra_body"] = extra
     return kwargs
 
 
