@@ -477,7 +477,7 @@ def mutation_prompt(program: str, parent_code: str, lineage: Lineage, facts: Map
             if lineage.best_diff and lineage.best.number != node.number:
                 best += f"\nits change from the seed (for inspiration):\n```diff\n{lineage.best_diff}```"
             parts.append(best)
-        if keep_l or len(keep_l) < len(ledger):
+        if ledger:
             lines = ledger_lines(keep_l, sigma)
             if len(keep_l) < len(ledger):
                 lines.insert(0, f"- ({len(ledger) - len(keep_l)} more entries omitted)")
