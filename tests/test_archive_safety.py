@@ -337,17 +337,19 @@ def test_damaged_or_foreign_archive_is_one_sentence(kind: str, pristine: Path, t
 
 def test_damage_met_halfway_through_a_command_is_one_sentence(pristine: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The archive opens (its schema and runs are intact) but the code table is damaged: a command
-    that reads code fails there, with the same one sentence."""
+    """The archive opens (its schema and runs are intact) but the code and diff tables are damaged:
+    a command that reads code or a stored diff fails there, with the same one sentence."""
     db = tmp_path / "evo.db"
     shutil.copy(pristine, db)
     probe = sqlite3.connect(db)
-    root = probe.execute("SELECT rootpage FROM sqlite_master WHERE name = 'code'").fetchone()[0]
+    roots = [probe.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+             for table in ("code", "candidatediff")]
     page = probe.execute("PRAGMA page_size").fetchone()[0]
     probe.close()
     with db.open("r+b") as f:
-        f.seek((root - 1) * page)
-        f.write(os.urandom(page))
+        for root in roots:
+            f.seek((root - 1) * page)
+            f.write(os.urandom(page))
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     assert runner.invoke(app, ["status", "--storage", f"sqlite:///{db}"]).exit_code == 0, "the rest is readable"

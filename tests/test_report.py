@@ -30,7 +30,7 @@ import pytest
 
 from evo.storage import Archive, ArchiveError, Candidate, CurvePoint, Evaluation, LLMCall, Run
 from evo.report import ReportError, build_report, data, default_path, figures, write_report
-from evo.report.diff import unified_diff
+from evo.core.diff import unified_diff
 from tests.support.synthetic import synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -379,7 +379,7 @@ def test_diff_of_a_typical_edit_is_difflibs() -> None:
 def test_diffs_always_apply(small: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Random edits of random texts (repeated lines, moved lines, missing final newlines): every
     diff turns a into b, and most are exactly difflib's."""
-    import evo.report.diff as diff_module
+    import evo.core.diff as diff_module
     monkeypatch.setattr(diff_module, "SMALL", small)  # small: exercise the anchor splitting hard
     rng = random.Random(small)
     same = total = 0

@@ -26,7 +26,7 @@ from evo.storage import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, REPORTING
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb
 from evo.core import acceptance
-from evo.core.lineage import best as best_of, first_parents
+from evo.core.lineage import first_parents
 from evo.cli.view import run_status
 from evo.core import format as fmt
 
@@ -326,10 +326,9 @@ def _seed_code(config: RunConfig, prepare: Path) -> str:
 
 
 def _header(archive: Archive, run_id: int, name: str) -> str:
-    cands = archive.candidates(run_id)
-    best = best_of(cands)
+    best = archive.best(run_id)
     best_text = f"best #{best.number} {fmt.bpb(best.val_bpb)}" if best else "best: none yet"
-    return f"evo run {name}: {len(cands)} candidates, {best_text}"
+    return f"evo run {name}: {archive.tally(run_id).total} candidates, {best_text}"
 
 
 def _given(ctx: typer.Context, param: str) -> bool:
@@ -347,6 +346,9 @@ def run_command_params() -> list:
 # Reading the archive
 # ---------------------------------------------------------------------------
 
+RICH_ROWS = 1000  # above this a table is printed as plain lines: rich lays out every row before the first shows
+
+
 def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], wrap_last: bool = False) -> None:
     """A rich table on a terminal wide enough for it, else plain aligned columns, one row a line,
     that survive a pipe, a file and grep. Only the last column may wrap (with `wrap_last`): a run
@@ -355,7 +357,7 @@ def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], wrap_las
     widths = [max(cell_len(cell) for cell in column) for column in zip(headers, *rows)]
     fixed = widths[:-1] if wrap_last else widths
     # each column adds a border and a space either side; a wrapping column needs room for a few words
-    if console.is_terminal and sum(fixed) + 3 * len(headers) + 1 + (20 if wrap_last else 0) <= console.width:
+    if console.is_terminal and len(rows) <= RICH_ROWS and sum(fixed) + 3 * len(headers) + 1 + (20 if wrap_last else 0) <= console.width:
         table = Table()
         for i, header in enumerate(headers):
             wraps = wrap_last and i == len(headers) - 1
@@ -364,14 +366,16 @@ def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]], wrap_las
             table.add_row(*(escape(cell) for cell in row))
         console.print(table)
         return
+    out = sys.stdout
     for row in (headers, *rows):
         cells = [" ".join(cell.split()) for cell in row]
-        typer.echo("  ".join(cell + " " * (w - cell_len(cell)) for cell, w in zip(cells, widths)).rstrip())
+        out.write("  ".join(cell + " " * (w - cell_len(cell)) for cell, w in zip(cells, widths)).rstrip() + "\n")
+    out.flush()
 
 
 def _resolve(archive: Archive, run_id: int, which: str) -> Candidate:
     if which == "best":
-        best = best_of(archive.candidates(run_id))
+        best = archive.best(run_id)
         if best is None:
             raise ArchiveError("the run has no evaluated, accepted candidate yet.")
         return best
@@ -385,7 +389,7 @@ def _resolve(archive: Archive, run_id: int, which: str) -> Candidate:
 def _diff(a_code: str, b_code: str, a_name: str, b_name: str) -> str:
     """The report's diff engine, so `evo diff`, `evo show` and the report show the same hunks
     (imported here: the report package is not loaded for other commands)."""
-    from evo.report.diff import unified_diff
+    from evo.core.diff import unified_diff
     return unified_diff(a_code, b_code, a_name, b_name)
 
 
@@ -403,21 +407,17 @@ def _print_diff(text: str) -> None:
 def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     """How a run is going; safe to call from another terminal while it runs."""
     archive, r, _ = open_run(storage, name)
-    cands = archive.candidates(r.id)
-    by_state: dict[str, int] = {}
-    for c in cands:
-        by_state[c.state] = by_state.get(c.state, 0) + 1
+    tally = archive.tally(r.id)
     config = json.loads(r.config)
-    best = best_of(cands)
-    population = [c for c in cands if c.in_population]
+    best = archive.best(r.id)
     label, detail = run_status(r, *liveness(r))
     lines = [
         f"run {r.name}: {label}" + (f" ({detail})" if detail else ""),
-        f"preset {config['preset']}, population {len(population)}/{config['population']}, temperature "
+        f"preset {config['preset']}, population {tally.members}/{config['population']}, temperature "
         f"{config['temperature']} ({config['cooling']}), operator {config['operator']}",
         f"noise σ {fmt.bpb(r.sigma)}, T0 {fmt.bpb(r.temperature0)}" if r.sigma is not None and r.temperature0 is not None else "noise σ: not measured yet",
-        f"candidates {len(cands)}: " + ", ".join(f"{k} {v}" for k, v in sorted(by_state.items()))
-        + f"; accepted {sum(1 for c in cands if c.accepted)}",
+        f"candidates {tally.total}: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.by_state.items()))
+        + f"; accepted {tally.accepted}",
         f"active {r.active_seconds / 3600:.2f} h, LLM spend ${archive.cost(r.id):.2f}",
         f"best: #{best.number} val_bpb {candidate_bpb(best, r.sigma)}  {best.hypothesis}" if best else "best: none yet",
     ]
@@ -435,10 +435,9 @@ def list_runs(storage: Storage = DEFAULT_STORAGE) -> None:
     archive = open_archive(storage)
     rows = []
     for r in archive.runs():
-        cands = archive.candidates(r.id)
-        best = best_of(cands)
+        best = archive.best(r.id)
         label, _ = run_status(r, *liveness(r))
-        rows.append((r.name, label, str(len(cands)), short_bpb(best) if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}"))
+        rows.append((r.name, label, str(archive.tally(r.id).total), short_bpb(best) if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}"))
     _print_table(("run", "status", "candidates", "best val_bpb", "created"), rows)
 
 
@@ -529,7 +528,7 @@ def show(
         if c.accept_temperature is not None and c.accept_probability is not None:
             extra = f" at T {fmt.bpb(c.accept_temperature)} with probability {c.accept_probability:.3f}"
         typer.echo(f"decision: {verdict}{extra}" + (" (in population)" if c.in_population else ""))
-    calls = [call for call in archive.llm_calls(r.id) if call.candidate_id == c.id]
+    calls = archive.calls_of(c.id)
     if c.model or calls:
         typer.echo(f"model: {c.model or '-'}, {len(calls)} LLM call(s), tokens {sum(x.tokens_in for x in calls)} in / "
                    f"{sum(x.tokens_out for x in calls)} out, cost ${sum(x.cost_usd for x in calls):.4f}")
@@ -540,7 +539,9 @@ def show(
         typer.echo(f"  evaluation {ev.replicate} (seed {ev.seed}, slot {ev.slot}): {ev.state} {metrics}")
     if parent:
         typer.echo("")
-        _print_diff(_diff(archive.code(parent.code_hash), archive.code(c.code_hash), f"#{parent.number}", f"#{c.number}"))
+        stored = archive.stored_diff(c.id)
+        _print_diff(stored if stored is not None else
+                    _diff(archive.code(parent.code_hash), archive.code(c.code_hash), f"#{parent.number}", f"#{c.number}"))
     last = next((ev for ev in reversed(evals) if ev.log_tail), None)
     if last:
         typer.echo(f"\nlog tail (evaluation {last.replicate}):")

@@ -46,11 +46,7 @@ class EarlyStopping:
 
     def _first_complete(self) -> dict[int, int]:
         """Candidate id -> its first COMPLETE evaluation's id."""
-        first: dict[int, int] = {}
-        for ev in self.archive.evaluations(self.run_id):  # oldest first
-            if ev.state == COMPLETE:
-                first.setdefault(ev.candidate_id, ev.id)
-        return first
+        return self.archive.first_complete(self.run_id)
 
     def _curve(self, evaluation_id: int) -> list[early_stop.Point]:
         if evaluation_id not in self._curves:
@@ -59,7 +55,7 @@ class EarlyStopping:
 
     def _history(self, first: dict[int, int]) -> list[early_stop.Completed]:
         """The run's decided children whose parent and themselves completed an evaluation here."""
-        candidates = self.archive.candidates(self.run_id)
+        candidates = self.archive.outcomes(self.run_id)
         by_id = {c.id: c for c in candidates}
         history = []
         for c in candidates:

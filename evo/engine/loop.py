@@ -550,11 +550,8 @@ class Engine:
         completed since."""
         count = self.archive.count_evaluations(self.run.id)
         if self._sigma is None or self._sigma[0] != count:
-            groups: dict[int, list[float]] = {}
-            for e in self.archive.evaluations(self.run.id):
-                if e.state == COMPLETE and e.val_bpb is not None:
-                    groups.setdefault(e.candidate_id, []).append(e.val_bpb)
-            self._sigma = (count, acceptance.pooled_sigma(list(groups.values()), self.prior_sigma))
+            groups = list(self.archive.replicated_values(self.run.id).values())
+            self._sigma = (count, acceptance.pooled_sigma(groups, self.prior_sigma))
         return self._sigma[1]
 
     def _prior_sigma(self) -> tuple[float | None, str | None]:
@@ -616,7 +613,7 @@ class Engine:
         """How many stages of the final re-measure the run has queued since its last child, from its
         newest evaluation (the archive alone says it: a resumed run goes on where it was, and one
         resumed with more budget re-measures again at its new end)."""
-        newest = max(self.archive.evaluations(self.run.id), key=lambda e: e.id, default=None)
+        newest = self.archive.newest_evaluation(self.run.id)
         if newest is None or newest.replicate < CHOOSING_REPLICATE:
             return 0
         return 2 if newest.replicate >= REPORTING_REPLICATE else 1

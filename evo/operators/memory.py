@@ -7,7 +7,8 @@ This is the shell around the pure prompt builders: it turns the storage's lineag
 from __future__ import annotations
 
 from evo.storage import Archive, Candidate, Evaluation, METRICS as STORED_METRICS, queries
-from evo.operators.prompts import CandidateSummary, Lineage, unified_diff
+from evo.core.diff import unified_diff
+from evo.operators.prompts import CandidateSummary, Lineage
 
 METRICS = tuple(key for key in STORED_METRICS if key != "val_bpb")  # val_bpb is told on its own
 RECENT_FAILURES = 10

@@ -25,7 +25,6 @@ cached file the count is an approximation (see `approx_tokens`).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import math
 import os
@@ -36,6 +35,7 @@ from typing import Callable, Mapping, Sequence
 
 from evo.operators.base import OperatorError
 from evo.core import format as fmt
+from evo.core.diff import unified_diff
 
 DEFAULT_PROMPT_TOKENS = 24_000
 LOG_TAIL_LINES = 20          # lines of a failure's log kept in a mutation prompt
@@ -495,11 +495,6 @@ def mutation_prompt(program: str, parent_code: str, lineage: Lineage, facts: Map
         return system, stable, "\n\n".join(parts)
 
     return _fit(render, history, budget)
-
-
-def unified_diff(a: str, b: str, a_name: str, b_name: str, context: int = 3) -> str:
-    return "".join(difflib.unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True),
-                                        fromfile=a_name, tofile=b_name, n=context))
 
 
 def crossover_prompt(program: str, code_a: str, code_b: str, lineage_a: Lineage, lineage_b: Lineage,

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from evo.report import data
-from evo.report.diff import unified_diff
+from evo.core.diff import unified_diff
 from evo.storage import Archive
 from evo.storage.queries import Snapshot, chunked, curve_points, detail_rows, reader, snapshot
 
@@ -46,8 +46,8 @@ def detail_chunks(s: Session, ids: list[int], known_evals: set[int], last_call: 
             parent = got.lookup.get(c.parent_id) if c.parent_id is not None else None
             parent2 = got.lookup.get(c.parent2_id) if c.parent2_id is not None else None
             code = codes.get(c.code_hash, "")
-            diff = unified_diff(codes.get(parent.code_hash, ""), code, f"#{parent.number}", f"#{c.number}") \
-                if parent is not None else ""
+            diff = "" if parent is None else got.diffs[cid] if cid in got.diffs else \
+                unified_diff(codes.get(parent.code_hash, ""), code, f"#{parent.number}", f"#{c.number}")
             _, replicate, tail = got.tails.get(cid, (None, None, None))
             record = data.detail(c, parent, parent2, diff, got.evals_of.get(cid, []), tail, replicate,
                                  got.calls_of.get(cid, []))

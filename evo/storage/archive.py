@@ -18,16 +18,19 @@ import json
 import os
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from sqlalchemy import delete, event, func, inspect, text
+from sqlalchemy import case, delete, event, func, insert, inspect, text
 from sqlmodel import Session, SQLModel, select
 
+from evo.core.diff import unified_diff
+from evo.core.lineage import best as best_of
 from evo.storage.db import (DEFAULT_STORAGE, RESTORE, ArchiveError, StorageError, check_not_cut_short, files_dir,
                             open_engine, sqlite_file, storage_name, storage_error)
-from evo.storage.models import (ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, SCHEMA_VERSION, WAITING, Candidate, Code,
+from evo.storage.models import (ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, SCHEMA_VERSION, WAITING, Candidate, CandidateDiff, Code,
                                 CurvePoint, Evaluation, Event, LLMCall, Meta, Run, code_hash, derive_candidate,
                                 metric_values, post_selection_mean, REPORTING_REPLICATE, seconds_since, utcnow)
 
@@ -47,13 +50,34 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         f"UPDATE candidate SET fix = {_FIX_FROM_HYPOTHESIS}"),
     2: ("ALTER TABLE candidate ADD COLUMN val_bpb_post FLOAT",
         f"UPDATE candidate SET val_bpb_post = {_POST_FROM_EVALUATIONS}"),
+    # Step 3 -> 4: spend per candidate and children of a candidate by index; the candidatediff table itself is made by create_all
+    # (older candidates have no stored diff: readers diff those as before).
+    3: ("CREATE INDEX IF NOT EXISTS ix_llmcall_candidate_id ON llmcall (candidate_id)",
+        "CREATE INDEX IF NOT EXISTS ix_candidate_parent_id ON candidate (parent_id)"),
 }
 # The candidate columns a step added, as expressions over an older candidate table: a reader sees
 # them through one temporary view.
 READ_AS_CURRENT: dict[int, str] = {
     1: f"{_FIX_FROM_HYPOTHESIS} AS fix",
     2: f"{_POST_FROM_EVALUATIONS} AS val_bpb_post",
+    3: None,
 }
+# Tables a step added, as a reader of an older archive sees them: empty.
+READ_AS_EMPTY: dict[int, str] = {
+    3: "CREATE TEMP TABLE IF NOT EXISTS candidatediff (candidate_id INTEGER PRIMARY KEY, text TEXT NOT NULL)",
+}
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A run's candidates counted: by state, how many were ever accepted, how many are members now."""
+    by_state: dict[str, int]
+    accepted: int
+    members: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
 
 
 class OwnershipLost(ArchiveError):
@@ -126,6 +150,8 @@ class Archive:
                 for step in range(version, SCHEMA_VERSION):
                     for statement in MIGRATIONS[step]:
                         s.exec(text(statement))
+                    if step == 3:
+                        _store_missing_diffs(s)
                 meta.value = str(SCHEMA_VERSION)
                 s.add(meta)
         if not writer and version < SCHEMA_VERSION:
@@ -137,11 +163,15 @@ class Archive:
         if self.reader.dialect.name != "sqlite":
             raise ArchiveError(f"the archive {self.where} has schema version {version}, older than this evo "
                                f"({SCHEMA_VERSION}); run `evo run --resume` on it once to upgrade it.")
-        columns = ", ".join(READ_AS_CURRENT[step] for step in range(version, SCHEMA_VERSION))
-        statement = f"CREATE TEMP VIEW candidate AS SELECT *, {columns} FROM main.candidate AS candidate"
+        steps = range(version, SCHEMA_VERSION)
+        columns = "".join(f", {READ_AS_CURRENT[k]}" for k in steps if READ_AS_CURRENT.get(k))
+        statements = [f"CREATE TEMP VIEW candidate AS SELECT *{columns} FROM main.candidate AS candidate"] if columns \
+            else []
+        statements += [READ_AS_EMPTY[k] for k in steps if k in READ_AS_EMPTY]
 
         def _views(dbapi_conn, _record):
-            dbapi_conn.execute(statement)
+            for statement in statements:
+                dbapi_conn.execute(statement)
 
         event.listen(self.reader, "connect", _views)
         self.reader.dispose()  # connections opened before the views exist are not handed out again
@@ -228,6 +258,37 @@ class Archive:
             if candidate_id is not None:
                 q = q.where(Evaluation.candidate_id == candidate_id)
             return list(s.exec(q.order_by(Evaluation.id)))
+
+    def newest_evaluation(self, run_id: int) -> Evaluation | None:
+        with self.read() as s:
+            return s.exec(select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.id.desc())).first()
+
+    def replicated_values(self, run_id: int) -> dict[int, list[float]]:
+        """The val_bpb of every COMPLETE evaluation of each candidate that has more than one (what
+        the pooled σ̂ is made of), selected in SQL: most candidates are measured once."""
+        done = (Evaluation.run_id == run_id, Evaluation.state == COMPLETE, Evaluation.val_bpb != None)  # noqa: E711
+        twice = select(Evaluation.candidate_id).where(*done).group_by(Evaluation.candidate_id).having(func.count() > 1)
+        groups: dict[int, list[float]] = {}
+        with self.read() as s:
+            for cid, value in s.exec(select(Evaluation.candidate_id, Evaluation.val_bpb)
+                                     .where(*done, Evaluation.candidate_id.in_(twice)).order_by(Evaluation.id)):
+                groups.setdefault(cid, []).append(value)
+        return groups
+
+    def first_complete(self, run_id: int) -> dict[int, int]:
+        """Candidate id -> the id of its first COMPLETE evaluation."""
+        with self.read() as s:
+            return dict(s.exec(select(Evaluation.candidate_id, func.min(Evaluation.id))
+                               .where(Evaluation.run_id == run_id, Evaluation.state == COMPLETE)
+                               .group_by(Evaluation.candidate_id)).all())
+
+    def outcomes(self, run_id: int) -> list[Any]:
+        """Every candidate of the run as (id, number, parent_id, state, accepted, val_bpb) rows, by number:
+        what rules over the whole run's history read, without the texts."""
+        with self.read() as s:
+            return list(s.exec(select(Candidate.id, Candidate.number, Candidate.parent_id, Candidate.state,
+                                      Candidate.accepted, Candidate.val_bpb)
+                               .where(Candidate.run_id == run_id).order_by(Candidate.number)).all())
 
     def curve(self, evaluation_id: int) -> list[CurvePoint]:
         with self.read() as s:
@@ -418,6 +479,11 @@ class Archive:
         s.flush()
         for call in llm_calls:
             s.add(LLMCall(run_id=run_id, candidate_id=cand.id, at=self.clock(), **call))
+        parent = s.get(Candidate, parent_id) if parent_id is not None else None
+        if parent is not None:
+            parent_code = code if parent.code_hash == h else s.get(Code, parent.code_hash).text
+            s.add(CandidateDiff(candidate_id=cand.id,
+                                text=unified_diff(parent_code, code, f"#{parent.number}", f"#{cand.number}")))
         if is_seed:
             run.seed_id = cand.id
             s.add(run)
@@ -494,8 +560,9 @@ class Archive:
             for key, value in metric_values(metrics).items():
                 setattr(ev, key, value)
             s.add(ev)
-            for step, elapsed, loss in curve:
-                s.add(CurvePoint(evaluation_id=ev.id, step=step, elapsed=elapsed, loss=loss))
+            if curve:  # one executemany, not an ORM object per point
+                s.execute(insert(CurvePoint), [{"evaluation_id": ev.id, "step": step, "elapsed": elapsed, "loss": loss}
+                                               for step, elapsed, loss in curve])
             cand = s.get(Candidate, ev.candidate_id)
             s.flush()
             self._refresh_candidate(s, cand)
@@ -593,12 +660,55 @@ class Archive:
             return int(s.exec(q).one())
 
 
+    def tally(self, run_id: int) -> "Tally":
+        """The run's candidate counts by state, accepted and in the population, counted in SQL (the
+        live header asks twice a second)."""
+        with self.read() as s:
+            rows = s.exec(select(Candidate.state, func.count(), func.sum(case((Candidate.accepted == True, 1), else_=0)),  # noqa: E712
+                                 func.sum(case((Candidate.in_population == True, 1), else_=0)))  # noqa: E712
+                          .where(Candidate.run_id == run_id).group_by(Candidate.state)).all()
+        return Tally({state: int(n) for state, n, _, _ in rows}, sum(int(a or 0) for *_, a, _ in rows),
+                     sum(int(p or 0) for *_, p in rows))
+
+    def best(self, run_id: int) -> Candidate | None:
+        """THE best candidate (core.lineage.best) among the run's contenders, which SQL picks out."""
+        with self.read() as s:
+            return best_of(s.exec(select(Candidate).where(Candidate.run_id == run_id, Candidate.accepted == True,  # noqa: E712
+                                                       Candidate.val_bpb != None)  # noqa: E711
+                               .order_by(Candidate.number)))
+
+    def calls_of(self, candidate_id: int) -> list[LLMCall]:
+        with self.read() as s:
+            return list(s.exec(select(LLMCall).where(LLMCall.candidate_id == candidate_id).order_by(LLMCall.id)))
+
+    def stored_diff(self, candidate_id: int) -> str | None:
+        """The candidate's diff against its first parent as archived (None: archived before evo stored them)."""
+        with self.read() as s:
+            row = s.get(CandidateDiff, candidate_id)
+            return row.text if row is not None else None
+
     def count_evaluations(self, run_id: int, state: str = COMPLETE) -> int:
         """How many of a run's evaluations are in `state`, counted in SQL (the engine asks before
         each decision whether its noise estimate must be computed again)."""
         with self.read() as s:
             return int(s.exec(select(func.count()).select_from(Evaluation)
                               .where(Evaluation.run_id == run_id, Evaluation.state == state)).one())
+
+
+def _store_missing_diffs(s: Session) -> None:
+    """Step 3 -> 4's backfill: every candidate with a parent gets its stored diff, once (a report of
+    an upgraded archive then diffs nothing). Code is read per candidate, so memory stays flat."""
+    have = set(s.exec(select(CandidateDiff.candidate_id)).all())
+    numbers = dict(s.exec(select(Candidate.id, Candidate.number)).all())
+    pairs = s.exec(select(Candidate.id, Candidate.code_hash, Candidate.parent_id)
+                   .where(Candidate.parent_id != None)).all()  # noqa: E711
+    hashes = dict(s.exec(select(Candidate.id, Candidate.code_hash)).all())
+    for cid, h, parent_id in pairs:
+        if cid not in have and parent_id in hashes:
+            old, new = s.get(Code, hashes[parent_id]).text, s.get(Code, h).text
+            s.add(CandidateDiff(candidate_id=cid, text=unified_diff(old, new, f"#{numbers[parent_id]}", f"#{numbers[cid]}")))
+            s.flush()
+            s.expunge_all()
 
 
 def owner_id() -> str:

@@ -17,7 +17,7 @@ from evo.launch.logs import SUMMARY_KEYS
 
 # 2: Candidate.fix (a repair proposal) replaced the "fix:" hypothesis prefix as the marker.
 # 3: Candidate.val_bpb_post, the mean of its reporting evaluations (post_selection_mean).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Lifecycle states (Optuna's names)
 WAITING, RUNNING, COMPLETE, FAIL, PRUNED = "WAITING", "RUNNING", "COMPLETE", "FAIL", "PRUNED"
@@ -143,7 +143,7 @@ class Candidate(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
     number: int
-    parent_id: Optional[int] = Field(default=None, foreign_key="candidate.id")
+    parent_id: Optional[int] = Field(default=None, foreign_key="candidate.id", index=True)
     parent2_id: Optional[int] = Field(default=None, foreign_key="candidate.id")
     operator: str
     code_hash: str = Field(foreign_key="code.hash", index=True)
@@ -167,6 +167,13 @@ class Candidate(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
     fix: bool = False                          # a repair of its crashed parent (bounded per line of descent)
+
+
+class CandidateDiff(SQLModel, table=True):
+    """A candidate's unified diff against its first parent, made once when it is archived (the report
+    and `evo show` would otherwise diff every candidate again each time)."""
+    candidate_id: int = Field(foreign_key="candidate.id", primary_key=True)
+    text: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class Evaluation(SQLModel, table=True):
@@ -220,7 +227,7 @@ class Event(SQLModel, table=True):
 class LLMCall(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
-    candidate_id: Optional[int] = Field(default=None, foreign_key="candidate.id")
+    candidate_id: Optional[int] = Field(default=None, foreign_key="candidate.id", index=True)
     at: datetime = Field(default_factory=utcnow)
     model: str
     purpose: str = "mutate"

@@ -21,7 +21,7 @@ from sqlmodel import Session, select
 
 from evo.core.lineage import best, first_parents
 from evo.storage.archive import Archive, liveness
-from evo.storage.models import FAIL, METRICS, NO_PROPOSAL, Candidate, Code, CurvePoint, Evaluation, LLMCall, Run
+from evo.storage.models import FAIL, METRICS, NO_PROPOSAL, Candidate, CandidateDiff, Code, CurvePoint, Evaluation, LLMCall, Run
 
 # Evaluation columns the figures need (not the log tail or the failure detail: those stream later).
 EVAL_COLUMNS = (Evaluation.id, Evaluation.candidate_id, Evaluation.replicate, Evaluation.seed, Evaluation.state,
@@ -117,7 +117,8 @@ class DetailRows:
     evals_of: dict[int, list[Any]]            # EVAL_COLUMNS rows per candidate id, oldest first
     calls_of: dict[int, list[Any]]            # CALL_COLUMNS rows per candidate id, oldest first
     tails: dict[int, tuple[int, int, str]]    # per candidate id: (evaluation id, replicate, log tail) of the last
-    codes: dict[str, str] = field(default_factory=dict)  # code text by hash: the batch's and its parents'
+    codes: dict[str, str] = field(default_factory=dict)  # code text by hash, where a diff must be made or code shown
+    diffs: dict[int, str] = field(default_factory=dict)  # the stored diff against the first parent, by candidate id
 
 
 def detail_rows(s: Session, ids: list[int], known_evals: set[int], last_call: int,
@@ -144,12 +145,14 @@ def detail_rows(s: Session, ids: list[int], known_evals: set[int], last_call: in
             .where(Evaluation.candidate_id.in_(ids), Evaluation.log_tail.is_not(None))):
         if ev_id in known_evals and tail and (cand_id not in tails or ev_id > tails[cand_id][0]):
             tails[cand_id] = (ev_id, replicate, tail)
-    hashes = {c.code_hash for c in rows.values()} | {lookup[c.parent_id].code_hash for c in rows.values()
-                                                     if c.parent_id in lookup}
+    diffs = dict(s.exec(select(CandidateDiff.candidate_id, CandidateDiff.text).where(CandidateDiff.candidate_id.in_(ids))).all())
+    # Code is read only for a root (shown whole) and for a candidate archived before diffs were stored.
+    unstored = [c for c in rows.values() if c.id not in diffs]
+    hashes = {c.code_hash for c in unstored} | {lookup[c.parent_id].code_hash for c in unstored if c.parent_id in lookup}
     kept = {h: t for h, t in codes.items() if h in hashes}   # what this batch shares with the last
     for group in chunked([h for h in hashes if h not in kept], 400):
         kept.update(s.exec(select(Code.hash, Code.text).where(Code.hash.in_(group))).all())
-    return DetailRows(rows, lookup, evals_of, calls_of, tails, kept)
+    return DetailRows(rows, lookup, evals_of, calls_of, tails, kept, diffs)
 
 
 # ----- the lineage memory ------------------------------------------------------------------------
@@ -175,14 +178,17 @@ def lineage_rows(archive: Archive, run_id: int, candidate_id: int, recent_failur
     up to `ledger_size` ideas judged or failed anywhere in the run (imported history included),
     the latest kept when there are more."""
     with archive.read() as s:
-        everyone = list(s.exec(select(Candidate).where(Candidate.run_id == run_id).order_by(Candidate.number)))
-        by_id = {c.id: c for c in everyone}
-        node = by_id.get(candidate_id) or s.get(Candidate, candidate_id)
-        ancestors = first_parents(node, lambda i: by_id.get(i) or s.get(Candidate, i))[1:]
-        near = {candidate_id} | {c.id for c in ancestors}
-        failures = [c for c in everyone if c.state == FAIL and c.parent_id in near][-recent_failures:][::-1]
-        siblings = [c for c in everyone if c.parent_id == candidate_id]
-        top = best(everyone)
+        in_run = Candidate.run_id == run_id
+        node = s.get(Candidate, candidate_id)
+        ancestors = first_parents(node, lambda i: s.get(Candidate, i))[1:]
+        near = sorted({candidate_id} | {c.id for c in ancestors})
+        failures = sorted((c for group in chunked(near, IN_BATCH) for c in s.exec(
+            select(Candidate).where(in_run, Candidate.state == FAIL, Candidate.parent_id.in_(group))
+            .order_by(Candidate.number.desc()).limit(recent_failures))), key=lambda c: -c.number)[:recent_failures] \
+            if recent_failures > 0 else []
+        siblings = list(s.exec(select(Candidate).where(in_run, Candidate.parent_id == candidate_id).order_by(Candidate.number)))
+        top = best(s.exec(select(Candidate).where(in_run, Candidate.accepted == True, Candidate.val_bpb != None)  # noqa: E711,E712
+                          .order_by(Candidate.number)))
         told = {c.id for c in [node, *ancestors, *siblings, *failures, *([top] if top else [])]}
         last: dict[int, Evaluation] = {}
         for group in chunked(sorted(told), IN_BATCH):
@@ -190,11 +196,12 @@ def lineage_rows(archive: Archive, run_id: int, candidate_id: int, recent_failur
                             .order_by(Evaluation.id)):
                 last[e.candidate_id] = e
         run = s.get(Run, run_id)
-        ledger = [c for c in everyone if c.id != run.seed_id and c.hypothesis != NO_PROPOSAL
-                  and (c.accepted is not None or c.state == FAIL or c.operator == "import")]
-        ledger = ledger[-ledger_size:] if ledger_size else []
+        judged = (Candidate.accepted != None) | (Candidate.state == FAIL) | (Candidate.operator == "import")  # noqa: E711
+        ledger = list(s.exec(select(Candidate).where(in_run, Candidate.id != run.seed_id, Candidate.hypothesis != NO_PROPOSAL,
+                                                     judged).order_by(Candidate.number.desc()).limit(ledger_size)))[::-1] \
+            if ledger_size else []
         return LineageRows(node, ancestors, siblings, failures, top, last, run.sigma, ledger,
-                           by_id.get(run.seed_id) if run.seed_id else None)
+                           s.get(Candidate, run.seed_id) if run.seed_id else None)
 
 
 def code_of(archive: Archive, candidate_id: int) -> str:
