@@ -19,6 +19,7 @@ else:  # pragma: no cover
 # Presets (data, budget, model size, allowances) are defined in prepare.py's PRESETS alone.
 # Beyond these a setting is a typo, not a plan: a bigger population or more slots than this would
 # only exhaust memory and threads before the first candidate runs.
+MIN_SEED_REPLICATES = 3  # the seed's evaluations when --replicates is not given: max(this, slots)
 UPPER_LIMITS = {"population": 10_000, "replicates": 100, "slots": 1_024, "lookahead": 1_024}
 NO_BUDGET_POPULATION = 8  # a run bounded only by Ctrl-C or --max-cost: the large budget's population
 MAX_NAME_BYTES = 200  # a run name is a folder name under archive/runs/ (255 bytes at most on common filesystems)
@@ -36,7 +37,7 @@ class RunConfig:
     temperature: float | str = "auto"
     auto_sigmas: float | None = None    # `auto` is this many σ̂; None: from the budget at the run's start
     cooling: str = "hold"
-    replicates: int = 3
+    replicates: int | None = None       # None: max(3, slots) at the run's start (resolve_search)
     confirm: bool = True
     hours: float | None = None
     max_candidates: int | None = None
@@ -72,9 +73,9 @@ class RunConfig:
                 raise ConfigError(f"--temperature must be >= 0, not {self.temperature}.")
         if self.cooling not in COOLING_SCHEDULES:
             raise ConfigError(f"--cooling must be one of {', '.join(COOLING_SCHEDULES)}, not {self.cooling!r}.")
-        if self.replicates < 1:
+        if self.replicates is not None and self.replicates < 1:
             raise ConfigError(f"--replicates must be at least 1, not {self.replicates}.")
-        if self.temperature == "auto" and self.replicates < 2:
+        if self.temperature == "auto" and self.replicates is not None and self.replicates < 2:
             raise ConfigError("--temperature auto measures noise from the seed's replicates: use --replicates 2 or more, or give a number.")
         for name in ("hours", "max_cost", "startup_allowance", "eval_allowance"):
             _check_finite(name, getattr(self, name))
@@ -124,12 +125,16 @@ class RunConfig:
                                                     f"{self.max_candidates} candidates" if self.max_candidates else "")
                                   if part)
             why = f"≈ {per_slot:.0f} evaluations per slot in {budget}"
+        replicates_why = ""
+        if self.replicates is None:  # the seed phase fills every slot: idle GPUs measure nothing
+            self.replicates = max(MIN_SEED_REPLICATES, slots)
+            replicates_why = " (one per slot)" if self.replicates > MIN_SEED_REPLICATES else ""
         if self.auto_sigmas is None:
             self.auto_sigmas = round(auto_sigmas(None if per_slot is None else per_slot * slots), 2)
         temperature = f"auto ({self.auto_sigmas:g}σ̂)" if self.temperature == "auto" else f"{self.temperature:g}"
         cooling = "hold-then-cool" if self.cooling == "hold" else f"{self.cooling} cooling"
         return (f"search: population {self.population} ({why}), temperature {temperature}, {cooling}, "
-                f"{self.replicates} replicate{'s' if self.replicates != 1 else ''}, confirm {'on' if self.confirm else 'off'}")
+                f"{self.replicates} replicate{'s' if self.replicates != 1 else ''}{replicates_why}, confirm {'on' if self.confirm else 'off'}")
 
     def to_dict(self) -> dict:
         return asdict(self)

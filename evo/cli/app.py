@@ -130,7 +130,7 @@ def run(
         "to 3 (400 or more)."))] = "auto",
     cooling: Annotated[str, typer.Option(help=(
         "Cooling schedule over the budget: hold (T0 until 60 % of it, then exponential), exp, linear or none."))] = "hold",
-    replicates: Annotated[int, typer.Option(help="Evaluations of the seed, to measure noise σ.")] = 3,
+    replicates: Annotated[Optional[int], typer.Option(help="Evaluations of the seed, to measure noise σ [default: max(3, slots)].")] = None,
     confirm: Annotated[bool, typer.Option(help="Re-evaluate a would-be new best and judge it on its mean.")] = True,
     hours: Annotated[Optional[float], typer.Option(help="Wall-clock budget of the run.")] = None,
     max_candidates: Annotated[Optional[int], typer.Option(help=(

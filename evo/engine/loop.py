@@ -95,6 +95,7 @@ class Engine:
         self._pause = PAUSE_FIRST
         self._cost_capped = False
         self.prior_sigma, self.prior_run = self._prior_sigma()
+        self._seed_undecided = True  # until the archive says otherwise (`_seed_pending`)
         self._sigma: tuple[int, float | None] | None = None  # (COMPLETE evaluations, σ̂ from them)
         self._fed: set[int] = set()  # candidates whose outcome the model bandit has been told
         self.follow = self._replay_follow()
@@ -248,23 +249,28 @@ class Engine:
         return self._is_seed_id(cand.id)
 
     def _is_seed_id(self, candidate_id: int) -> bool:
+        return candidate_id == self._seed_candidate_id()
+
+    def _seed_candidate_id(self) -> int | None:
         if self._seed_id is None:  # set once, when the seed is archived
             self._seed_id = self.archive.run_by_id(self.run.id).seed_id
-        return candidate_id == self._seed_id
+        return self._seed_id
 
     # ----- propose ----------------------------------------------------------------------------
 
     def _propose(self) -> None:
         # Keep a proposal ready for every slot (plus lookahead): slots that free up while the
         # operator is still thinking would otherwise idle for a whole proposal latency.
-        queued = len(self.archive.waiting_evaluations(self.run.id)) if not self.stop_proposing.is_set() else 0
+        # (The seed's own replicates do not count: its children's first wave is asked for at the start.)
+        queued = sum(not self._is_seed_id(e.candidate_id) for e in self.archive.waiting_evaluations(self.run.id)) \
+            if not self.stop_proposing.is_set() else 0
         wanted = len(self.slots) + self.config.lookahead - queued
         while len(self.proposals.in_flight) < wanted and self._may_propose():
             # the elite as parent only where there is a choice and annealing: greedy stays greedy
             elite = selection.ELITE_SHARE if (self.config.population or 1) > 1 and self.temperature() > 0 else 0.0
             sigma = self.sigma()
             heat = self.temperature() / sigma if sigma else None
-            self.proposals.ask(self.members, self.rng, elite_share=elite, follow=self.follow.member, heat=heat)
+            self.proposals.ask(self._parents, self.rng, elite_share=elite, follow=self.follow.member, heat=heat)
 
     def _may_propose(self) -> bool:
         if self.stop_proposing.is_set() or not self.budget_left():
@@ -277,8 +283,25 @@ class Engine:
                 self.archive.update_run(self.run.id, f"LLM spend reached --max-cost ${self.config.max_cost:.2f}: "
                                         "no more proposals; running evaluations finish")
             return False
-        run = self.archive.run_by_id(self.run.id)
-        return run.temperature0 is not None and bool(self.members())
+        return bool(self._parents())
+
+    def _parents(self) -> list[selection.Member]:
+        """Whom children descend from: the population, or while the seed's other replicates run the
+        seed alone, once one of them completed (it runs here: no LLM spend on a seed that cannot),
+        so the first wave's proposals are ready when the seed is decided; they train only then
+        (`_seed_pending` holds them back)."""
+        members = self.members()
+        if members or not self._seed_pending():
+            return members
+        seed = self.archive.candidate_by_id(self._seed_id)
+        return [selection.Member(seed.id, seed.val_bpb)] if seed.val_bpb is not None else []
+
+    def _seed_pending(self) -> bool:
+        """The seed is archived and not yet decided (its replicates run or wait)."""
+        if not self._seed_undecided or self._seed_candidate_id() is None:
+            return False
+        self._seed_undecided = self.archive.candidate_by_id(self._seed_id).accepted is None
+        return self._seed_undecided
 
     def _work_possible(self) -> bool:
         # While proposals are paused for an unavailable operator the run waits, it does not end.
@@ -338,6 +361,8 @@ class Engine:
             return  # after Ctrl-C only what already runs may finish
         in_flight = self.pool.evaluation_ids()
         waiting = [e for e in self.archive.waiting_evaluations(self.run.id) if e.id not in in_flight]
+        if self._seed_pending():  # children wait for the seed's verdict: T0, σ̂ and the training limit
+            waiting = [e for e in waiting if self._is_seed_id(e.candidate_id)]
         for slot, ev in zip(self.pool.free(), waiting):
             cand = self.archive.candidate_by_id(ev.candidate_id)
             workdir = (self.archive.files / "runs" / self.run.name / f"c{cand.number:05d}" / f"r{ev.replicate}").resolve()
