@@ -439,3 +439,38 @@ def test_crashed_child_gets_one_fix(tmp_path: Path) -> None:
     fixes = [c for c in cands if c.hypothesis.startswith("fix:")]
     assert len(fixes) == 1 and fixes[0].parent_id == crashed.id and fixes[0].operator == "mutate"
     assert fixes[0].state == COMPLETE
+
+
+def test_the_seed_phase_uses_every_slot_and_its_children_are_ready_when_it_is_decided(tmp_path: Path) -> None:
+    """Four slots and no --replicates: the seed is measured four times at once; once one replicate
+    completed its children are proposed while the others still run, and none of them trains
+    before the seed is decided (T0, σ̂ and the training limit come from that verdict)."""
+    from evo.launch.logs import Outcome
+    from evo.launch.runner import EvalResult
+    from evo.operators.tweak import TweakOperator
+
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    cfg = RunConfig(name="t", preset="smoke", max_candidates=4, operator="tweak", lookahead=1).validate()
+    run = archive.create_run("t", cfg.to_dict())
+    seed_code = (SURROGATE / "train.py").read_text()
+    engine = Engine(archive, run, cfg, TweakOperator(), [Slot(f"cpu{k}") for k in range(4)],
+                    apparatus.load(SURROGATE / "prepare.py", "smoke"), SeedPlan(seed_code), evaluate=lambda **kw: measure(**kw))
+    assert cfg.replicates == 4 and "4 replicates (one per slot)" in engine.search
+    seed_started, children_started = [], []
+
+    def measure(*, code: str, seed: int, **_) -> EvalResult:
+        if code == seed_code:
+            seed_started.append(seed)
+            if seed != 42:  # the other replicates finish only once children wait for them
+                wait_until(lambda: archive.count_candidates(run.id) > 1, timeout=120,
+                           what="a child proposed while the seed's replicates run")
+        else:
+            seed_row = archive.candidate_by_id(archive.run_by_id(run.id).seed_id)
+            children_started.append(seed_row.accepted)
+        value = 1.0 + random.Random(f"{seed}:{code}").gauss(0, 0.01)
+        return EvalResult(Outcome(COMPLETE, summary={"val_bpb": value, "training_seconds": 1.0, "num_steps": 10}),
+                          [], 0, 0.0, 0.0, "")
+
+    assert engine.execute() == FINISHED
+    assert sorted(seed_started) == [42, 43, 44, 45]
+    assert children_started and all(children_started), "children train only after the seed's verdict"

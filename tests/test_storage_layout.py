@@ -262,3 +262,33 @@ def test_lineage_memory_reads_one_snapshot_with_each_candidates_latest_evaluatio
     told = ArchiveMemory(archive, run.id).lineage(seed.id)
     assert told.node.metrics["num_steps"] == 11 and told.node.log_tail == "tail 1"
     assert ArchiveMemory(archive, run.id).code(kids[2].id) == "x = 2\n"
+
+
+def test_a_childs_diff_is_stored_once_when_archived_and_an_older_archive_gets_them_on_upgrade(tmp_path: Path) -> None:
+    """The report and `evo show` read the diff made when the child was archived; an archive from
+    before (schema 3) is read with no stored diffs, and its writer upgrade stores every one."""
+    from evo.core.diff import unified_diff
+    db = tmp_path / "evo.db"
+    url = f"sqlite:///{db}"
+    a = Archive(url)
+    run = a.create_run("r", {})
+    seed = a.add_seed(run.id, [], {"code": "A = 1\nB = 2\n", "operator": "seed"}, [])
+    child = a.add_candidate(run.id, code="A = 1\nB = 3\n", operator="tweak", parent_id=seed.id)
+    want = unified_diff("A = 1\nB = 2\n", "A = 1\nB = 3\n", f"#{seed.number}", f"#{child.number}")
+    assert a.stored_diff(child.id) == want and "+B = 3" in want and a.stored_diff(seed.id) is None
+    a.close()
+    con = sqlite3.connect(db)  # back to schema 3: no stored diffs, no index
+    con.execute("DROP TABLE candidatediff")
+    con.execute("DROP INDEX ix_llmcall_candidate_id")
+    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    old = Archive(url, writer=False)
+    assert old.stored_diff(child.id) is None
+    old.close()
+    upgraded = Archive(url)
+    assert upgraded.stored_diff(child.id) == want
+    upgraded.close()
+    con = sqlite3.connect(db)
+    assert "ix_llmcall_candidate_id" in {row[1] for row in con.execute("PRAGMA index_list(llmcall)")}
+    con.close()
