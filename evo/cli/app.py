@@ -270,7 +270,9 @@ def run(
         raise fail(str(e))
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            # After a stop by signal, another press while the process exits must not kill it mid-way
+            # (Python restores SIG_DFL at exit, and a -2 status reads as a crash); SIG_IGN survives.
+            signal.signal(s, signal.SIG_IGN if presses["n"] else handler)
     view.line(f"run {status.lower()}; `evo status --name {config.name}` and `evo best --name {config.name}` show the result")
 
 

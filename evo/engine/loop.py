@@ -603,13 +603,14 @@ class Engine:
         """The follow-through state a resumed run continues from: the archive's decisions replayed
         in the order they were made (the state is a pure function of them)."""
         state = selection.FollowThrough()
+        parent_of = {c.id: c.parent_id for c in self.archive.outcomes(self.run.id)}
         for ev in self.archive.events(self.run.id, kind="decide"):
-            cand = self.archive.candidate_by_id(ev.candidate_id) if ev.candidate_id is not None else None
-            if cand is None or cand.parent_id is None:
+            parent_id = parent_of.get(ev.candidate_id)
+            if parent_id is None:
                 continue
             data = json.loads(ev.data or "{}")
             delta = data.get("delta")
-            state = selection.follow_through(state, parent_id=cand.parent_id, child_id=cand.id,
+            state = selection.follow_through(state, parent_id=parent_id, child_id=ev.candidate_id,
                                              accepted=bool(data.get("accepted")), worse=delta is not None and delta > 0)
         return state
 

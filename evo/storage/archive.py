@@ -50,10 +50,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         f"UPDATE candidate SET fix = {_FIX_FROM_HYPOTHESIS}"),
     2: ("ALTER TABLE candidate ADD COLUMN val_bpb_post FLOAT",
         f"UPDATE candidate SET val_bpb_post = {_POST_FROM_EVALUATIONS}"),
-    # Step 3 -> 4: spend per candidate and children of a candidate by index; the candidatediff table itself is made by create_all
+    # Step 3 -> 4: spend per candidate, children of a candidate and waiting evaluations by index; the candidatediff table itself is made by create_all
     # (older candidates have no stored diff: readers diff those as before).
     3: ("CREATE INDEX IF NOT EXISTS ix_llmcall_candidate_id ON llmcall (candidate_id)",
-        "CREATE INDEX IF NOT EXISTS ix_candidate_parent_id ON candidate (parent_id)"),
+        "CREATE INDEX IF NOT EXISTS ix_candidate_parent_id ON candidate (parent_id)",
+        "CREATE INDEX IF NOT EXISTS ix_evaluation_run_state ON evaluation (run_id, state)"),
 }
 # The candidate columns a step added, as expressions over an older candidate table: a reader sees
 # them through one temporary view.
@@ -261,7 +262,8 @@ class Archive:
 
     def newest_evaluation(self, run_id: int) -> Evaluation | None:
         with self.read() as s:
-            return s.exec(select(Evaluation).where(Evaluation.run_id == run_id).order_by(Evaluation.id.desc())).first()
+            newest = s.exec(select(func.max(Evaluation.id)).where(Evaluation.run_id == run_id)).one()
+            return s.get(Evaluation, newest) if newest is not None else None
 
     def replicated_values(self, run_id: int) -> dict[int, list[float]]:
         """The val_bpb of every COMPLETE evaluation of each candidate that has more than one (what

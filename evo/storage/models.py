@@ -177,7 +177,7 @@ class CandidateDiff(SQLModel, table=True):
 
 
 class Evaluation(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("candidate_id", "replicate"),)
+    __table_args__ = (UniqueConstraint("candidate_id", "replicate"), Index("ix_evaluation_run_state", "run_id", "state"))
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
     candidate_id: int = Field(foreign_key="candidate.id", index=True)
