@@ -6,6 +6,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # scripts run as `python bench/x.py` import tests.support
 SURROGATE = ROOT / "tests" / "fixtures" / "surrogate"
+PREPARE = ROOT / "prepare.py"
 
 
 def cpu_model() -> str:
@@ -70,3 +72,9 @@ def percentile(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "mean": statistics.fmean(values), "p50": percentile(values, 50),
             "p95": percentile(values, 95), "max": max(values)}
+
+
+def prepare_preset(cache: Path, preset: str, text: str | None) -> None:
+    """The repository's prepare.py makes `preset`'s data in `cache` (smoke has its own corpus)."""
+    args = [sys.executable, str(PREPARE), "--preset", preset] + (["--text", text] if text and preset != "smoke" else [])
+    subprocess.run(args, check=True, env={**os.environ, "EVO_CACHE_DIR": str(cache)}, capture_output=True)

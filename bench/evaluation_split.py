@@ -24,38 +24,32 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, header, table
+from _common import PREPARE, ROOT, header, prepare_preset, table
 
 from evo.launch import apparatus, runner
 from evo.launch.runner import Confinement, Limits, Slot, file_hash, run_evaluation
 from evo.launch.sandbox import probe
 
-PREPARE = ROOT / "prepare.py"
 _HAND_OVER = re.compile(r"handed the model to the harness in ([0-9.]+) s")
 # The same program scored the way `python train.py` scores by hand: prepare.evaluate_bpb in-process.
 _BY_HAND = ("import sys, torch, prepare; m = torch.export.load(sys.argv[1]).module(); "
             "print(prepare.evaluate_bpb(m, prepare.Tokenizer.from_directory(), prepare.EVAL_BATCH_SIZE))")
 
 
-def prepare_preset(cache: Path, preset: str, text: str | None) -> None:
-    args = [sys.executable, str(PREPARE), "--preset", preset] + (["--text", text] if text and preset != "smoke" else [])
-    subprocess.run(args, check=True, env={**os.environ, "EVO_CACHE_DIR": str(cache)}, capture_output=True)
-
-
 def measure(preset: str, cache: Path, work: Path, sandboxed: bool, seed: int) -> dict:
     app = apparatus.load(PREPARE, preset)
     code = apparatus.seed_for(PREPARE, preset, (ROOT / "seed_train.py").read_text(), "seed_train.py")
     scored: list[float] = []
-    score = runner._score
+    score = runner._Scorer.score
 
-    def timed_score(*args, **kwargs):  # the evaluation process's wall, by the harness's clock
+    def timed_score(*args, **kwargs):  # the evaluation process's wall after the go, by the harness's clock
         t0 = time.perf_counter()
         try:
             return score(*args, **kwargs)
         finally:
             scored.append(time.perf_counter() - t0)
 
-    runner._score = timed_score
+    runner._Scorer.score = timed_score
     try:
         startup, evaluation = app.allowances
         workdir = work / f"{preset}-{'box' if sandboxed else 'plain'}-{seed}" / "r0"
@@ -65,7 +59,7 @@ def measure(preset: str, cache: Path, work: Path, sandboxed: bool, seed: int) ->
                                 seed=seed, limits=Limits(app.time_budget, startup, evaluation), preset=preset,
                                 confine=confine)
     finally:
-        runner._score = score
+        runner._Scorer.score = score
     if result.outcome.state != "COMPLETE":
         raise SystemExit(f"{preset}: the seed did not complete: {result.outcome.fail_reason}: {result.outcome.detail}")
     verdict = json.loads((workdir.with_name(workdir.name + runner.HARNESS_SUFFIX) / "evaluate.log").read_text()

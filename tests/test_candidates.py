@@ -3,10 +3,13 @@ written in autoresearch's style, and a short `evo run` with torch end to end."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -74,3 +77,17 @@ def test_evo_run_smoke_with_tweak_end_to_end(tmp_path: Path, smoke_cache: Path) 
     assert best.returncode == 0 and "path from the seed" in best.stdout
     show = subprocess.run([sys.executable, "-m", "evo", "show", "1"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert show.returncode == 0 and "--- #0" in show.stdout and "log tail" in show.stdout
+    # The busy figure: the harness's clock saw every evaluation train, and the run's slot time holds them all.
+    rows = json.loads(subprocess.run([sys.executable, "-m", "evo", "candidates", "-f", "json"], cwd=tmp_path, env=env,
+                                     capture_output=True, text=True).stdout)
+    evaluations = [e for row in rows for e in row["evaluations"] if e["state"] == "COMPLETE"]
+    assert len(evaluations) >= 3
+    for e in evaluations:
+        assert e["startup_seconds"] > 0 and e["trained_seconds"] > 0
+        started, training, finished = (datetime.fromisoformat(e[k]) for k in ("started_at", "training_start",
+                                                                               "finished_at"))
+        assert started < training < finished
+    status = subprocess.run([sys.executable, "-m", "evo", "status"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True).stdout
+    share = int(re.search(r"busy training (\d+) % of slot time", status).group(1))
+    assert 0 < share <= 100

@@ -573,6 +573,59 @@ def _listing(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------------
+# 11b: the warm evaluation process, waiting beside the candidate
+# ---------------------------------------------------------------------------
+
+SCORER_HUNT = """
+import json as _json, signal as _signal
+_out = {"seen": [], "told": [], "signalled": []}
+for _pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+    try:
+        with open(f"/proc/{_pid}/cmdline", "rb") as _f:
+            _cmd = _f.read().replace(b"\\0", b" ").decode(errors="replace")
+    except OSError:
+        continue
+    if "evo.launch.evaluate" not in _cmd or os.getcwd() + %(suffix)r not in _cmd:  # its own scorer
+        continue
+    _out["seen"].append(_cmd)
+    try:  # an early "go": the scorer would score before any hand-over exists
+        with open(f"/proc/{_pid}/fd/0", "w") as _f:
+            _f.write("go\\n")
+        _out["told"].append(int(_pid))
+    except OSError:
+        pass
+    for _sig in (%(signals)s):
+        try:
+            os.kill(int(_pid), _sig)
+            _out["signalled"].append(int(_pid))
+        except OSError:
+            pass
+print("HOSTILE " + _json.dumps(_out), flush=True)
+"""
+
+
+@needs_sandbox
+def test_a_candidate_cannot_see_or_reach_the_waiting_evaluation_process(world: World, honest: float) -> None:
+    """The evaluation process waits, warm, while the candidate runs: in the sandbox the candidate
+    sees no process of it to tell "go" early, continue, or kill, and its score is the honest one."""
+    code = at_start(untrained(), SCORER_HUNT % {"signals": "_signal.SIGCONT, _signal.SIGKILL",
+                                                      "suffix": HARNESS_SUFFIX})
+    result = world.evaluate(code, "scorer_hunt")
+    assert findings(result) == {"seen": [], "told": [], "signalled": []}
+    assert_scored_honestly(result, honest)
+
+
+def test_an_unsandboxed_candidate_that_sabotages_the_waiting_evaluation_only_fails_itself(world: World) -> None:
+    """Without a sandbox the candidate can reach the waiting process (the trust model says so):
+    telling it "go" early or killing it ends the evaluation FAIL, never with a score."""
+    for name, signals in (("scorer_go_early", ""), ("scorer_killed", "_signal.SIGKILL,")):
+        result = world.evaluate(at_start(untrained(), SCORER_HUNT % {"signals": signals, "suffix": HARNESS_SUFFIX}), name,
+                                sandboxed=False)
+        assert findings(result)["seen"], result.log_tail[-2000:]
+        assert result.outcome.state == "FAIL" and "val_bpb" not in (result.outcome.summary or {}), result.outcome
+
+
+# ---------------------------------------------------------------------------
 # 12: a candidate that ignores EVO_SEED
 # ---------------------------------------------------------------------------
 

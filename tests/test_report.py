@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from evo.storage import Archive, ArchiveError, Candidate, CurvePoint, Evaluation, LLMCall, Run
-from evo.report import ReportError, build_report, data, default_path, figures, write_report
+from evo.report import ReportError, build_report, data, default_path, figures, html, write_report
 from evo.core.diff import unified_diff
 from tests.support.synthetic import synthesize
 
@@ -142,17 +142,20 @@ def test_delta_and_outcome() -> None:
 def test_summary_totals() -> None:
     cands = small_run()
     lin = data.lineage(cands, 1)
-    evals = [ev(1, 0, 0), ev(2, 0, 1, "gpu1"), ev(3, 1, 0, start=5), ev(4, 4, 0, start=10, minutes=1, state="FAIL"),
+    evals = [ev(1, 0, 0, trained_seconds=240), ev(2, 0, 1, "gpu1", trained_seconds=240),
+             ev(3, 1, 0, start=5, trained_seconds=240), ev(4, 4, 0, start=10, minutes=1, state="FAIL", trained_seconds=0),
              ev(5, 7, 0, start=20, state="RUNNING")]
     calls = [LLMCall(id=1, run_id=1, candidate_id=2, model="m", cost_usd=0.25, tokens_in=100, tokens_out=10),
              LLMCall(id=2, run_id=1, candidate_id=None, model="m", cost_usd=0.5, error="overloaded")]
     config = {"preset": "gpu", "population": 8, "temperature": "auto", "cooling": "exp", "models": ["m"]}
-    meta = data.summary(run_row(), config, cands, evals, calls, lin, now=at(30))
+    meta = data.summary(run_row(slot_seconds=3600.0), config, cands, evals, calls, lin, now=at(30))
     assert meta["candidates"] == 8 and meta["children"] == 7
     assert meta["states"] == {"COMPLETE": 5, "FAIL": 1, "PRUNED": 1, "RUNNING": 1, "WAITING": 0}
     assert meta["accepted"] == 2 and meta["rejected"] == 2
     assert meta["slot_hours"] == pytest.approx((5 + 5 + 5 + 1) / 60)
     assert meta["slot_kind"] == "GPU" and meta["slots"] == ["gpu0", "gpu1"]
+    assert meta["busy"] == pytest.approx(720 / 3600)  # trained seconds over the run's slot-seconds
+    assert "busy training 20 % of slot time" in html.header(meta, None)
     assert meta["llm_cost"] == pytest.approx(0.75) and meta["llm_errors"] == 1
     best = meta["best"]
     assert best["number"] == 3 and best["confirmed"] and best["spread_is_sigma"]

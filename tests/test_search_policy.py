@@ -32,6 +32,7 @@ from evo.launch.runner import EvalResult, Slot
 from evo.operators.tweak import TweakOperator
 from evo.storage import (CHOOSING_REPLICATE, COMPLETE, FINISHED, PRUNED, REPORTING_REPLICATE, SCHEMA_VERSION, Archive,
                          utcnow)
+from tests.support.old_schema import downgrade
 from tests.support.simulated import (SUMMARY_REST, SURROGATE, Night, NightArchive, SimulatedEvaluation,
                                      simulated_engine)
 
@@ -283,11 +284,7 @@ def test_a_version_2_archive_gets_its_post_selection_means(tmp_path: Path) -> No
     expected = {c.number: c.val_bpb_post for c in archive.candidates(archive.find_run("old").id)}
     archive.close()
     assert any(v is not None for v in expected.values())
-    con = sqlite3.connect(db)
-    con.execute("ALTER TABLE candidate DROP COLUMN val_bpb_post")
-    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
+    downgrade(db, 2)
     reader = Archive(url, writer=False)  # sees the column through a view, file untouched
     seen = {c.number: c.val_bpb_post for c in reader.candidates(reader.find_run("old").id)}
     reader.close()

@@ -15,8 +15,9 @@ from evo.engine.proposals import Asked, Proposals
 from evo.operators.base import Operator, Parent, Proposal
 from evo.operators.memory import ArchiveMemory
 from evo.storage import (COMPLETE, FAIL, PRUNED, RUNNING, SCHEMA_VERSION, WAITING, Archive, ArchiveError, Evaluation,
-                         OwnershipLost, derive_candidate, queries)
+                         OwnershipLost, busy_share, derive_candidate, queries)
 from evo.storage.models import METRICS, metric_values
+from tests.support.old_schema import downgrade
 
 SEED = "x = 1\n"
 
@@ -170,8 +171,7 @@ def test_repairs_are_stored_as_fixes_and_bound_per_lineage_by_the_column(archive
 
 
 def make_v1(db: Path) -> dict[str, object]:
-    """A version-1 archive, as evo wrote it before the fix column: built by the current code, then
-    the column dropped and the version set back with raw SQL."""
+    """A version-1 archive, as evo wrote it before the fix column."""
     a = Archive(f"sqlite:///{db}")
     run = a.create_run("old", {"k": 1})
     seed = a.add_seed(run.id, [], dict(code=SEED, operator="seed"), [5])
@@ -179,11 +179,8 @@ def make_v1(db: Path) -> dict[str, object]:
         a.add_candidate(run.id, code=f"x = {n + 10}\n", operator="mutate", parent_id=seed.id, hypothesis=hypothesis,
                         evaluation_seeds=[n])
     a.close()
+    downgrade(db, 1)
     con = sqlite3.connect(db)
-    con.execute("ALTER TABLE candidate DROP COLUMN fix")
-    con.execute("ALTER TABLE candidate DROP COLUMN val_bpb_post")
-    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    con.commit()
     before = {table: con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
               for table in ("run", "candidate", "evaluation", "event", "code")}
     con.close()
@@ -277,12 +274,7 @@ def test_a_childs_diff_is_stored_once_when_archived_and_an_older_archive_gets_th
     want = unified_diff("A = 1\nB = 2\n", "A = 1\nB = 3\n", f"#{seed.number}", f"#{child.number}")
     assert a.stored_diff(child.id) == want and "+B = 3" in want and a.stored_diff(seed.id) is None
     a.close()
-    con = sqlite3.connect(db)  # back to schema 3: no stored diffs, no index
-    con.execute("DROP TABLE candidatediff")
-    con.execute("DROP INDEX ix_llmcall_candidate_id")
-    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-    con.commit()
-    con.close()
+    downgrade(db, 3)  # no stored diffs, no indexes
     old = Archive(url, writer=False)
     assert old.stored_diff(child.id) is None
     old.close()
@@ -292,3 +284,36 @@ def test_a_childs_diff_is_stored_once_when_archived_and_an_older_archive_gets_th
     con = sqlite3.connect(db)
     assert "ix_llmcall_candidate_id" in {row[1] for row in con.execute("PRAGMA index_list(llmcall)")}
     con.close()
+
+
+def test_the_busy_figure_is_training_seconds_over_slot_seconds_and_an_older_archive_gets_its_slot_time(
+        tmp_path: Path) -> None:
+    """Schema 4 counted no slot time: an upgrade (and a reader of the old file) takes it as the run's
+    active time times the slots its evaluations used; the start-up and training seconds it never
+    measured stay unknown, not zero."""
+    assert busy_share(30.0, 0.0) is None and busy_share(30.0, 120.0) == 0.25 and busy_share(130.0, 120.0) == 1.0
+    db = tmp_path / "evo.db"
+    url = f"sqlite:///{db}"
+    a = Archive(url)
+    run = a.create_run("r", {})
+    seed = a.add_seed(run.id, [], {"code": SEED, "operator": "seed"}, [1, 2, 3])
+    for e, slot in zip(a.evaluations(run.id, seed.id), ["gpu0", "gpu1", "gpu0"]):
+        a.start_evaluation(e.id, slot, "w")
+        a.finish_evaluation(e.id, state=COMPLETE, fail_reason=None, detail="", metrics={"val_bpb": 1.0}, curve=[],
+                            returncode=0, wall_seconds=12.0, harness_seconds=0.1, log_tail="", startup_seconds=2.0,
+                            trained_seconds=9.5)
+    a.update_run(run.id, active_seconds=50.0, slot_seconds=100.0)
+    assert a.trained_seconds(run.id) == 28.5
+    assert busy_share(a.trained_seconds(run.id), a.run_by_id(run.id).slot_seconds) == pytest.approx(0.285)
+    a.close()
+    downgrade(db, 4)
+    for writer in (False, True):  # a reader of the old file, then its upgrade
+        archive = Archive(url, writer=writer)
+        assert archive.run_by_id(run.id).slot_seconds == 100.0  # 50 s active x 2 slots used
+        assert {(e.startup_seconds, e.trained_seconds) for e in archive.evaluations(run.id)} == {(None, None)}
+        assert archive.trained_seconds(run.id) == 0.0
+        archive.close()
+    con = sqlite3.connect(db)
+    indexes = {row[1] for row in con.execute("PRAGMA index_list(evaluation)")}
+    con.close()
+    assert {"ix_evaluation_run_state_values", "ix_evaluation_run_state"} <= indexes

@@ -9,7 +9,7 @@ import io
 import json
 import signal
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -22,7 +22,7 @@ from rich.table import Table
 
 from evo import __version__
 from evo.storage import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, REPORTING_REPLICATE, STALE_AFTER_SECONDS, Archive,
-                         ArchiveError, Candidate, OwnershipLost, Run, liveness, owner_id)
+                         ArchiveError, Candidate, OwnershipLost, Run, busy_share, liveness, owner_id, queries)
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb
 from evo.core import acceptance
@@ -242,7 +242,7 @@ def run(
     engine = Engine(archive, run_row, config, op, slot_list, app_, plan,
                     evaluate=functools.partial(run_evaluation, confine=_confinement(config, archive, app_, view.line)))
     view.slots = engine.status
-    view.header = lambda: _header(archive, run_row.id, config.name)
+    view.header = lambda: _header(archive, run_row.id, config.name, engine.time_spent()["slot_seconds"])
     presses = {"n": 0}
 
     def on_signal(signum, _frame):
@@ -327,10 +327,11 @@ def _seed_code(config: RunConfig, prepare: Path) -> str:
     return apparatus.seed_for(prepare, config.preset, code, path)
 
 
-def _header(archive: Archive, run_id: int, name: str) -> str:
+def _header(archive: Archive, run_id: int, name: str, slot_seconds: float) -> str:
     best = archive.best(run_id)
     best_text = f"best #{best.number} {fmt.bpb(best.val_bpb)}" if best else "best: none yet"
-    return f"evo run {name}: {archive.tally(run_id).total} candidates, {best_text}"
+    return (f"evo run {name}: {archive.tally(run_id).total} candidates, {best_text}, "
+            f"{fmt.busy(busy_share(archive.trained_seconds(run_id), slot_seconds))}")
 
 
 def _given(ctx: typer.Context, param: str) -> bool:
@@ -420,7 +421,8 @@ def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
         f"noise σ {fmt.bpb(r.sigma)}, T0 {fmt.bpb(r.temperature0)}" if r.sigma is not None and r.temperature0 is not None else "noise σ: not measured yet",
         f"candidates {tally.total}: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.by_state.items()))
         + f"; accepted {tally.accepted}",
-        f"active {r.active_seconds / 3600:.2f} h, LLM spend ${archive.cost(r.id):.2f}",
+        f"active {r.active_seconds / 3600:.2f} h, {fmt.busy(busy_share(archive.trained_seconds(r.id), r.slot_seconds))}, "
+        f"LLM spend ${archive.cost(r.id):.2f}",
         f"best: #{best.number} val_bpb {candidate_bpb(best, r.sigma)}  {best.hypothesis}" if best else "best: none yet",
     ]
     typer.echo("\n".join(lines))
@@ -456,11 +458,15 @@ def candidates(
     cands = archive.candidates(r.id)
     numbers = {c.id: c.number for c in cands}
     if output_format == "json":
+        timings: dict[int, list[dict]] = {}
+        for e in queries.evaluation_rows(archive, r.id):
+            timings.setdefault(e.candidate_id, []).append(_evaluation_json(e))
         rows = []
         for c in cands:
             row = c.model_dump(mode="json")
             row["parent"] = numbers.get(c.parent_id)
             row["parent2"] = numbers.get(c.parent2_id)
+            row["evaluations"] = timings.get(c.id, [])
             rows.append(row)
         typer.echo(json.dumps(rows, indent=1))
     elif output_format == "tsv":
@@ -474,6 +480,23 @@ def candidates(
                 f" p={c.accept_probability:.2f}" if c.accept_probability is not None and c.number else "")
             rows.append((str(c.number), parents, c.operator, state, short_bpb(c), acc, c.hypothesis))
         _print_table(("#", "parent", "operator", "state", "val_bpb", "accepted", "hypothesis"), rows, wrap_last=True)
+
+
+def _evaluation_json(e) -> dict:
+    """One evaluation's outcome and times: started (dispatched), training start and seconds by the
+    harness's clock (training_start is the start plus the start-up, so it lags by the harness's own
+    few milliseconds before the process), finished."""
+    started = e.started_at
+    training_start = (started + timedelta(seconds=e.startup_seconds)
+                      if started is not None and e.startup_seconds is not None else None)
+
+    def stamp(t: datetime | None) -> str | None:
+        return t.isoformat() if t is not None else None
+
+    return {"replicate": e.replicate, "seed": e.seed, "state": e.state, "fail_reason": e.fail_reason, "slot": e.slot,
+            "val_bpb": e.val_bpb, "num_steps": e.num_steps, "started_at": stamp(started),
+            "training_start": stamp(training_start), "startup_seconds": e.startup_seconds,
+            "trained_seconds": e.trained_seconds, "finished_at": stamp(e.finished_at), "wall_seconds": e.wall_seconds}
 
 
 def results_tsv(archive: Archive, run_id: int, cands: list[Candidate]) -> str:

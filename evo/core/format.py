@@ -59,3 +59,8 @@ def measurements(c: Any, sigma: float | None) -> list[str]:
     if c.imported_val_bpb is not None:
         lines.append(f"imported val_bpb {bpb(c.imported_val_bpb)} (measured elsewhere)")
     return lines
+
+
+def busy(share: float | None) -> str:
+    """The busy figure (storage.busy_share): what share of the slots' time trained."""
+    return "busy training: not measured yet" if share is None else f"busy training {100 * share:.0f} % of slot time"

@@ -78,7 +78,7 @@ class Engine:
             self.rng.setstate(_rng_from_json(run.rng_state))
         self.stop_proposing = threading.Event()  # first Ctrl-C
         self.kill = threading.Event()            # second Ctrl-C: running evaluations die now
-        self._active_base = run.active_seconds
+        self._active_base, self._slot_base = run.active_seconds, run.slot_seconds
         self._t_start = clock()
         self._operator_failures = 0
         self.user_stopped = False
@@ -122,7 +122,7 @@ class Engine:
                     # Raises OwnershipLost if another process took the run over: the loop ends
                     # at once, its evaluations are killed, and the archive's fence refuses
                     # to record them (the new owner runs them again).
-                    archive.heartbeat(run_id, owner_id(), self.active_seconds)
+                    archive.heartbeat(run_id, owner_id(), **self.time_spent())
                     last_beat = self.clock()
                 self._dispatch()
                 self._propose()
@@ -152,7 +152,7 @@ class Engine:
             self._settle_all()
         self.temperature0()  # σ̂ and T0 as the last evaluations (the re-measures) leave them, for status and report
         status = INTERRUPTED if self.user_stopped else FINISHED
-        archive.update_run(run_id, f"run {status.lower()}", status=status, active_seconds=self.active_seconds,
+        archive.update_run(run_id, f"run {status.lower()}", status=status, **self.time_spent(),
                            owner=None)
         return status
 
@@ -227,7 +227,7 @@ class Engine:
         """The run cannot go on without its seed: record a terminal FAILED status and say how to start again."""
         self.stop_proposing.set()
         self.archive.update_run(self.run.id, f"the seed failed ({seed.fail_reason}); the run cannot go on",
-                                status=FAILED, active_seconds=self.active_seconds)
+                                status=FAILED, **self.time_spent())
         raise EngineError(f"the seed failed ({seed.fail_reason}: {seed.fail_detail}), so run {self.run.name!r} cannot "
                           f"go on; see `evo show {seed.number} --name {self.run.name}`, then start a new run with a "
                           "seed that runs on this machine (--seed-train FILE).")
@@ -241,7 +241,7 @@ class Engine:
         short): left undecided, so `--resume` (with new allowances) measures it again."""
         self.stop_proposing.set()
         self.archive.update_run(self.run.id, f"the seed failed here ({seed.fail_reason}); the run stops until --resume",
-                                status=INTERRUPTED, active_seconds=self.active_seconds)
+                                status=INTERRUPTED, **self.time_spent())
         raise EngineError(f"the seed's evaluation failed ({seed.fail_reason}: {seed.fail_detail}); once that is "
                           f"fixed, `evo run --resume --name {self.run.name}` measures the seed again.")
 
@@ -431,7 +431,8 @@ class Engine:
         self.archive.finish_evaluation(pending.evaluation_id, state=o.state, fail_reason=o.fail_reason, detail=o.detail,
                                        metrics=o.summary, curve=result.curve, returncode=result.returncode,
                                        wall_seconds=result.wall_seconds, harness_seconds=result.harness_seconds,
-                                       log_tail=result.log_tail)
+                                       log_tail=result.log_tail, startup_seconds=result.startup_seconds,
+                                       trained_seconds=result.trained_seconds)
 
     def _limit_training(self, seed_id: int | None = None) -> None:
         """Hold every later training process to the budget plus what the seed's needed around it."""
@@ -536,6 +537,11 @@ class Engine:
     @property
     def active_seconds(self) -> float:
         return self._active_base + self.clock() - self._t_start
+
+    def time_spent(self) -> dict[str, float]:
+        """The run's wall time and its slots' time (the busy figure's denominator), over all sessions."""
+        session = self.clock() - self._t_start
+        return {"active_seconds": self._active_base + session, "slot_seconds": self._slot_base + len(self.slots) * session}
 
     def _seed_number(self) -> int | None:
         run = self.archive.run_by_id(self.run.id)

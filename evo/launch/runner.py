@@ -275,6 +275,7 @@ class EvalResult:
     harness_seconds: float
     log_tail: str
     startup_seconds: float | None = None  # until the training clock started, by the harness's clock
+    trained_seconds: float | None = None  # from the training clock's start to the hand-over, by the harness's clock
 
 
 def detect_slots(gpus: str | None, slots: int | None, visible: int | None = None) -> list[Slot]:
@@ -420,13 +421,14 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _launch(python: str, argv: list[str], workdir: Path, env: dict[str, str], log) -> tuple[subprocess.Popen, int]:
+def _launch(python: str, argv: list[str], workdir: Path, env: dict[str, str], log,
+            stdin: int = subprocess.DEVNULL) -> tuple[subprocess.Popen, int]:
     """Start `argv` under evo.launch.watchdog as the leader of a new process group. Returns the
     process and the write end of the watchdog's lifeline: closing it, or evo dying, kills the group."""
     lifeline_read, lifeline = os.pipe()  # not inheritable: no other child of evo holds the lifeline open
     try:
         proc = subprocess.Popen([python, "-I", str(WATCHDOG), str(lifeline_read), *argv], cwd=workdir,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=stdin,
                                 start_new_session=True, pass_fds=(lifeline_read,))
     except BaseException:
         os.close(lifeline)
@@ -459,9 +461,11 @@ def _wait(proc: subprocess.Popen) -> bool:
 
 
 def _train(python: str, argv: list[str], workdir: Path, env: dict[str, str], limits: Limits,
-           stop: threading.Event | None, early_stop: EarlyStop | None = None) -> _Training:
+           stop: threading.Event | None, early_stop: EarlyStop | None = None,
+           on_clock: Callable[[], None] | None = None) -> _Training:
     """Run train.py (`argv`) to its end, holding it to its limits (Phases) and stopping it when
-    `early_stop` says so; its children die with it."""
+    `early_stop` says so; its children die with it. `on_clock` is called once, when the
+    harness's training clock starts."""
     log_path, hand_over = workdir / "run.log", workdir / HAND_OVER
     timed_out = over = stopped = None
     judged = 0  # progress points the early-stop rule has seen: it is asked again only when more arrive
@@ -476,6 +480,9 @@ def _train(python: str, argv: list[str], workdir: Path, env: dict[str, str], lim
             while not _wait(proc):
                 now = time.monotonic()
                 phases.feed(decoder.decode(reader.read()), now, hand_over.exists())
+                if on_clock is not None and phases.training_start is not None:
+                    on_clock()
+                    on_clock = None
                 interrupted = stop is not None and stop.is_set()
                 over = None if interrupted else phases.over_budget(now)
                 timed_out = None if interrupted or over else phases.overrun(now)
@@ -497,29 +504,64 @@ def _train(python: str, argv: list[str], workdir: Path, env: dict[str, str], lim
                      stopped)
 
 
-def _score(python: str, argv: list[str], harness: Path, env: dict[str, str], limits: Limits,
-           stop: threading.Event | None) -> dict | None:
-    """The evaluation process's (`argv`) verdict on the hand-over (logs.scored_verdict), or None
-    when stopped."""
-    log_path = harness / "evaluate.log"
-    with open(log_path, "wb") as log:
-        deadline = time.monotonic() + limits.eval_allowance
-        proc, lifeline = _launch(python, argv, harness, env, log)
+class _Scorer:
+    """The evaluation process, started warm: it imports torch and the locked prepare.py while the
+    candidate starts up, is stopped (SIGSTOP, the whole group) while the training clock runs so it
+    takes no CPU from the measured training, and scores the moment the hand-over is in place. What
+    the slot waits for after training is the load and the score, not an interpreter and its imports."""
+
+    def __init__(self, python: str, argv: list[str], harness: Path, env: dict[str, str]):
+        self.log_path = harness / "evaluate.log"
+        self._log = open(self.log_path, "wb")
+        go_read, self._go = os.pipe()
         try:
-            while not _wait(proc):
-                if stop is not None and stop.is_set():
-                    kill_group(proc, limits.kill_grace)
-                    return None
-                if time.monotonic() > deadline:
-                    kill_group(proc, limits.kill_grace)
-                    run = limits.run_name or "RUN"
-                    return {"fail": "timeout", "detail": (
-                        f"the harness's evaluation of the handed-over model did not finish within --eval-allowance "
-                        f"{limits.eval_allowance:g} s; raise it with `evo run --resume --name {run} --eval-allowance "
-                        f"{_more(limits.eval_allowance)}`")}
+            self.proc, self._lifeline = _launch(python, argv, harness, env, self._log, stdin=go_read)
+        except BaseException:
+            os.close(self._go)
+            self._log.close()
+            raise
         finally:
-            os.close(lifeline)
-    return logs.scored_verdict(proc.returncode, log_path.read_text(errors="replace"))
+            os.close(go_read)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def score(self, limits: Limits, stop: threading.Event | None) -> dict | None:
+        """The verdict on the hand-over (logs.scored_verdict), or None when stopped."""
+        self._signal(signal.SIGCONT)
+        try:
+            os.write(self._go, b"go\n")
+        except BrokenPipeError:
+            pass  # it died warming up: its log and status say why
+        deadline = time.monotonic() + limits.eval_allowance
+        while not _wait(self.proc):
+            if stop is not None and stop.is_set():
+                kill_group(self.proc, limits.kill_grace)
+                return None
+            if time.monotonic() > deadline:
+                kill_group(self.proc, limits.kill_grace)
+                run = limits.run_name or "RUN"
+                return {"fail": "timeout", "detail": (
+                    f"the harness's evaluation of the handed-over model did not finish within --eval-allowance "
+                    f"{limits.eval_allowance:g} s; raise it with `evo run --resume --name {run} --eval-allowance "
+                    f"{_more(limits.eval_allowance)}`")}
+        self._log.flush()
+        return logs.scored_verdict(self.proc.returncode, self.log_path.read_text(errors="replace"))
+
+    def close(self) -> None:
+        """Kill it if it is still waiting (nothing to score, or stopped), and let go of its pipes."""
+        if self.proc.poll() is None:
+            self._signal(signal.SIGKILL)  # harness code with nothing to clean up; works on a stopped group
+            self.proc.wait()
+        for fd in (self._go, self._lifeline):
+            os.close(fd)
+        self._log.close()
 
 
 def _sandboxes(confine: Confinement, workdir: Path, harness: Path, gpu: bool) -> tuple[Sandbox, Sandbox]:
@@ -563,18 +605,23 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
         home = Path(env.get("HOME") or "/nonexistent").resolve()
         boxes = _sandboxes(confine, workdir, harness, gpu=slot.name.startswith("gpu"))
         train_argv, score_argv = wrap(train_argv, boxes[0], home), wrap(score_argv, boxes[1], home)
-    training = _train(python, train_argv, workdir, {**env, "EVO_SEED": str(seed), HAND_OVER_ENV: str(hand_over)},
-                      limits, stop, early_stop)
-    prepare_changed = not prepare.exists() or file_hash(prepare) != locked_hash or file_hash(prepare_src) != locked_hash
-    interrupted = training.interrupted
-    scored = None
-    # A regular file only, moved out of the candidate's reach (a link could name anything).
-    if (training.returncode == 0 and not (interrupted or training.timed_out or training.over_budget or prepare_changed
-                                          or training.stopped_early)
-            and hand_over.is_file() and not hand_over.is_symlink()):
-        os.replace(hand_over, scored_file)
-        scored = _score(python, score_argv, harness, env, limits, stop)
-        interrupted = scored is None
+    scorer = _Scorer(python, score_argv, harness, env)
+    try:
+        training = _train(python, train_argv, workdir, {**env, "EVO_SEED": str(seed), HAND_OVER_ENV: str(hand_over)},
+                          limits, stop, early_stop, on_clock=scorer.pause)
+        prepare_changed = (not prepare.exists() or file_hash(prepare) != locked_hash
+                           or file_hash(prepare_src) != locked_hash)
+        interrupted = training.interrupted
+        scored = None
+        # A regular file only, moved out of the candidate's reach (a link could name anything).
+        if (training.returncode == 0 and not (interrupted or training.timed_out or training.over_budget
+                                              or prepare_changed or training.stopped_early)
+                and hand_over.is_file() and not hand_over.is_symlink()):
+            os.replace(hand_over, scored_file)
+            scored = scorer.score(limits, stop)
+            interrupted = scored is None
+    finally:
+        scorer.close()
     outcome = logs.classify(training.returncode, training.output, timed_out=training.timed_out,
                             over_budget=training.over_budget, interrupted=interrupted,
                             stopped_early=training.stopped_early,
@@ -585,4 +632,5 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
     wall = time.monotonic() - t0
     phases = training.phases
     startup = None if phases.training_start is None else phases.training_start - phases.started
-    return EvalResult(outcome, curve, training.returncode, wall, wall - training.seconds, tail, startup)
+    return EvalResult(outcome, curve, training.returncode, wall, wall - training.seconds, tail, startup,
+                      phases.training_wall)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from evo.storage import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, WAITING
+from evo.storage import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, WAITING, busy_share
 from evo.core import format as fmt
 from evo.core.lineage import best_index, line
 from evo.cli.view import run_status
@@ -201,6 +201,7 @@ def summary(run: Any, config: dict, cands: Sequence[Any], evals: Sequence[Any], 
         "rejected": sum(1 for c in children if c.accepted is False and c.state == COMPLETE),
         "evaluations": sum(1 for e in evals if e.state in (COMPLETE, FAIL)),
         "slot_hours": wall / 3600.0,
+        "busy": busy_share(sum(e.trained_seconds or 0.0 for e in evals), run.slot_seconds or 0.0),
         "slot_kind": "GPU" if gpu else "CPU",
         "llm_cost": sum(c.cost_usd or 0.0 for c in calls),
         "llm_calls": len(calls),

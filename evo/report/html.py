@@ -86,7 +86,7 @@ def header(meta: dict, tz: tzinfo | None) -> str:
                  f'<div class="sub">{rate}</div></div>')
     cards.append(f'<div class="card"><h3>{meta["slot_kind"]}-hours</h3><div class="big">{meta["slot_hours"]:.2f}</div>'
                  f'<div class="sub">{meta["evaluations"]:,} evaluations on {len(meta["slots"])} slot(s) · '
-                 f'{meta["active_hours"]:.2f} h of wall time</div></div>')
+                 f'{meta["active_hours"]:.2f} h of wall time · {fmt.busy(meta["busy"])}</div></div>')
     tokens = meta["llm_tokens_in"] + meta["llm_tokens_out"]
     cards.append(f'<div class="card"><h3>LLM cost</h3><div class="big">${meta["llm_cost"]:.2f}</div>'
                  f'<div class="sub">{meta["llm_calls"]:,} calls · {tokens / 1e6:.2f} M tokens'

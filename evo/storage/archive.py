@@ -45,23 +45,36 @@ STALE_AFTER_SECONDS = 60.0
 _FIX_FROM_HYPOTHESIS = "substr(hypothesis, 1, 4) = 'fix:'"
 _POST_FROM_EVALUATIONS = ("(SELECT AVG(e.val_bpb) FROM evaluation e WHERE e.candidate_id = candidate.id "
                           f"AND e.state = 'COMPLETE' AND e.replicate >= {REPORTING_REPLICATE} AND e.val_bpb IS NOT NULL)")
+# A run's slot-seconds before they were counted: its active time times the slots its evaluations used.
+_SLOT_SECONDS_FROM_EVALUATIONS = ("run.active_seconds * (SELECT COUNT(DISTINCT e.slot) FROM evaluation e "
+                                  "WHERE e.run_id = run.id AND e.slot IS NOT NULL)")
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE candidate ADD COLUMN fix BOOLEAN NOT NULL DEFAULT FALSE",
         f"UPDATE candidate SET fix = {_FIX_FROM_HYPOTHESIS}"),
     2: ("ALTER TABLE candidate ADD COLUMN val_bpb_post FLOAT",
         f"UPDATE candidate SET val_bpb_post = {_POST_FROM_EVALUATIONS}"),
-    # Step 3 -> 4: spend per candidate, children of a candidate and waiting evaluations by index; the candidatediff table itself is made by create_all
-    # (older candidates have no stored diff: readers diff those as before).
+    # Step 3 -> 4: spend per candidate, children of a candidate and waiting evaluations by index.
+    # The candidatediff table itself is made by create_all, and filled by _store_missing_diffs.
     3: ("CREATE INDEX IF NOT EXISTS ix_llmcall_candidate_id ON llmcall (candidate_id)",
         "CREATE INDEX IF NOT EXISTS ix_candidate_parent_id ON candidate (parent_id)",
         "CREATE INDEX IF NOT EXISTS ix_evaluation_run_state ON evaluation (run_id, state)"),
+    # Step 4 -> 5: the harness's start-up and training seconds (unknown for older evaluations); a
+    # run's slot-seconds; σ̂'s groups, the population and the judged count by covering index.
+    4: ("ALTER TABLE evaluation ADD COLUMN startup_seconds FLOAT",
+        "ALTER TABLE evaluation ADD COLUMN trained_seconds FLOAT",
+        "ALTER TABLE run ADD COLUMN slot_seconds FLOAT NOT NULL DEFAULT 0",
+        f"UPDATE run SET slot_seconds = {_SLOT_SECONDS_FROM_EVALUATIONS}",
+        "CREATE INDEX IF NOT EXISTS ix_evaluation_run_state_values ON evaluation (run_id, state, candidate_id, val_bpb)",
+        "CREATE INDEX IF NOT EXISTS ix_candidate_run_population ON candidate (run_id, in_population, number)",
+        "CREATE INDEX IF NOT EXISTS ix_candidate_run_judged ON candidate (run_id, number, accepted, operator)"),
 }
-# The candidate columns a step added, as expressions over an older candidate table: a reader sees
-# them through one temporary view.
-READ_AS_CURRENT: dict[int, str] = {
-    1: f"{_FIX_FROM_HYPOTHESIS} AS fix",
-    2: f"{_POST_FROM_EVALUATIONS} AS val_bpb_post",
-    3: None,
+# The columns a step added, per table, as expressions over an older table: a reader sees them
+# through one temporary view per table.
+READ_AS_CURRENT: dict[int, dict[str, tuple[str, ...]]] = {
+    1: {"candidate": (f"{_FIX_FROM_HYPOTHESIS} AS fix",)},
+    2: {"candidate": (f"{_POST_FROM_EVALUATIONS} AS val_bpb_post",)},
+    4: {"evaluation": ("NULL AS startup_seconds", "NULL AS trained_seconds"),
+        "run": (f"{_SLOT_SECONDS_FROM_EVALUATIONS} AS slot_seconds",)},
 }
 # Tables a step added, as a reader of an older archive sees them: empty.
 READ_AS_EMPTY: dict[int, str] = {
@@ -165,9 +178,12 @@ class Archive:
             raise ArchiveError(f"the archive {self.where} has schema version {version}, older than this evo "
                                f"({SCHEMA_VERSION}); run `evo run --resume` on it once to upgrade it.")
         steps = range(version, SCHEMA_VERSION)
-        columns = "".join(f", {READ_AS_CURRENT[k]}" for k in steps if READ_AS_CURRENT.get(k))
-        statements = [f"CREATE TEMP VIEW candidate AS SELECT *{columns} FROM main.candidate AS candidate"] if columns \
-            else []
+        added: dict[str, list[str]] = {}
+        for k in steps:
+            for table, columns in READ_AS_CURRENT.get(k, {}).items():
+                added.setdefault(table, []).extend(columns)
+        statements = [f"CREATE TEMP VIEW {table} AS SELECT *, {', '.join(columns)} FROM main.{table} AS {table}"
+                      for table, columns in added.items()]
         statements += [READ_AS_EMPTY[k] for k in steps if k in READ_AS_EMPTY]
 
         def _views(dbapi_conn, _record):
@@ -363,12 +379,14 @@ class Archive:
             self._event(s, run_id, "run", f"run claimed by {owner}")
         self._claim = (run_id, owner)
 
-    def heartbeat(self, run_id: int, owner: str, active_seconds: float) -> None:
-        """Tell readers the owner is alive. Raises OwnershipLost when another process has taken
-        the run over: the caller must stop at once."""
+    def heartbeat(self, run_id: int, owner: str, active_seconds: float, slot_seconds: float | None = None) -> None:
+        """Tell readers the owner is alive, and how long the run (and its slots) have been running.
+        Raises OwnershipLost when another process has taken the run over: the caller must stop at once."""
         with self.session(fenced=False) as s:  # the one ownership check is this one
             run = self._owned(s, run_id, owner, or_nobody=True)
             run.heartbeat_at, run.active_seconds = self.clock(), active_seconds
+            if slot_seconds is not None:
+                run.slot_seconds = slot_seconds
             s.add(run)
 
     def _owned(self, s: Session, run_id: int, owner: str, *, or_nobody: bool = False) -> Run:
@@ -421,6 +439,7 @@ class Archive:
     def _requeue(self, s: Session, ev: Evaluation) -> None:
         s.exec(delete(CurvePoint).where(CurvePoint.evaluation_id == ev.id))
         ev.state, ev.fail_reason, ev.detail, ev.slot, ev.started_at, ev.finished_at = WAITING, None, None, None, None, None
+        ev.startup_seconds = ev.trained_seconds = None  # an interrupted training is work lost, not work done
         s.add(ev)
         cand = s.get(Candidate, ev.candidate_id)
         s.flush()
@@ -550,14 +569,17 @@ class Archive:
     def finish_evaluation(self, evaluation_id: int, *, state: str, fail_reason: str | None, detail: str,
                           metrics: dict[str, float] | None, curve: list[tuple[int, float, float]],
                           returncode: int | None, wall_seconds: float, harness_seconds: float,
-                          log_tail: str) -> Evaluation:
-        """Record how an evaluation ended, with its curve, and refresh its candidate's statistics."""
+                          log_tail: str, startup_seconds: float | None = None,
+                          trained_seconds: float | None = None) -> Evaluation:
+        """Record how an evaluation ended, with its curve, and refresh its candidate's statistics
+        (start-up and training seconds by the harness's clock, where its process got that far)."""
         with self.session() as s:
             ev = s.get(Evaluation, evaluation_id)
             if ev.state != RUNNING:
                 return ev  # already recorded (or re-queued by a recovery); never record twice
             ev.state, ev.fail_reason, ev.detail, ev.returncode = state, fail_reason, detail, returncode
             ev.wall_seconds, ev.harness_seconds, ev.log_tail = wall_seconds, harness_seconds, log_tail
+            ev.startup_seconds, ev.trained_seconds = startup_seconds, trained_seconds
             ev.finished_at = self.clock()
             for key, value in metric_values(metrics).items():
                 setattr(ev, key, value)
@@ -640,6 +662,13 @@ class Archive:
             q = q.where(LLMCall.candidate_id == candidate_id)
         with self.read() as s:
             return float(s.exec(q).one())
+
+    def trained_seconds(self, run_id: int) -> float:
+        """Seconds the run's recorded evaluations trained by the harness's clock, summed in SQL (the
+        busy figure's numerator; evaluations still running count once they are recorded)."""
+        with self.read() as s:
+            return float(s.exec(select(func.coalesce(func.sum(Evaluation.trained_seconds), 0.0))
+                                .where(Evaluation.run_id == run_id)).one())
 
     def cost_by_candidate(self, run_id: int) -> dict[int, float]:
         """LLM spend in USD per candidate of a run, summed in SQL."""

@@ -17,7 +17,10 @@ from evo.launch.logs import SUMMARY_KEYS
 
 # 2: Candidate.fix (a repair proposal) replaced the "fix:" hypothesis prefix as the marker.
 # 3: Candidate.val_bpb_post, the mean of its reporting evaluations (post_selection_mean).
-SCHEMA_VERSION = 4
+# 4: stored diffs (CandidateDiff); spend, children and waiting evaluations by index.
+# 5: the harness's start-up and training seconds per evaluation, a run's slot-seconds (the "busy"
+#    figure's parts); the engine's per-decision reads (σ̂'s groups, the population) by covering index.
+SCHEMA_VERSION = 5
 
 # Lifecycle states (Optuna's names)
 WAITING, RUNNING, COMPLETE, FAIL, PRUNED = "WAITING", "RUNNING", "COMPLETE", "FAIL", "PRUNED"
@@ -106,6 +109,13 @@ def post_selection_mean(evaluations: Iterable[Any]) -> float | None:
     return sum(later) / len(later) if later else None
 
 
+def busy_share(trained_seconds: float, slot_seconds: float) -> float | None:
+    """THE "busy" figure: the share of the slots' time spent training (Σ training seconds ÷ (slots ×
+    active time)); None before any slot time was spent. Start-up, the final evaluation, the harness
+    and idle slots are what keeps it below 1."""
+    return min(1.0, trained_seconds / slot_seconds) if slot_seconds > 0 else None
+
+
 # ---------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------
@@ -132,6 +142,7 @@ class Run(SQLModel, table=True):
     next_number: int = 0
     seed_id: Optional[int] = None              # the candidate the population starts from
     active_seconds: float = 0.0                # wall time spent running, summed over resumes
+    slot_seconds: float = 0.0                  # slots × wall time running, summed over resumes
     owner: Optional[str] = None                # host:pid:start of the process running it (see owner_id)
     heartbeat_at: Optional[datetime] = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -139,7 +150,9 @@ class Run(SQLModel, table=True):
 
 
 class Candidate(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("run_id", "number"),)
+    # The population, and the children judged so far (the cooling schedule's position), by covering index.
+    __table_args__ = (UniqueConstraint("run_id", "number"), Index("ix_candidate_run_population", "run_id", "in_population", "number"),
+                      Index("ix_candidate_run_judged", "run_id", "number", "accepted", "operator"))
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
     number: int
@@ -177,7 +190,9 @@ class CandidateDiff(SQLModel, table=True):
 
 
 class Evaluation(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("candidate_id", "replicate"), Index("ix_evaluation_run_state", "run_id", "state"))
+    # (run, state) finds waiting evaluations in id order; with candidate and value, σ̂'s groups are an index-only read.
+    __table_args__ = (UniqueConstraint("candidate_id", "replicate"), Index("ix_evaluation_run_state", "run_id", "state"),
+                      Index("ix_evaluation_run_state_values", "run_id", "state", "candidate_id", "val_bpb"))
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
     candidate_id: int = Field(foreign_key="candidate.id", index=True)
@@ -199,6 +214,8 @@ class Evaluation(SQLModel, table=True):
     depth: Optional[int] = None
     wall_seconds: Optional[float] = None
     harness_seconds: Optional[float] = None    # wall time outside the candidate's process
+    startup_seconds: Optional[float] = None    # process start to the training clock, by the harness's clock
+    trained_seconds: Optional[float] = None    # training by the harness's clock (training_seconds is the candidate's word)
     workdir: Optional[str] = None
     log_tail: Optional[str] = Field(default=None, sa_column=Column(Text))
     started_at: Optional[datetime] = None

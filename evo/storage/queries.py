@@ -26,7 +26,8 @@ from evo.storage.models import FAIL, METRICS, NO_PROPOSAL, Candidate, CandidateD
 # Evaluation columns the figures need (not the log tail or the failure detail: those stream later).
 EVAL_COLUMNS = (Evaluation.id, Evaluation.candidate_id, Evaluation.replicate, Evaluation.seed, Evaluation.state,
                 Evaluation.fail_reason, Evaluation.slot, Evaluation.wall_seconds, Evaluation.started_at,
-                Evaluation.finished_at, *(getattr(Evaluation, key) for key in METRICS))
+                Evaluation.finished_at, Evaluation.startup_seconds, Evaluation.trained_seconds,
+                *(getattr(Evaluation, key) for key in METRICS))
 CALL_COLUMNS = (LLMCall.id, LLMCall.candidate_id, LLMCall.at, LLMCall.model, LLMCall.purpose, LLMCall.tokens_in,
                 LLMCall.tokens_out, LLMCall.latency_s, LLMCall.cost_usd, LLMCall.error)
 CANDIDATE_COLUMNS = tuple(getattr(Candidate, c.name) for c in Candidate.__table__.columns)
@@ -93,6 +94,12 @@ def snapshot(s: Session, run_id: int) -> Snapshot:
     except (TypeError, ValueError):
         config = {}
     return Snapshot(run, config, cands, evals, calls, now, liveness(run)[0])
+
+
+def evaluation_rows(archive: Archive, run_id: int) -> list:
+    """The run's evaluations in EVAL_COLUMNS (no log tails), oldest first."""
+    with archive.read() as s:
+        return _rows(s, EVAL_COLUMNS, Evaluation.run_id == run_id, Evaluation.id)
 
 
 def curve_points(s: Session, evaluation_ids: dict[int, int]) -> dict[int, list[CurvePoint]]:
