@@ -119,13 +119,19 @@ if __name__ == "__main__":
 '''
 
 
-@pytest.mark.parametrize("how", ["prepare fails", "operator cannot be built"])
+OFFLINE = ("could not download shard_00000.parquet from https://huggingface.co after 3 attempts (ConnectionError); "
+           "without network, prepare from local files with --text PATH.")
+
+
+@pytest.mark.parametrize("how", ["prepare fails", "prepare is offline", "operator cannot be built"])
 def test_a_failed_start_leaves_no_run_and_the_name_starts_again(tmp_path: Path, how: str) -> None:
-    if how == "prepare fails":
+    if how.startswith("prepare"):
         bad_prepare = tmp_path / "bad_prepare.py"
-        bad_prepare.write_text(FAILING_PREPARE)
+        offline = how == "prepare is offline"  # prepare.py's own sentence, which names its --text flag
+        bad_prepare.write_text(FAILING_PREPARE.replace("cannot download the shards", OFFLINE) if offline else FAILING_PREPARE)
         failed = surrogate_run(tmp_path, "--name", "z", "--max-candidates", "1", prepare=bad_prepare)
-        message = "preparing preset 'smoke' failed: cannot download the shards"
+        message = (f"To prepare from local text instead: `python {bad_prepare} --preset smoke --text FILE [FILE ...]`"
+                   if offline else "preparing preset 'smoke' failed: cannot download the shards")
     else:  # a self-hosted model needs no key, so only the missing research program fails, after the checks
         failed = surrogate_run(tmp_path, "--name", "z", "--operator", "llm", "--model", "openai:m@http://127.0.0.1:9/v1",
                                "--program", str(tmp_path / "missing.md"))

@@ -264,3 +264,45 @@ def test_float_that_lands_on_a_whole_number_stays_float() -> None:
         code, changes = tweak("X = 0.8\n", random.Random(seed), n=1)
         (name, old, new), = changes
         assert isinstance(find_constants(code)[0].value, float), code
+
+
+# ---------------------------------------------------------------------------
+# the budget line of `evo status` and the live header
+# ---------------------------------------------------------------------------
+
+def test_budget_says_what_is_spent_and_the_nearest_limit_at_this_pace() -> None:
+    from evo.core import format as fmt
+    assert [fmt.duration(s) for s in (45, 720, 3 * 3600 + 300)] == ["45 s", "12 min", "3 h 05 min"]
+    # 10 of 40 children in an hour: 3 h more at this pace, but only 1 h of the 2 h budget is left
+    assert fmt.budget(10, 40, 3600, 2) == "budget 10/40 children, 1.0/2 h; about 1 h 00 min left at this pace"
+    assert fmt.budget(10, 40, 3600, None) == "budget 10/40 children; about 3 h 00 min left at this pace"
+    assert fmt.budget(0, 40, 0, None) == "budget 0/40 children"  # no pace yet
+    assert fmt.budget(50, 40, 3600, None).endswith("about 0 s left at this pace")
+    assert fmt.budget(5, None, 600, None, spent=1.0, max_cost=4.0) == (
+        "budget $1.00/$4.00 of LLM spend; about 30 min left at this pace")
+    assert fmt.budget(7, None, 60, None).startswith("budget: none set (7 children so far")
+    assert fmt.budget(40, 40, 3600, 8, live=False) == "budget 40/40 children, 1.0/8 h"  # an ended run has no pace
+
+
+# ---------------------------------------------------------------------------
+# noise warnings: when a measurement says more about the machine than the code
+# ---------------------------------------------------------------------------
+
+def test_noise_warnings_name_replicates_of_different_speed_and_a_loaded_start() -> None:
+    from types import SimpleNamespace as E
+    from evo.core import noise
+
+    def ev(r: int, steps: int, tokens_m: float = 1.0, load: float | None = 0.5, state: str = "COMPLETE"):
+        return E(replicate=r, state=state, num_steps=steps, total_tokens_M=tokens_m, training_seconds=8.0, load_avg=load)
+
+    # the loaded CPU of the issue: 19, 168 and 12 steps for three replicates of the seed
+    seed = [ev(0, 19), ev(1, 168), ev(2, 12)]
+    assert noise.speed_warning(seed).startswith("its replicates trained 12 to 168 steps (x14.0)")
+    steady = [ev(0, 100, 1.0), ev(1, 120, 1.1), ev(2, 90, 0.9)]
+    assert noise.speed_warning(steady) is None and noise.warnings(steady, cores=2) == []
+    assert "tokens/s" in noise.speed_warning([ev(0, 100, 0.3), ev(1, 100, 1.0)])  # same steps, a third of the tokens
+    assert noise.speed_warning([ev(0, 100), ev(1, 10, state="FAIL")]) is None  # a failure is no measurement of speed
+    assert noise.tokens_per_second(ev(0, 1, tokens_m=2.0)) == 250_000
+    loaded = [ev(0, 100, load=5.2), ev(1, 110, load=1.0), ev(2, 105, load=None)]
+    assert noise.warnings(loaded, cores=2) == ["evaluation 0 started at load 5.2 on 2 cores: it shared the CPU, and a "
+                                               "wall-clock budget then measures the load"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -244,8 +245,8 @@ def test_ctrl_c_once_finishes_running_then_resume(tmp_path: Path) -> None:
                and any(e.state == RUNNING for e in evaluations_of(db, "i")), "a child's evaluation to start")
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    assert "stopping: no new candidates" in out
+    assert proc.returncode == 130, out  # 128 + SIGINT, as a shell expects of a stopped command
+    assert "stopping: no new candidates" in out and "resume it with `evo run --resume --name i`" in out
     archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
     run = archive.find_run("i")
     assert run.status == INTERRUPTED
@@ -276,7 +277,7 @@ def test_ctrl_c_twice_kills_and_resume_requeues(tmp_path: Path) -> None:
     # Two signals sent back to back may be delivered as one: the second goes once the first was heard.
     wait_until(lambda: output.has("stopping: no new candidates"), "the first Ctrl-C to be acknowledged")
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    assert proc.wait(timeout=120) == 130
     out = output.text()
     archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
     run = archive.find_run("k")
@@ -287,25 +288,118 @@ def test_ctrl_c_twice_kills_and_resume_requeues(tmp_path: Path) -> None:
     assert writer.recover(run.id) and all(e.state in (WAITING, COMPLETE) for e in writer.evaluations(run.id))
 
 
+@pytest.mark.parametrize("now", [False, True], ids=["graceful", "now"])
+def test_evo_stop_from_another_terminal(tmp_path: Path, now: bool) -> None:
+    """`evo stop` is the first Ctrl-C sent from elsewhere (the running evaluation finishes); with
+    --now, the second (it is killed and queued again). Either way the run can be resumed."""
+    seed = slow_surrogate(tmp_path, 1.5)
+    cmd = [sys.executable, "-m", "evo", "run", "--name", "s", "--prepare", str(SURROGATE / "prepare.py"),
+           "--seed-train", str(seed), "--preset", "smoke", "--operator", "tweak", "--max-candidates", "20",
+           "--replicates", "2"]
+    env = {**os.environ, "EVO_STORAGE": f"sqlite:///{tmp_path}/archive/evo.db"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = env["EVO_STORAGE"]
+    try:
+        wait_until(lambda: sum(e.state == COMPLETE for e in evaluations_of(db, "s")) >= 2
+                   and any(e.state == RUNNING for e in evaluations_of(db, "s")), "a child's evaluation to start")
+        asked = evo(tmp_path, "stop", *(["--now"] if now else []))  # the default run is the running one
+        assert asked.returncode == 0 and f"process {proc.pid}" in asked.stdout, asked.stdout + asked.stderr
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == (143 if now else 130), out
+    assert "resume it with `evo run --resume --name s`" in out
+    archive = Archive(db, writer=False)
+    run = archive.find_run("s")
+    reasons = [e.fail_reason for e in archive.evaluations(run.id) if e.state == FAIL]
+    assert run.status == INTERRUPTED and run.owner is None
+    assert reasons == (["interrupted"] if now else []), reasons
+    again = evo(tmp_path, "stop", "--name", "s")
+    assert again.returncode == 2 and "is not running (INTERRUPTED); nothing to stop" in again.stderr
+
+
+def test_evo_delete_removes_one_run_and_keeps_the_others(tmp_path: Path) -> None:
+    for name in ("keep", "gone"):
+        assert surrogate_run(tmp_path, "--name", name, "--max-candidates", "2", "--replicates", "2").returncode == 0
+    files = tmp_path / "archive" / "runs"
+    assert (files / "gone").is_dir()
+    unconfirmed = evo(tmp_path, "delete", "--name", "gone")  # stdin is no terminal: no prompt to answer
+    assert unconfirmed.returncode == 2 and "pass --yes" in unconfirmed.stderr
+    deleted = evo(tmp_path, "delete", "--name", "gone", "--yes")
+    assert deleted.returncode == 0 and "deleted run 'gone'" in deleted.stdout, deleted.stderr
+    assert not (files / "gone").exists() and (files / "keep").is_dir()
+    archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
+    assert [r.name for r in archive.runs()] == ["keep"]
+    keep = archive.find_run("keep")
+    assert len(archive.candidates(keep.id)) == 3 and all(e.state == COMPLETE for e in archive.evaluations(keep.id))
+    assert evo(tmp_path, "report", "--name", "keep").returncode == 0  # every code and diff it needs is still there
+    missing = evo(tmp_path, "delete", "--name", "gone", "--yes")
+    assert missing.returncode == 2 and "no run named 'gone'" in missing.stderr
+
+
+def test_the_default_run_is_the_latest_one_that_runs_or_ended(tmp_path: Path) -> None:
+    archive = Archive(f"sqlite:///{tmp_path}/evo.db")
+    done = archive.create_run("done", {})
+    archive.update_run(done.id, status=FINISHED)
+    dead = archive.create_run("dead", {})  # ACTIVE, its process gone (kill -9)
+    archive.update_run(dead.id, owner=f"{os.uname().nodename}:999999999:1")
+    assert archive.find_run(None).name == "done"
+    newer = archive.create_run("newer", {})
+    archive.update_run(newer.id, status=INTERRUPTED)
+    assert archive.find_run(None).name == "newer"
+
+
 def test_status_while_running(tmp_path: Path) -> None:
     seed = slow_surrogate(tmp_path, 0.3)
     cmd = [sys.executable, "-m", "evo", "run", "--name", "live", "--prepare", str(SURROGATE / "prepare.py"),
            "--seed-train", str(seed), "--preset", "smoke", "--operator", "tweak", "--max-candidates", "15", "--replicates", "2", "--slots", "2"]
     env = {**os.environ, "EVO_STORAGE": f"sqlite:///{tmp_path}/archive/evo.db"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    polls = 0
+    polls, paced = 0, False
     try:
         while proc.poll() is None:
             result = evo(tmp_path, "status", "--name", "live")
             if result.returncode == 0:
                 polls += 1
                 assert "run live:" in result.stdout
+                budget = re.search(r"^budget (\d+)/15 children(; about .+ left at this pace)?$", result.stdout, re.M)
+                assert budget, result.stdout
+                paced = paced or (budget.group(2) is not None and "run live: ACTIVE" in result.stdout)
             else:
                 assert "no archive" in result.stderr or "no run named" in result.stderr, result.stderr
     finally:
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert polls >= 2
+    assert polls >= 2 and paced, "a live run's status says how long is left"
+    final = evo(tmp_path, "status", "--name", "live").stdout
+    assert "budget 15/15 children\n" in final, final
+
+
+def test_the_live_header_counts_candidates_busy_share_and_budget(tmp_path: Path) -> None:
+    from evo.cli.app import _header
+    assert surrogate_run(tmp_path, "--name", "h", "--max-candidates", "2", "--replicates", "2").returncode == 0
+    archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
+    run = archive.find_run("h")
+    first, second = _header(archive, run.id, "h", {"active_seconds": 60.0, "slot_seconds": 60.0}).splitlines()
+    assert first.startswith("evo run h: 3 candidates, best #") and first.endswith("busy training 0 % of slot time")
+    assert second == "budget 2/2 children; about 0 s left at this pace"
+
+
+def test_replicates_of_different_speed_are_called_out_in_the_log_and_evo_show(tmp_path: Path) -> None:
+    """The seed's replicates ran 10 and 100 steps in the same budget (a machine whose speed changed):
+    the run's log says so when the second one lands, and `evo show` beside the figures."""
+    seed = tmp_path / "uneven_train.py"
+    seed.write_text((SURROGATE / "train.py").read_text().replace(
+        'print("num_steps:        3")', 'import os\nprint(f"num_steps:        {10 if int(os.environ[\'EVO_SEED\']) % 2 == 0 else 100}")'))
+    out = evo(tmp_path, "run", "--name", "u", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train", str(seed),
+              "--preset", "smoke", "--operator", "tweak", "--max-candidates", "1", "--replicates", "2")
+    assert out.returncode == 0, out.stderr
+    assert "noise: candidate 0: its replicates trained 10 to 100 steps (x10.0)" in out.stdout, out.stdout
+    shown = evo(tmp_path, "show", "0", "--name", "u").stdout
+    assert "warning: its replicates trained 10 to 100 steps (x10.0): the machine's speed changed" in shown, shown
+    assert re.search(r"evaluation 0 \(seed \d+, slot cpu\): COMPLETE val_bpb [0-9.]+, (10|100) steps", shown), shown
 
 
 @pytest.mark.slow

@@ -431,6 +431,16 @@ def test_export_lineage_writes_the_search_as_history(tmp_path: Path, evo_archive
     assert export_lineage(archive, "r", g.path) == summary
     assert g.repo.git.for_each_ref("--format=%(refname)", "refs/evo/r/").split() == ["refs/evo/r/c4", "refs/evo/r/c5"]
     assert seed_from_repo(f"{g.path}@evo/r").code == code[4]
+    # a path that does not exist yet becomes a repository holding the lineage alone: the same commits
+    # but the roots, which have no HEAD to sit on
+    fresh = export_lineage(archive, "r", tmp_path / "new" / "lineage")
+    repo = gitpython.Repo(tmp_path / "new" / "lineage")
+    assert fresh["commits"] == 5 and repo.commit("evo/r").parents[0].parents[0].parents == ()
+    assert (repo.commit("evo/r").tree / "train.py").data_stream.read().decode() == code[4]
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "notes.txt").write_text("not a repository")
+    with pytest.raises(GitError, match="is not a git repository"):  # a folder with files is never made one
+        export_lineage(archive, "r", tmp_path / "stuff")
 
 
 def test_seed_from_evo_carries_the_ancestors(tmp_path: Path, evo_archive) -> None:

@@ -7,9 +7,11 @@ import csv
 import functools
 import io
 import json
+import os
+import shutil
 import signal
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -21,13 +23,14 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from evo import __version__
-from evo.storage import (COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, REPORTING_REPLICATE, STALE_AFTER_SECONDS, Archive,
-                         ArchiveError, Candidate, OwnershipLost, Run, busy_share, liveness, owner_id, queries)
+from evo.storage import (ACTIVE, COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, REPORTING_REPLICATE, STALE_AFTER_SECONDS,
+                         Archive, ArchiveError, Candidate, OwnershipLost, Run, busy_share, liveness, owner_id, owner_pid_here,
+                         queries)
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb
-from evo.core import acceptance
+from evo.core import acceptance, noise
 from evo.core.lineage import first_parents
-from evo.cli.view import run_status
+from evo.cli.view import UNRESPONSIVE, run_status
 from evo.core import format as fmt
 
 
@@ -53,7 +56,7 @@ app = typer.Typer(
 )
 
 Storage = Annotated[str, typer.Option("--storage", envvar="EVO_STORAGE", help="SQLAlchemy URL of the archive.")]
-RunName = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name (default: the most recent run).")]
+RunName = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name (default: the newest run that is running or ended).")]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -242,11 +245,12 @@ def run(
     engine = Engine(archive, run_row, config, op, slot_list, app_, plan,
                     evaluate=functools.partial(run_evaluation, confine=_confinement(config, archive, app_, view.line)))
     view.slots = engine.status
-    view.header = lambda: _header(archive, run_row.id, config.name, engine.time_spent()["slot_seconds"])
-    presses = {"n": 0}
+    view.header = lambda: _header(archive, run_row.id, config.name, engine.time_spent())
+    presses = {"n": 0, "first": 0}
 
     def on_signal(signum, _frame):
         presses["n"] += 1
+        presses["first"] = presses["first"] or signum
         if signum == signal.SIGINT and presses["n"] == 1:
             view.line("stopping: no new candidates; running evaluations will finish (Ctrl-C again kills them)")
             engine.request_stop()
@@ -273,6 +277,10 @@ def run(
             # After a stop by signal, another press while the process exits must not kill it mid-way
             # (Python restores SIG_DFL at exit, and a -2 status reads as a crash); SIG_IGN survives.
             signal.signal(s, signal.SIG_IGN if presses["n"] else handler)
+    if status == INTERRUPTED:
+        view.line(f"run stopped; resume it with `evo run --resume --name {config.name}`; `evo status --name "
+                  f"{config.name}` shows where it stands")
+        raise typer.Exit(128 + (presses["first"] or signal.SIGINT))  # the shell's convention: ended by a signal
     view.line(f"run {status.lower()}; `evo status --name {config.name}` and `evo best --name {config.name}` show the result")
 
 
@@ -327,11 +335,21 @@ def _seed_code(config: RunConfig, prepare: Path) -> str:
     return apparatus.seed_for(prepare, config.preset, code, path)
 
 
-def _header(archive: Archive, run_id: int, name: str, slot_seconds: float) -> str:
+def _header(archive: Archive, run_id: int, name: str, time_spent: dict[str, float]) -> str:
+    run_row = archive.run_by_id(run_id)
     best = archive.best(run_id)
     best_text = f"best #{best.number} {fmt.bpb(best.val_bpb)}" if best else "best: none yet"
     return (f"evo run {name}: {archive.tally(run_id).total} candidates, {best_text}, "
-            f"{fmt.busy(busy_share(archive.trained_seconds(run_id), slot_seconds))}")
+            f"{fmt.busy(busy_share(archive.trained_seconds(run_id), time_spent['slot_seconds']))}\n"
+            + _budget(archive, run_row, json.loads(run_row.config), time_spent["active_seconds"]))
+
+
+def _budget(archive: Archive, run_row: Run, config: dict, active_seconds: float | None = None,
+            live: bool = True) -> str:
+    """The budget line of `evo status` and the live header."""
+    active = run_row.active_seconds if active_seconds is None else active_seconds
+    return fmt.budget(archive.count_children(run_row.id), config.get("max_candidates"), active, config.get("hours"),
+                      archive.cost(run_row.id), config.get("max_cost"), live=live)
 
 
 def _given(ctx: typer.Context, param: str) -> bool:
@@ -423,6 +441,7 @@ def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
         + f"; accepted {tally.accepted}",
         f"active {r.active_seconds / 3600:.2f} h, {fmt.busy(busy_share(archive.trained_seconds(r.id), r.slot_seconds))}, "
         f"LLM spend ${archive.cost(r.id):.2f}",
+        _budget(archive, r, config, live=label == ACTIVE),
         f"best: #{best.number} val_bpb {candidate_bpb(best, r.sigma)}  {best.hypothesis}" if best else "best: none yet",
     ]
     typer.echo("\n".join(lines))
@@ -446,6 +465,56 @@ def list_runs(storage: Storage = DEFAULT_STORAGE) -> None:
 
 
 @app.command()
+def stop(name: RunName = None,
+         now: Annotated[bool, typer.Option("--now", help="Kill the running evaluations too (queued again on --resume).")] = False,
+         storage: Storage = DEFAULT_STORAGE) -> None:
+    """Stop a running run from another terminal, as Ctrl-C in its own does: no new candidates, the
+    running evaluations finish (--now: they are killed, like a second Ctrl-C)."""
+    archive, r, _ = open_run(storage, name)
+    label, _ = run_status(r, *liveness(r))
+    if label not in (ACTIVE, UNRESPONSIVE):
+        raise fail(f"run {r.name!r} is not running ({label}); nothing to stop.")
+    pid = owner_pid_here(r.owner)
+    if pid is None:
+        raise fail(f"run {r.name!r} runs on {r.owner.partition(':')[0]}, not on this machine; run `evo stop --name "
+                   f"{r.name}` there, or press Ctrl-C in its terminal.")
+    os.kill(pid, signal.SIGTERM if now else signal.SIGINT)
+    if now:
+        typer.echo(f"asked run {r.name!r} (process {pid}) to stop now: its running evaluations are killed and "
+                   f"queued again; resume it with `evo run --resume --name {r.name}`.")
+    else:
+        typer.echo(f"asked run {r.name!r} (process {pid}) to stop: no new candidates, the running evaluations "
+                   f"finish; `evo stop --now --name {r.name}` kills them instead.")
+
+
+@app.command()
+def delete(name: Annotated[str, typer.Option("--name", "-n", help="The run to delete (always named: no default).")],
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+           storage: Storage = DEFAULT_STORAGE) -> None:
+    """Delete a run and everything it archived: candidates, evaluations, LLM calls, its files."""
+    archive = open_archive(storage, writer=True)
+    try:
+        r = archive.find_run(name)
+    except ArchiveError as e:
+        raise fail(str(e), e.code)
+    label, _ = run_status(r, *liveness(r))
+    if label in (ACTIVE, UNRESPONSIVE):
+        raise fail(f"run {r.name!r} is running ({r.owner}); stop it first with `evo stop --name {r.name}`.")
+    what = f"run {r.name!r}: {archive.tally(r.id).total} candidates, {archive.count_evaluations(r.id)} completed evaluations"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise fail(f"deleting {what} needs a confirmation; pass --yes to delete without one.")
+        if not typer.confirm(f"delete {what}, for good?"):
+            raise fail("nothing deleted.", 1)
+    try:
+        archive.remove_run(r.id)
+    except ArchiveError as e:
+        raise fail(str(e), e.code)
+    shutil.rmtree(archive.files / "runs" / r.name, ignore_errors=True)
+    typer.echo(f"deleted {what}.")
+
+
+@app.command()
 def candidates(
     name: RunName = None,
     output_format: Annotated[str, typer.Option("--format", "-f", help="table, json, or tsv (autoresearch's results.tsv).")] = "table",
@@ -458,17 +527,7 @@ def candidates(
     cands = archive.candidates(r.id)
     numbers = {c.id: c.number for c in cands}
     if output_format == "json":
-        timings: dict[int, list[dict]] = {}
-        for e in queries.evaluation_rows(archive, r.id):
-            timings.setdefault(e.candidate_id, []).append(_evaluation_json(e))
-        rows = []
-        for c in cands:
-            row = c.model_dump(mode="json")
-            row["parent"] = numbers.get(c.parent_id)
-            row["parent2"] = numbers.get(c.parent2_id)
-            row["evaluations"] = timings.get(c.id, [])
-            rows.append(row)
-        typer.echo(json.dumps(rows, indent=1))
+        typer.echo(json.dumps(queries.candidate_records(archive, r.id, cands), indent=1))
     elif output_format == "tsv":
         typer.echo(results_tsv(archive, r.id, cands), nl=False)
     else:
@@ -480,23 +539,6 @@ def candidates(
                 f" p={c.accept_probability:.2f}" if c.accept_probability is not None and c.number else "")
             rows.append((str(c.number), parents, c.operator, state, short_bpb(c), acc, c.hypothesis))
         _print_table(("#", "parent", "operator", "state", "val_bpb", "accepted", "hypothesis"), rows, wrap_last=True)
-
-
-def _evaluation_json(e) -> dict:
-    """One evaluation's outcome and times: started (dispatched), training start and seconds by the
-    harness's clock (training_start is the start plus the start-up, so it lags by the harness's own
-    few milliseconds before the process), finished."""
-    started = e.started_at
-    training_start = (started + timedelta(seconds=e.startup_seconds)
-                      if started is not None and e.startup_seconds is not None else None)
-
-    def stamp(t: datetime | None) -> str | None:
-        return t.isoformat() if t is not None else None
-
-    return {"replicate": e.replicate, "seed": e.seed, "state": e.state, "fail_reason": e.fail_reason, "slot": e.slot,
-            "val_bpb": e.val_bpb, "num_steps": e.num_steps, "started_at": stamp(started),
-            "training_start": stamp(training_start), "startup_seconds": e.startup_seconds,
-            "trained_seconds": e.trained_seconds, "finished_at": stamp(e.finished_at), "wall_seconds": e.wall_seconds}
 
 
 def results_tsv(archive: Archive, run_id: int, cands: list[Candidate]) -> str:
@@ -558,10 +600,14 @@ def show(
         typer.echo(f"model: {c.model or '-'}, {len(calls)} LLM call(s), tokens {sum(x.tokens_in for x in calls)} in / "
                    f"{sum(x.tokens_out for x in calls)} out, cost ${sum(x.cost_usd for x in calls):.4f}")
     for ev in evals:
-        metrics = (f"val_bpb {fmt.bpb(ev.val_bpb)}, {ev.num_steps} steps, {ev.training_seconds:.1f}s training, "
-                   f"peak {ev.peak_vram_mb:.0f} MB, mfu {ev.mfu_percent:.1f}%") if ev.state == COMPLETE else \
+        speed = noise.tokens_per_second(ev)
+        metrics = (f"val_bpb {fmt.bpb(ev.val_bpb)}, {ev.num_steps} steps" + (f" at {speed:,.0f} tok/s" if speed else "")
+                   + f", {ev.training_seconds:.1f}s training, peak {ev.peak_vram_mb:.0f} MB, mfu {ev.mfu_percent:.1f}%"
+                   + (f", load {ev.load_avg:.1f}" if ev.load_avg is not None else "")) if ev.state == COMPLETE else \
             f"{ev.fail_reason}: {ev.detail}" if ev.state == FAIL else ""
         typer.echo(f"  evaluation {ev.replicate} (seed {ev.seed}, slot {ev.slot}): {ev.state} {metrics}")
+    for warning in noise.warnings(evals, os.cpu_count() or 1):
+        typer.echo(f"warning: {warning}")
     if parent:
         typer.echo("")
         stored = archive.stored_diff(c.id)

@@ -64,3 +64,32 @@ def measurements(c: Any, sigma: float | None) -> list[str]:
 def busy(share: float | None) -> str:
     """The busy figure (storage.busy_share): what share of the slots' time trained."""
     return "busy training: not measured yet" if share is None else f"busy training {100 * share:.0f} % of slot time"
+
+
+def duration(seconds: float) -> str:
+    """A span as a person reads it: 45 s, 12 min, 3 h 05 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def budget(children: int, max_candidates: int | None, active_seconds: float, hours: float | None,
+           spent: float = 0.0, max_cost: float | None = None, live: bool = True) -> str:
+    """The run's budget as spent (children against --max-candidates, time against --hours, LLM
+    dollars against --max-cost) and, while it runs, about how long is left at the pace so far."""
+    parts, left = [], []
+    if max_candidates is not None:
+        parts.append(f"{children}/{max_candidates} children")
+        if children > 0 and active_seconds > 0:
+            left.append(max(0.0, (max_candidates - children) * active_seconds / children))
+    if hours is not None:
+        parts.append(f"{active_seconds / 3600:.1f}/{hours:g} h")
+        left.append(max(0.0, hours * 3600 - active_seconds))
+    if max_cost is not None:
+        parts.append(f"${spent:.2f}/${max_cost:.2f} of LLM spend")
+        if spent > 0 and active_seconds > 0:
+            left.append(max(0.0, (max_cost - spent) * active_seconds / spent))
+    if not parts:
+        return f"budget: none set ({children} children so far; Ctrl-C or `evo stop` ends the run)"
+    return "budget " + ", ".join(parts) + (f"; about {duration(min(left))} left at this pace" if left and live else "")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import threading
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evo.config import RunConfig
-from evo.core import acceptance, decision, selection
+from evo.core import acceptance, decision, noise, selection
 from evo.core import format as fmt
 from evo.engine.early import EarlyStopping
 from evo.engine.proposals import Asked, Proposals
@@ -366,7 +367,7 @@ class Engine:
         for slot, ev in zip(self.pool.free(), waiting):
             cand = self.archive.candidate_by_id(ev.candidate_id)
             workdir = (self.archive.files / "runs" / self.run.name / f"c{cand.number:05d}" / f"r{ev.replicate}").resolve()
-            self.archive.start_evaluation(ev.id, slot.name, str(workdir))
+            self.archive.start_evaluation(ev.id, slot.name, str(workdir), _load_average())
             self.pool.start(slot, ev.id, cand.id, self.archive.code(cand.code_hash), workdir, ev.seed,
                             f"candidate {cand.number} r{ev.replicate}", self.early.rule(cand, self._is_seed(cand)))
 
@@ -433,6 +434,21 @@ class Engine:
                                        wall_seconds=result.wall_seconds, harness_seconds=result.harness_seconds,
                                        log_tail=result.log_tail, startup_seconds=result.startup_seconds,
                                        trained_seconds=result.trained_seconds)
+        if o.state == COMPLETE:
+            self._warn_of_noise(pending)
+
+    def _warn_of_noise(self, pending: Pending) -> None:
+        """Say in the log when the evaluation just recorded measured the machine: it started under
+        load above the core count, or it made the candidate's replicates differ in speed."""
+        evaluations = self.archive.evaluations(self.run.id, pending.candidate_id)
+        this = next(e for e in evaluations if e.id == pending.evaluation_id)
+        others = [e for e in evaluations if e.id != pending.evaluation_id]
+        said = [noise.load_warning(this, os.cpu_count() or 1)]
+        if noise.speed_warning(others) is None:
+            said.append(noise.speed_warning(evaluations))
+        number = self.archive.candidate_by_id(pending.candidate_id).number
+        for warning in filter(None, said):
+            self.archive.update_run(self.run.id, f"noise: candidate {number}: {warning}")
 
     def _limit_training(self, seed_id: int | None = None) -> None:
         """Hold every later training process to the budget plus what the seed's needed around it."""
@@ -548,8 +564,7 @@ class Engine:
         return self.archive.candidate_by_id(run.seed_id).number if run.seed_id else None
 
     def children_made(self) -> int:
-        seed = self._seed_number()
-        return self.archive.count_candidates(self.run.id, after_number=seed) if seed is not None else 0
+        return self.archive.count_children(self.run.id)
 
     def progress(self) -> float:
         """Position on the cooling schedule: time spent, or children judged, against the budget."""
@@ -688,6 +703,14 @@ class Engine:
 
     def members(self) -> list[selection.Member]:
         return [selection.Member(c.id, c.val_bpb) for c in self.archive.population(self.run.id) if c.val_bpb is not None]
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (what an evaluation starts under), None where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def _rng_to_json(rng: random.Random) -> str:

@@ -167,7 +167,8 @@ def export_lineage(archive: Archive, run_name: str, repo_path: Path) -> dict:
     crossover/merge children are merge commits, lineage roots sit on the repo's HEAD (or are root
     commits in an empty repository). Branch `evo/<run>` points at the best candidate, and
     `refs/evo/<run>/c<number>` at every leaf. Author, committer and dates are deterministic, so
-    exporting again gives the same commits. The work tree and the index are never touched."""
+    exporting again gives the same commits. The work tree and the index are never touched. A path
+    that does not exist yet, or an empty folder, is made a new repository first."""
     run = _find_run(archive, run_name)
     name = run.name
     cands = archive.candidates(run.id)
@@ -175,7 +176,10 @@ def export_lineage(archive: Archive, run_name: str, repo_path: Path) -> dict:
     if not chosen:
         raise GitError(f"run {name!r} has no accepted candidate to export yet.")
     by_id = {c.id: c for c in cands}
-    repo = open_repo(Path(repo_path), search_parents=True)
+    repo_path = Path(repo_path)
+    if not repo_path.exists() or (repo_path.is_dir() and not any(repo_path.iterdir())):
+        gitpython.Repo.init(repo_path, mkdir=True).close()  # a fresh path becomes a repository of the lineage alone
+    repo = open_repo(repo_path, search_parents=True)
     with repo:
         where = repo.working_tree_dir or repo.git_dir
         try:

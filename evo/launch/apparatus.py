@@ -148,4 +148,7 @@ def ensure_prepared(app: Apparatus, say: Callable[[str], None]) -> None:
         say(f"prepare: {line}")
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise ApparatusError(f"preparing preset {app.preset!r} failed: {last}")
+        # prepare.py's offline advice names its own --text flag, which `evo run` does not have.
+        offline = (f" To prepare from local text instead: `python {app.prepare_path} --preset {app.preset} --text FILE "
+                   "[FILE ...]`, then start the run again." if "--text" in last else "")
+        raise ApparatusError(f"preparing preset {app.preset!r} failed: {last}{offline}")

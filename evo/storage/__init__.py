@@ -11,7 +11,8 @@
 Other modules import from here (`from evo.storage import Archive, COMPLETE, queries`)."""
 
 from evo.storage import queries
-from evo.storage.archive import (STALE_AFTER_SECONDS, Archive, OwnershipLost, liveness, owner_alive, owner_id)
+from evo.storage.archive import (STALE_AFTER_SECONDS, Archive, OwnershipLost, liveness, owner_alive, owner_id,
+                                 owner_pid_here)
 from evo.storage.db import DEFAULT_STORAGE, ArchiveError, StorageError, storage_error
 from evo.storage.models import (ACTIVE, COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, METRICS, NO_PROPOSAL, PRUNED,
                                 RUNNING, CHOOSING_REPLICATE, REPORTING_REPLICATE, SCHEMA_VERSION, WAITING, Candidate, Code,
@@ -21,6 +22,7 @@ from evo.storage.models import (ACTIVE, COMPLETE, FAIL, FAILED, FINISHED, INTERR
 __all__ = [
     "queries", "Archive", "OwnershipLost", "ArchiveError", "StorageError", "storage_error", "STALE_AFTER_SECONDS",
     "DEFAULT_STORAGE", "SCHEMA_VERSION", "CHOOSING_REPLICATE", "REPORTING_REPLICATE", "liveness", "owner_alive", "owner_id",
+    "owner_pid_here",
     "WAITING", "RUNNING", "COMPLETE", "FAIL", "PRUNED", "ACTIVE", "FINISHED", "INTERRUPTED", "FAILED", "METRICS", "NO_PROPOSAL",
     "Meta", "Code", "Run", "Candidate", "Evaluation", "CurvePoint", "Event", "LLMCall",
     "busy_share", "code_hash", "derive_candidate", "seconds_since", "utcnow",

@@ -23,14 +23,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from sqlalchemy import case, delete, event, func, insert, inspect, text
+from sqlalchemy import case, delete, event, func, insert, inspect, text, update
 from sqlmodel import Session, SQLModel, select
 
 from evo.core.diff import unified_diff
 from evo.core.lineage import best as best_of
 from evo.storage.db import (DEFAULT_STORAGE, RESTORE, ArchiveError, StorageError, check_not_cut_short, files_dir,
                             open_engine, sqlite_file, storage_name, storage_error)
-from evo.storage.models import (ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, SCHEMA_VERSION, WAITING, Candidate, CandidateDiff, Code,
+from evo.storage.models import (ACTIVE, COMPLETE, FAIL, FAILED, PRUNED, RUNNING, SCHEMA_VERSION, WAITING, Candidate, CandidateDiff, Code,
                                 CurvePoint, Evaluation, Event, LLMCall, Meta, Run, code_hash, derive_candidate,
                                 metric_values, post_selection_mean, REPORTING_REPLICATE, seconds_since, utcnow)
 
@@ -58,10 +58,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: ("CREATE INDEX IF NOT EXISTS ix_llmcall_candidate_id ON llmcall (candidate_id)",
         "CREATE INDEX IF NOT EXISTS ix_candidate_parent_id ON candidate (parent_id)",
         "CREATE INDEX IF NOT EXISTS ix_evaluation_run_state ON evaluation (run_id, state)"),
-    # Step 4 -> 5: the harness's start-up and training seconds (unknown for older evaluations); a
-    # run's slot-seconds; σ̂'s groups, the population and the judged count by covering index.
+    # Step 4 -> 5: the harness's start-up and training seconds and the load at the start (unknown
+    # for older evaluations); a run's slot-seconds; σ̂'s groups, the population and the judged count by covering index.
     4: ("ALTER TABLE evaluation ADD COLUMN startup_seconds FLOAT",
         "ALTER TABLE evaluation ADD COLUMN trained_seconds FLOAT",
+        "ALTER TABLE evaluation ADD COLUMN load_avg FLOAT",
         "ALTER TABLE run ADD COLUMN slot_seconds FLOAT NOT NULL DEFAULT 0",
         f"UPDATE run SET slot_seconds = {_SLOT_SECONDS_FROM_EVALUATIONS}",
         "CREATE INDEX IF NOT EXISTS ix_evaluation_run_state_values ON evaluation (run_id, state, candidate_id, val_bpb)",
@@ -73,7 +74,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 READ_AS_CURRENT: dict[int, dict[str, tuple[str, ...]]] = {
     1: {"candidate": (f"{_FIX_FROM_HYPOTHESIS} AS fix",)},
     2: {"candidate": (f"{_POST_FROM_EVALUATIONS} AS val_bpb_post",)},
-    4: {"evaluation": ("NULL AS startup_seconds", "NULL AS trained_seconds"),
+    4: {"evaluation": ("NULL AS startup_seconds", "NULL AS trained_seconds", "NULL AS load_avg"),
         "run": (f"{_SLOT_SECONDS_FROM_EVALUATIONS} AS slot_seconds",)},
 }
 # Tables a step added, as a reader of an older archive sees them: empty.
@@ -225,13 +226,14 @@ class Archive:
             return list(s.exec(select(Run).order_by(Run.id)))
 
     def find_run(self, name: str | None) -> Run:
-        """The named run, or the most recent one when no name is given."""
+        """The named run; with no name, the most recent one that is running or ended (a run whose
+        process died, or whose seed failed, only when there is no other)."""
         with self.read() as s:
             if name is None:
-                run = s.exec(select(Run).order_by(Run.id.desc())).first()
-                if run is None:
+                runs = list(s.exec(select(Run).order_by(Run.id.desc())))
+                if not runs:
                     raise ArchiveError("the archive has no runs yet; start one with `evo run`.")
-                return run
+                return next((r for r in runs if not _left_for_dead(r)), runs[0])
             run = s.exec(select(Run).where(Run.name == name)).first()
         if run is None:
             known = ", ".join(r.name for r in self.runs()) or "none"
@@ -354,6 +356,30 @@ class Archive:
             s.exec(delete(LLMCall).where(LLMCall.run_id == run_id))
             s.exec(delete(Run).where(Run.id == run_id))
         return True
+
+    def remove_run(self, run_id: int) -> None:
+        """Delete a run and everything it archived, in one transaction: its candidates with their
+        evaluations, curves, diffs and LLM calls, its events, and the code no other run uses. Its
+        folder of evaluation files is the caller's to remove (after this commits)."""
+        with self.session() as s:
+            evaluations = select(Evaluation.id).where(Evaluation.run_id == run_id)
+            candidates = select(Candidate.id).where(Candidate.run_id == run_id)
+            heirs = s.exec(select(Run.name).join(Candidate, Candidate.run_id == Run.id).where(
+                Candidate.run_id != run_id, (Candidate.parent_id.in_(candidates)) | (Candidate.parent2_id.in_(candidates)))
+                .distinct()).all()
+            if heirs:
+                raise ArchiveError(f"run {s.get(Run, run_id).name!r} holds parents of candidates of run(s) "
+                                   f"{', '.join(heirs)}; delete those first.")
+            s.exec(delete(CurvePoint).where(CurvePoint.evaluation_id.in_(evaluations)))
+            s.exec(delete(CandidateDiff).where(CandidateDiff.candidate_id.in_(candidates)))
+            for table in (Evaluation, LLMCall, Event):
+                s.exec(delete(table).where(table.run_id == run_id))
+            # A candidate's parent may be a later-numbered one (a crossover's second parent): no order is safe.
+            s.exec(update(Candidate).where(Candidate.run_id == run_id).values(parent_id=None, parent2_id=None))
+            s.exec(update(Run).where(Run.id == run_id).values(seed_id=None))
+            s.exec(delete(Candidate).where(Candidate.run_id == run_id))
+            s.exec(delete(Run).where(Run.id == run_id))
+            s.exec(delete(Code).where(Code.hash.not_in(select(Candidate.code_hash))))
 
     def claim_run(self, run_id: int, owner: str, stale_after: float) -> None:
         """Make `owner` the run's owner; from now on every write of this archive checks that it
@@ -555,10 +581,10 @@ class Archive:
             return list(s.exec(select(Evaluation).where(Evaluation.run_id == run_id, Evaluation.state == WAITING)
                                .order_by(Evaluation.id)))
 
-    def start_evaluation(self, evaluation_id: int, slot: str, workdir: str) -> None:
+    def start_evaluation(self, evaluation_id: int, slot: str, workdir: str, load_avg: float | None = None) -> None:
         with self.session() as s:
             ev = s.get(Evaluation, evaluation_id)
-            ev.state, ev.slot, ev.workdir, ev.started_at = RUNNING, slot, workdir, self.clock()
+            ev.state, ev.slot, ev.workdir, ev.started_at, ev.load_avg = RUNNING, slot, workdir, self.clock(), load_avg
             s.add(ev)
             cand = s.get(Candidate, ev.candidate_id)
             s.flush()
@@ -691,6 +717,13 @@ class Archive:
             return int(s.exec(q).one())
 
 
+    def count_children(self, run_id: int) -> int:
+        """Candidates made after the run's seed (what --max-candidates counts); 0 before the seed exists."""
+        run = self.run_by_id(run_id)
+        if run.seed_id is None:
+            return 0
+        return self.count_candidates(run_id, after_number=self.candidate_by_id(run.seed_id).number)
+
     def tally(self, run_id: int) -> "Tally":
         """The run's candidate counts by state, accepted and in the population, counted in SQL (the
         live header asks twice a second)."""
@@ -769,6 +802,17 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
 
 def on_this_host(owner: str) -> bool:
     return _parse_owner(owner)[0] == os.uname().nodename
+
+
+def _left_for_dead(run: Run) -> bool:
+    """A run nobody is finishing: its seed failed, or it is ACTIVE with no live owner."""
+    return run.status == FAILED or (run.status == ACTIVE and not (run.owner and owner_alive(run.owner)))
+
+
+def owner_pid_here(owner: str) -> int | None:
+    """The pid of a run's owner when it is a live process on this host (one a signal reaches), else None."""
+    pid = _parse_owner(owner)[1]
+    return pid if on_this_host(owner) and owner_alive(owner) else None
 
 
 def liveness(run: Run) -> tuple[bool, float | None]:

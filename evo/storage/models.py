@@ -19,7 +19,8 @@ from evo.launch.logs import SUMMARY_KEYS
 # 3: Candidate.val_bpb_post, the mean of its reporting evaluations (post_selection_mean).
 # 4: stored diffs (CandidateDiff); spend, children and waiting evaluations by index.
 # 5: the harness's start-up and training seconds per evaluation, a run's slot-seconds (the "busy"
-#    figure's parts); the engine's per-decision reads (σ̂'s groups, the population) by covering index.
+#    figure's parts), the load an evaluation started under; the engine's per-decision reads (σ̂'s
+#    groups, the population, the judged count) by covering index.
 SCHEMA_VERSION = 5
 
 # Lifecycle states (Optuna's names)
@@ -216,6 +217,7 @@ class Evaluation(SQLModel, table=True):
     harness_seconds: Optional[float] = None    # wall time outside the candidate's process
     startup_seconds: Optional[float] = None    # process start to the training clock, by the harness's clock
     trained_seconds: Optional[float] = None    # training by the harness's clock (training_seconds is the candidate's word)
+    load_avg: Optional[float] = None           # the machine's 1-minute load average when it started
     workdir: Optional[str] = None
     log_tail: Optional[str] = Field(default=None, sa_column=Column(Text))
     started_at: Optional[datetime] = None

@@ -13,7 +13,7 @@ import json
 from collections import namedtuple
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Iterator
 
 from sqlalchemy.engine import make_url
@@ -26,7 +26,7 @@ from evo.storage.models import FAIL, METRICS, NO_PROPOSAL, Candidate, CandidateD
 # Evaluation columns the figures need (not the log tail or the failure detail: those stream later).
 EVAL_COLUMNS = (Evaluation.id, Evaluation.candidate_id, Evaluation.replicate, Evaluation.seed, Evaluation.state,
                 Evaluation.fail_reason, Evaluation.slot, Evaluation.wall_seconds, Evaluation.started_at,
-                Evaluation.finished_at, Evaluation.startup_seconds, Evaluation.trained_seconds,
+                Evaluation.finished_at, Evaluation.startup_seconds, Evaluation.trained_seconds, Evaluation.load_avg,
                 *(getattr(Evaluation, key) for key in METRICS))
 CALL_COLUMNS = (LLMCall.id, LLMCall.candidate_id, LLMCall.at, LLMCall.model, LLMCall.purpose, LLMCall.tokens_in,
                 LLMCall.tokens_out, LLMCall.latency_s, LLMCall.cost_usd, LLMCall.error)
@@ -100,6 +100,34 @@ def evaluation_rows(archive: Archive, run_id: int) -> list:
     """The run's evaluations in EVAL_COLUMNS (no log tails), oldest first."""
     with archive.read() as s:
         return _rows(s, EVAL_COLUMNS, Evaluation.run_id == run_id, Evaluation.id)
+
+
+def evaluation_record(e: Any) -> dict:
+    """One evaluation (an evaluation_rows row) as plain JSON values: its outcome and times, started
+    (dispatched), training start and seconds by the harness's clock (training_start is the start
+    plus the start-up, so it lags by the harness's own few milliseconds before the process), finished."""
+    training_start = (e.started_at + timedelta(seconds=e.startup_seconds)
+                      if e.started_at is not None and e.startup_seconds is not None else None)
+    return {"replicate": e.replicate, "seed": e.seed, "state": e.state, "fail_reason": e.fail_reason, "slot": e.slot,
+            "val_bpb": e.val_bpb, "num_steps": e.num_steps, "started_at": _iso(e.started_at),
+            "training_start": _iso(training_start), "startup_seconds": e.startup_seconds,
+            "trained_seconds": e.trained_seconds, "finished_at": _iso(e.finished_at), "wall_seconds": e.wall_seconds,
+            "load_avg": e.load_avg}
+
+
+def candidate_records(archive: Archive, run_id: int, cands: list[Candidate]) -> list[dict]:
+    """The run's candidates as plain JSON values (`evo candidates -f json`, `evo.load`): every
+    column, the parents by number, and the candidate's evaluations (evaluation_record), oldest first."""
+    numbers = {c.id: c.number for c in cands}
+    evaluations: dict[int, list[dict]] = {}
+    for e in evaluation_rows(archive, run_id):
+        evaluations.setdefault(e.candidate_id, []).append(evaluation_record(e))
+    return [{**c.model_dump(mode="json"), "parent": numbers.get(c.parent_id), "parent2": numbers.get(c.parent2_id),
+             "evaluations": evaluations.get(c.id, [])} for c in cands]
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
 
 
 def curve_points(s: Session, evaluation_ids: dict[int, int]) -> dict[int, list[CurvePoint]]:

@@ -21,6 +21,7 @@ UNDO: dict[int, tuple[str, ...]] = {
         "DROP INDEX ix_candidate_run_judged",
         "ALTER TABLE evaluation DROP COLUMN startup_seconds",
         "ALTER TABLE evaluation DROP COLUMN trained_seconds",
+        "ALTER TABLE evaluation DROP COLUMN load_avg",
         "ALTER TABLE run DROP COLUMN slot_seconds"),
 }
 

@@ -123,12 +123,12 @@ class NightArchive(Archive):
         self.night = night
         self._workdirs: dict[int, str] = {}
 
-    def start_evaluation(self, evaluation_id: int, slot: str, workdir: str) -> None:
+    def start_evaluation(self, evaluation_id: int, slot: str, workdir: str, load_avg: float | None = None) -> None:
         with self.read() as s:
             number = self.candidate_by_id(s.get(Evaluation, evaluation_id).candidate_id).number
         self._workdirs[evaluation_id] = workdir
         with self.night.at(self.night.start_of(workdir, number)):
-            super().start_evaluation(evaluation_id, slot, workdir)
+            super().start_evaluation(evaluation_id, slot, workdir)  # the simulated night's load is not this machine's
 
     def finish_evaluation(self, evaluation_id: int, **fields) -> Evaluation:
         with self.night.at(self.night.end_of(self._workdirs.pop(evaluation_id, ""))):
