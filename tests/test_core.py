@@ -303,6 +303,6 @@ def test_noise_warnings_name_replicates_of_different_speed_and_a_loaded_start() 
     assert "tokens/s" in noise.speed_warning([ev(0, 100, 0.3), ev(1, 100, 1.0)])  # same steps, a third of the tokens
     assert noise.speed_warning([ev(0, 100), ev(1, 10, state="FAIL")]) is None  # a failure is no measurement of speed
     assert noise.tokens_per_second(ev(0, 1, tokens_m=2.0)) == 250_000
-    loaded = [ev(0, 100, load=5.2), ev(1, 110, load=1.0), ev(2, 105, load=None)]
+    loaded = [ev(0, 100, load=5.2), ev(1, 110, load=2.9), ev(2, 105, load=None)]  # 2.9: evo's own training, lagging
     assert noise.warnings(loaded, cores=2) == ["evaluation 0 started at load 5.2 on 2 cores: it shared the CPU, and a "
                                                "wall-clock budget then measures the load"]

@@ -304,6 +304,9 @@ def test_evo_stop_from_another_terminal(tmp_path: Path, now: bool) -> None:
                    and any(e.state == RUNNING for e in evaluations_of(db, "s")), "a child's evaluation to start")
         asked = evo(tmp_path, "stop", *(["--now"] if now else []))  # the default run is the running one
         assert asked.returncode == 0 and f"process {proc.pid}" in asked.stdout, asked.stdout + asked.stderr
+        if not now:  # asking again changes nothing: the running evaluation still finishes
+            again = evo(tmp_path, "stop")
+            assert again.returncode in (0, 2), again.stderr  # 2: it had already ended
         out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:

@@ -19,7 +19,7 @@ import pytest
 from evo.storage import COMPLETE, RUNNING, Archive
 from evo.launch.logs import SUMMARY_KEYS, budget_overrun, classify, parse_curve, parse_summary, training_slack
 from evo.launch.apparatus import load, seed_for
-from evo.launch.runner import Limits, Phases, Slot, file_hash, kill_orphan, run_evaluation
+from evo.launch.runner import HARNESS_SUFFIX, Limits, Phases, Slot, file_hash, kill_orphan, run_evaluation
 
 from conftest import PREPARE as REAL_PREPARE, SEED_TRAIN, wait_until
 
@@ -402,6 +402,17 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+def _run_one_seed(tmp_path: Path, seed: Path, name: str) -> tuple[subprocess.Popen, str]:
+    """`evo run` of `seed` alone (one evaluation), in the background; the process and its archive URL."""
+    db = f"sqlite:///{tmp_path}/archive/evo.db"
+    proc = subprocess.Popen([sys.executable, "-m", "evo", "run", "--name", name, "--prepare", str(PREPARE),
+                             "--seed-train", str(seed), "--preset", "smoke", "--operator", "tweak",
+                             "--max-candidates", "1", "--replicates", "1", "--temperature", "0.001"],
+                            cwd=tmp_path, env={**os.environ, "EVO_STORAGE": db},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, db
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc")
 def test_candidates_die_when_evo_is_killed(tmp_path: Path) -> None:
     """kill -9 of `evo run` while a hostile candidate trains: one that ignores SIGTERM and started a
@@ -414,12 +425,7 @@ def test_candidates_die_when_evo_is_killed(tmp_path: Path) -> None:
         "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
         "open('child.pid', 'w').write(str(child.pid))\n"
         "time.sleep(600)\n")
-    db = f"sqlite:///{tmp_path}/archive/evo.db"
-    proc = subprocess.Popen([sys.executable, "-m", "evo", "run", "--name", "w", "--prepare", str(PREPARE),
-                             "--seed-train", str(seed), "--preset", "smoke", "--operator", "tweak",
-                             "--max-candidates", "1", "--replicates", "1", "--temperature", "0.001"],
-                            cwd=tmp_path, env={**os.environ, "EVO_STORAGE": db},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, db = _run_one_seed(tmp_path, seed, "w")
     pgid = None
     try:
         def started() -> Path | None:
@@ -445,6 +451,53 @@ def test_candidates_die_when_evo_is_killed(tmp_path: Path) -> None:
             proc.wait()
         if pgid is not None and _group_members(pgid):
             os.killpg(pgid, signal.SIGKILL)  # what a failed check left behind
+
+
+def _scorer_processes(harness: Path) -> dict[int, str]:
+    """pid -> state of the processes of the evaluation process waiting for `harness`'s hand-over."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if "evo.launch.evaluate" in cmd and str(harness) in cmd and state != "Z":
+            found[int(stat.parent.name)] = state
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_the_paused_evaluation_process_dies_with_evo(tmp_path: Path) -> None:
+    """While the training clock runs the waiting evaluation process is stopped (SIGSTOP); kill -9 of
+    `evo run` then must not leave it stopped for good: its watchdog stays awake and kills it."""
+    seed = tmp_path / "sleepy_train.py"
+    seed.write_text("import time\nprint('step 00001 | elapsed: 0.5s | loss: 3.000000', flush=True)\ntime.sleep(600)\n")
+    proc, db = _run_one_seed(tmp_path, seed, "p")
+    harness = None
+    try:
+        def paused() -> Path | None:
+            archive = Archive(db, writer=False)
+            try:
+                evs = archive.evaluations(archive.find_run("p").id)
+            finally:
+                archive.close()
+            if not evs or not evs[0].workdir:
+                return None
+            folder = Path(evs[0].workdir + HARNESS_SUFFIX)
+            states = _scorer_processes(folder)
+            return folder if states and "T" in states.values() else None
+
+        harness = wait_until(paused, "the evaluation process to be stopped while the candidate trains")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        wait_until(lambda: not _scorer_processes(harness), "the stopped evaluation process to die with evo", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _scorer_processes(harness) if harness else {}:
+            os.kill(pid, signal.SIGKILL)  # what a failed check left behind
 
 
 def test_a_candidate_killed_by_a_signal_is_reported_as_such(tmp_path: Path) -> None:

@@ -286,11 +286,11 @@ def test_a_childs_diff_is_stored_once_when_archived_and_an_older_archive_gets_th
     con.close()
 
 
-def test_the_busy_figure_is_training_seconds_over_slot_seconds_and_an_older_archive_gets_its_slot_time(
+def test_the_busy_figure_is_training_seconds_over_slot_seconds_and_an_older_archive_counts_from_zero(
         tmp_path: Path) -> None:
-    """Schema 4 counted no slot time: an upgrade (and a reader of the old file) takes it as the run's
-    active time times the slots its evaluations used; the start-up and training seconds it never
-    measured stay unknown, not zero."""
+    """Schema 4 measured neither training seconds nor slot time: an upgraded run (and a reader of
+    the old file) counts both from zero, so its busy figure is "not measured" rather than 0 %, and
+    covers only the sessions that measured their training once it resumes."""
     assert busy_share(30.0, 0.0) is None and busy_share(30.0, 120.0) == 0.25 and busy_share(130.0, 120.0) == 1.0
     db = tmp_path / "evo.db"
     url = f"sqlite:///{db}"
@@ -309,9 +309,9 @@ def test_the_busy_figure_is_training_seconds_over_slot_seconds_and_an_older_arch
     downgrade(db, 4)
     for writer in (False, True):  # a reader of the old file, then its upgrade
         archive = Archive(url, writer=writer)
-        assert archive.run_by_id(run.id).slot_seconds == 100.0  # 50 s active x 2 slots used
+        assert archive.run_by_id(run.id).slot_seconds == 0.0 and archive.run_by_id(run.id).active_seconds == 50.0
         assert {(e.startup_seconds, e.trained_seconds) for e in archive.evaluations(run.id)} == {(None, None)}
-        assert archive.trained_seconds(run.id) == 0.0
+        assert busy_share(archive.trained_seconds(run.id), archive.run_by_id(run.id).slot_seconds) is None
         archive.close()
     con = sqlite3.connect(db)
     indexes = {row[1] for row in con.execute("PRAGMA index_list(evaluation)")}

@@ -206,6 +206,10 @@ def run(
         app_ = apparatus.load(prepare, config.preset)
         if not resume:
             run_row = archive.create_run(config.name, config.to_dict())
+        # From the claim on, `evo stop` may signal this process: what arrives before the engine runs
+        # is kept and acted on once it does.
+        early: list[int] = []
+        previous = {s: signal.signal(s, lambda signum, _frame: early.append(signum)) for s in (signal.SIGUSR1, signal.SIGTERM)}
         archive.claim_run(run_row.id, owner_id(), stale_after=STALE_AFTER_SECONDS)
         if resume and changed:  # stored, so that a later plain --resume keeps them
             archive.update_run(run_row.id, "resumed with " + ", ".join(f"{k} {v}" for k, v in changed.items()),
@@ -250,15 +254,24 @@ def run(
 
     def on_signal(signum, _frame):
         presses["n"] += 1
+        if signum == signal.SIGUSR1:  # `evo stop`: the first Ctrl-C from elsewhere, however often it is sent
+            presses["first"] = presses["first"] or signal.SIGINT
+            if not engine.stop_proposing.is_set():
+                view.line("stopping (evo stop): no new candidates; running evaluations will finish")
+                engine.request_stop()
+            return
         presses["first"] = presses["first"] or signum
-        if signum == signal.SIGINT and presses["n"] == 1:
+        if signum == signal.SIGINT and not engine.stop_proposing.is_set():
             view.line("stopping: no new candidates; running evaluations will finish (Ctrl-C again kills them)")
             engine.request_stop()
         else:
             view.line("killing running evaluations; they will be queued again on --resume")
             engine.request_kill()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        previous.setdefault(s, signal.signal(s, on_signal))  # the early catchers' originals are kept
+    for signum in early:
+        on_signal(signum, None)
     try:
         with view:
             status = engine.execute()
@@ -478,7 +491,12 @@ def stop(name: RunName = None,
     if pid is None:
         raise fail(f"run {r.name!r} runs on {r.owner.partition(':')[0]}, not on this machine; run `evo stop --name "
                    f"{r.name}` there, or press Ctrl-C in its terminal.")
-    os.kill(pid, signal.SIGTERM if now else signal.SIGINT)
+    try:
+        os.kill(pid, signal.SIGTERM if now else signal.SIGUSR1)
+    except ProcessLookupError:
+        raise fail(f"run {r.name!r} ended just now; nothing to stop.")
+    except PermissionError:
+        raise fail(f"run {r.name!r} belongs to another user's process {pid}; ask them, or stop it as that user.")
     if now:
         typer.echo(f"asked run {r.name!r} (process {pid}) to stop now: its running evaluations are killed and "
                    f"queued again; resume it with `evo run --resume --name {r.name}`.")
@@ -492,6 +510,7 @@ def delete(name: Annotated[str, typer.Option("--name", "-n", help="The run to de
            yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
            storage: Storage = DEFAULT_STORAGE) -> None:
     """Delete a run and everything it archived: candidates, evaluations, LLM calls, its files."""
+    open_archive(storage).close()  # a mistyped --storage is refused, not made a new empty archive
     archive = open_archive(storage, writer=True)
     try:
         r = archive.find_run(name)

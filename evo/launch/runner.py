@@ -407,18 +407,25 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
+    members = _group_members(pgid)
+    return members is None or bool(members)
+
+
+def _group_members(pgid: int) -> list[int] | None:
+    """The live (not zombie) processes of a group, from /proc; None where there is no /proc."""
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
-        return True  # no /proc to tell zombies apart
+        return None
+    members = []
     for pid in pids:
         try:
             stat = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
         if int(stat[2]) == pgid and stat[0] != "Z":
-            return True
-    return False
+            members.append(pid)
+    return members
 
 
 def _launch(python: str, argv: list[str], workdir: Path, env: dict[str, str], log,
@@ -506,7 +513,7 @@ def _train(python: str, argv: list[str], workdir: Path, env: dict[str, str], lim
 
 class _Scorer:
     """The evaluation process, started warm: it imports torch and the locked prepare.py while the
-    candidate starts up, is stopped (SIGSTOP, the whole group) while the training clock runs so it
+    candidate starts up, is stopped (SIGSTOP; see pause) while the training clock runs so it
     takes no CPU from the measured training, and scores the moment the hand-over is in place. What
     the slot waits for after training is the load and the score, not an interpreter and its imports."""
 
@@ -530,7 +537,14 @@ class _Scorer:
             pass
 
     def pause(self) -> None:
-        self._signal(signal.SIGSTOP)
+        """Stop the group but its leader, the watchdog: it must still see evo die (its lifeline)
+        and kill the group then, or a kill -9 of evo would leave the scorer stopped for good."""
+        for pid in _group_members(self.proc.pid) or []:
+            if pid != self.proc.pid:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:
+                    pass
 
     def score(self, limits: Limits, stop: threading.Event | None) -> dict | None:
         """The verdict on the hand-over (logs.scored_verdict), or None when stopped."""

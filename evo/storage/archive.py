@@ -45,9 +45,6 @@ STALE_AFTER_SECONDS = 60.0
 _FIX_FROM_HYPOTHESIS = "substr(hypothesis, 1, 4) = 'fix:'"
 _POST_FROM_EVALUATIONS = ("(SELECT AVG(e.val_bpb) FROM evaluation e WHERE e.candidate_id = candidate.id "
                           f"AND e.state = 'COMPLETE' AND e.replicate >= {REPORTING_REPLICATE} AND e.val_bpb IS NOT NULL)")
-# A run's slot-seconds before they were counted: its active time times the slots its evaluations used.
-_SLOT_SECONDS_FROM_EVALUATIONS = ("run.active_seconds * (SELECT COUNT(DISTINCT e.slot) FROM evaluation e "
-                                  "WHERE e.run_id = run.id AND e.slot IS NOT NULL)")
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE candidate ADD COLUMN fix BOOLEAN NOT NULL DEFAULT FALSE",
         f"UPDATE candidate SET fix = {_FIX_FROM_HYPOTHESIS}"),
@@ -59,12 +56,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS ix_candidate_parent_id ON candidate (parent_id)",
         "CREATE INDEX IF NOT EXISTS ix_evaluation_run_state ON evaluation (run_id, state)"),
     # Step 4 -> 5: the harness's start-up and training seconds and the load at the start (unknown
-    # for older evaluations); a run's slot-seconds; σ̂'s groups, the population and the judged count by covering index.
+    # for older evaluations); a run's slot-seconds, counted from now on: the busy figure of an older
+    # run covers only the sessions that measured their training, and is "not measured" before; σ̂'s groups, the population and the judged count by covering index.
     4: ("ALTER TABLE evaluation ADD COLUMN startup_seconds FLOAT",
         "ALTER TABLE evaluation ADD COLUMN trained_seconds FLOAT",
         "ALTER TABLE evaluation ADD COLUMN load_avg FLOAT",
         "ALTER TABLE run ADD COLUMN slot_seconds FLOAT NOT NULL DEFAULT 0",
-        f"UPDATE run SET slot_seconds = {_SLOT_SECONDS_FROM_EVALUATIONS}",
         "CREATE INDEX IF NOT EXISTS ix_evaluation_run_state_values ON evaluation (run_id, state, candidate_id, val_bpb)",
         "CREATE INDEX IF NOT EXISTS ix_candidate_run_population ON candidate (run_id, in_population, number)",
         "CREATE INDEX IF NOT EXISTS ix_candidate_run_judged ON candidate (run_id, number, accepted, operator)"),
@@ -75,7 +72,7 @@ READ_AS_CURRENT: dict[int, dict[str, tuple[str, ...]]] = {
     1: {"candidate": (f"{_FIX_FROM_HYPOTHESIS} AS fix",)},
     2: {"candidate": (f"{_POST_FROM_EVALUATIONS} AS val_bpb_post",)},
     4: {"evaluation": ("NULL AS startup_seconds", "NULL AS trained_seconds", "NULL AS load_avg"),
-        "run": (f"{_SLOT_SECONDS_FROM_EVALUATIONS} AS slot_seconds",)},
+        "run": ("0.0 AS slot_seconds",)},
 }
 # Tables a step added, as a reader of an older archive sees them: empty.
 READ_AS_EMPTY: dict[int, str] = {
@@ -362,13 +359,17 @@ class Archive:
         evaluations, curves, diffs and LLM calls, its events, and the code no other run uses. Its
         folder of evaluation files is the caller's to remove (after this commits)."""
         with self.session() as s:
+            run = s.get(Run, run_id)
+            if run.status == ACTIVE and run.owner and owner_alive(run.owner):  # checked where the delete commits
+                raise ArchiveError(f"run {run.name!r} is running ({run.owner}); stop it first with "
+                                   f"`evo stop --name {run.name}`.")
             evaluations = select(Evaluation.id).where(Evaluation.run_id == run_id)
             candidates = select(Candidate.id).where(Candidate.run_id == run_id)
             heirs = s.exec(select(Run.name).join(Candidate, Candidate.run_id == Run.id).where(
                 Candidate.run_id != run_id, (Candidate.parent_id.in_(candidates)) | (Candidate.parent2_id.in_(candidates)))
                 .distinct()).all()
             if heirs:
-                raise ArchiveError(f"run {s.get(Run, run_id).name!r} holds parents of candidates of run(s) "
+                raise ArchiveError(f"run {run.name!r} holds parents of candidates of run(s) "
                                    f"{', '.join(heirs)}; delete those first.")
             s.exec(delete(CurvePoint).where(CurvePoint.evaluation_id.in_(evaluations)))
             s.exec(delete(CandidateDiff).where(CandidateDiff.candidate_id.in_(candidates)))
