@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -240,12 +241,13 @@ def test_bracketed_text_survives_the_candidates_table(seeded: Path) -> None:
     assert first.hypothesis in text and "[@base_url]" in text
 
 
-def test_live_view_shows_brackets() -> None:
+def test_live_view_shows_brackets_and_how_long_each_slot_has_run() -> None:
     view = RunView("r", live=False, stream=io.StringIO())
-    view.slots = {"cpu": "candidate 3 [bea057b] r0"}
+    view.slots = {"cpu": ("candidate 3 [bea057b] r0", time.monotonic() - 150)}
     out = io.StringIO()
     Console(file=out, width=120).print(view._render())
     assert "candidate 3 [bea057b] r0" in out.getvalue()
+    assert re.search(r"cpu\s+│?\s*[23] min", out.getvalue()), out.getvalue()
 
 
 def test_help_shows_bracketed_syntax(tmp_path: Path) -> None:

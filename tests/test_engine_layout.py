@@ -34,7 +34,7 @@ def test_slot_pool_knows_what_runs_where_and_frees_slots() -> None:
     try:
         pool.start(Slot("gpu1"), 7, 3, "code", Path("/nonexistent"), 42, "candidate 3 r0")
         assert [s.name for s in pool.free()] == ["gpu0"] and pool.evaluation_ids() == {7}
-        assert pool.status == {"gpu1": "candidate 3 r0"}
+        assert {k: label for k, (label, _) in pool.status.items()} == {"gpu1": "candidate 3 r0"}
         release.set()
         done, _ = wait(list(pool.running), timeout=60)
         [(pending, fut)] = pool.collect(done)

@@ -272,30 +272,43 @@ def seeded_run_rows(tmp_path: Path):
     return archive.candidates(run.id), archive.run_by_id(run.id).seed_id
 
 
-def test_progress_starts_at_the_re_measured_seed_of_a_seeded_run(tmp_path: Path) -> None:
+def test_progress_of_a_seeded_run_continues_the_greedy_runs_story(tmp_path: Path) -> None:
     cands, seed_id = seeded_run_rows(tmp_path)
     lin = data.lineage(cands, seed_id)
     seed = lin.seed
     assert cands[seed].operator == "import" and seed == len(cands) - 1
     prog = data.progress(cands, lin)
-    assert prog.points["accepted"] == [seed], "the seed is drawn; the history measured elsewhere is not"
+    assert prog.seed == seed and prog.points["accepted"] == [], "the seed is a point of its own, not a child"
+    history = [i for i in range(len(cands)) if i != seed]
+    assert sorted(sum(prog.history.values(), [])) == history
+    assert [cands[i].imported_val_bpb for i in prog.history["accepted"]][-1] is not None
+    assert [v for _, v, _ in prog.history_best] == sorted({v for _, v, _ in prog.history_best}, reverse=True), \
+        "the imported run's running best only goes down"
     assert prog.best_number == [(cands[seed].number, pytest.approx(0.9861), seed)] and prog.improvements == [seed]
-    assert [v for _, v, _ in prog.best_time] == [pytest.approx(0.9861)]
     fig = figures.progress(cands, lin, prog, "number", None)
-    assert any(t.get("name") == "running best" for t in fig["data"])
+    names = [t["name"] for t in fig["data"]]
+    assert "imported run's best" in names and "running best" in names and "seed" in names
+    kept = next(t for t in fig["data"] if t["name"].startswith("imported: kept"))
+    assert kept["customdata"] == prog.history["accepted"] and kept["x"] == [cands[i].number for i in kept["customdata"]]
+    best_line = next(t for t in fig["data"] if t["name"] == "imported run's best")
+    assert best_line["x"][-1] == cands[seed].number, "the greedy run's best reaches the seed, where evo takes over"
     assert any(a["text"] == "seed" for a in fig["layout"]["annotations"])
+    by_time = figures.progress(cands, lin, prog, "time", None)
+    assert not any(t["name"].startswith("imported") for t in by_time["data"]), "history has no time in this run"
+    assert any("imported candidates: on the candidate-number view" in a["text"] for a in by_time["layout"]["annotations"])
 
 
 def test_lineage_draws_imported_history_in_a_colour_of_its_own(tmp_path: Path) -> None:
     cands, seed_id = seeded_run_rows(tmp_path)
     lin = data.lineage(cands, seed_id)
-    groups = data.lineage_groups(cands, lin)
     history = [i for i in range(len(cands)) if i != lin.seed]
-    assert groups == {"imported": history, "import": [lin.seed]}, "the crashed import too: it is history, not a failure here"
-    fig = figures.lineage(cands, lin, data.layout(cands, lin), "generation", None)
+    assert [lin.role[i] for i in history] == ["history"] * len(history)
+    fig = figures.lineage(cands, lin, "generation", None)
     traces = {t["name"]: t for t in fig["data"]}
-    imported = traces[f"imported ({len(history)}, val_bpb measured elsewhere)"]
+    imported = traces[f"imported ({len(history)}, measured elsewhere)"]
     assert imported["customdata"] == history and imported["marker"]["color"] == figures.COLORS["imported"]
-    assert imported["marker"]["symbol"][:4] == ["square"] * 4 and imported["marker"]["symbol"][4] == "square-open"
-    assert "failed / pruned / pending" not in traces
-    assert traces["import"]["customdata"] == [lin.seed]
+    assert imported["y"][:4] == [cands[i].imported_val_bpb for i in history[:4]], "at the value measured where it ran"
+    symbols = imported["marker"]["symbol"]
+    assert symbols.count("square") == sum(1 for i in history if cands[i].accepted) and "x-thin-open" in symbols
+    assert not any(name.startswith("failed") for name in traces), "the crashed import is history, not a failure here"
+    assert traces["seed (accepted)"]["customdata"] == [lin.seed]

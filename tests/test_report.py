@@ -135,8 +135,8 @@ def test_delta_and_outcome() -> None:
     deltas = data.delta_vs_parent(cands, lin.parent)
     assert deltas[0] is None and deltas[4] is None
     assert deltas[1] == pytest.approx(-0.01) and deltas[2] == pytest.approx(0.02)
-    assert [data.outcome(c) for c in cands] == ["accepted", "accepted", "rejected", "accepted", "failed", "pruned",
-                                                "rejected", "pending"]
+    assert lin.outcome == ["accepted", "accepted", "rejected", "accepted", "failed", "pruned", "rejected", "running"]
+    assert lin.role == ["seed"] + ["child"] * 7
 
 
 def test_summary_totals() -> None:
@@ -150,8 +150,12 @@ def test_summary_totals() -> None:
     config = {"preset": "gpu", "population": 8, "temperature": "auto", "cooling": "exp", "models": ["m"]}
     meta = data.summary(run_row(slot_seconds=3600.0), config, cands, evals, calls, lin, now=at(30))
     assert meta["candidates"] == 8 and meta["children"] == 7
-    assert meta["states"] == {"COMPLETE": 5, "FAIL": 1, "PRUNED": 1, "RUNNING": 1, "WAITING": 0}
+    assert meta["outcomes"] == {"accepted": 2, "rejected": 2, "undecided": 0, "running": 1, "waiting": 0,
+                                "failed": 1, "pruned": 1}
     assert meta["accepted"] == 2 and meta["rejected"] == 2
+    header = html.header(meta, None)
+    assert "2 accepted · 2 rejected · 1 failed · 1 pruned · 1 in flight" in header and "of 8 candidates: the seed" in header
+    assert "3 candidates on its path from the seed" in header
     assert meta["slot_hours"] == pytest.approx((5 + 5 + 5 + 1) / 60)
     assert meta["slot_kind"] == "GPU" and meta["slots"] == ["gpu0", "gpu1"]
     assert meta["busy"] == pytest.approx(720 / 3600)  # trained seconds over the run's slot-seconds
@@ -166,9 +170,9 @@ def test_progress_series() -> None:
     cands = small_run()
     lin = data.lineage(cands, 1)
     prog = data.progress(cands, lin)
-    assert prog.points["accepted"] == [0, 1, 3]
+    assert prog.seed == 0 and prog.points["accepted"] == [1, 3], "the seed is a point of its own"
     assert prog.points["rejected"] == [2, 6]
-    assert prog.points["failed"] == [4]
+    assert prog.points["failed"] == [4] and prog.points["pruned"] == [5]
     assert [v for _, v, _ in prog.best_time] == [1.00, 0.99, 0.98]
     assert [n for n, _, _ in prog.best_number] == [0, 1, 3]
     assert prog.improvements == [0, 1, 3]
@@ -185,36 +189,32 @@ def test_running_best_follows_decision_time_not_number() -> None:
     assert [i for _, _, i in prog.best_number] == [0, 1]
 
 
-def test_layout_puts_the_path_on_one_row_and_leaves_beside_their_parent() -> None:
-    rng = random.Random(3)
-    cands = [cand(0, operator="seed", val_bpb=1.0, accepted=True)]
-    members = [0]
-    for n in range(1, 300):
-        parent = rng.choice(members)
-        ok = rng.random() < 0.2
-        cands.append(cand(n, parent, val_bpb=1.0 - n * 1e-4 if ok else 1.1, accepted=ok))
-        if ok:
-            members.append(n)
+def test_lineage_draws_candidates_at_their_val_bpb() -> None:
+    cands = small_run()
     lin = data.lineage(cands, 1)
-    lay = data.layout(cands, lin, fan=0.42)
-    assert len({lay.y[i] for i in lin.path}) == 1, "the path to the best is one straight row"
-    children = {i: [k for k in range(len(cands)) if lin.parent[k] == i] for i in range(len(cands))}
-    inner = [i for i in range(len(cands)) if children[i]]
-    for i in range(len(cands)):
-        if not children[i] and lin.parent[i] >= 0:
-            assert abs(lay.y[i] - lay.y[lin.parent[i]]) <= 0.42 + 1e-9, "a childless candidate fans out beside its parent"
-    # every inner node is on the row of one of its inner children, or has a row of its own
-    rows = sorted({lay.y[i] for i in inner})
-    assert rows == [float(r) for r in range(len(rows))]
-    assert len(lay.edges) == len(cands) - 1 and lay.path_edges == list(zip(lin.path, lin.path[1:]))
+    fig = figures.lineage(cands, lin, "generation", None)
+    traces = {t["name"]: t for t in fig["data"]}
+    accepted = traces["accepted (2)"]   # children, as the header counts them; the seed has its own
+    assert accepted["customdata"] == [1, 3] and accepted["y"] == [0.99, 0.98]
+    assert traces["seed (accepted)"]["customdata"] == [0] and traces["seed (accepted)"]["y"] == [1.00]
+    assert traces["rejected (2)"]["marker"]["symbol"] == ["circle-open", "diamond-open"]
+    band = traces["failed (1)"]["y"][0]
+    assert band > max(c.val_bpb for c in cands if c.val_bpb is not None), "no value: the row above"
+    assert traces["pruned (1)"]["y"] == [band] and traces["running (1)"]["y"] == [band]
+    assert fig["layout"]["yaxis"]["title"]["text"] == "val_bpb (lower is better)"
+    path = traces["path to the best"]
+    assert [v for v in path["y"] if v is not None] == [1.00, 0.99, 0.99, 0.98]
+    labels = [a["text"] for a in fig["layout"]["annotations"]]
+    assert "seed" in labels and any(t.startswith("#3 raise &lt;b&gt;LR") for t in labels) and "no val_bpb" in labels
 
 
-def test_layout_survives_a_deep_lineage() -> None:
+def test_lineage_of_a_deep_line() -> None:
     cands = [cand(0, operator="seed", val_bpb=1.0, accepted=True)]
     cands += [cand(n, n - 1, val_bpb=1.0 - n * 1e-6, accepted=True) for n in range(1, 5000)]
     lin = data.lineage(cands, 1)
-    lay = data.layout(cands, lin)
-    assert lin.generation[-1] == 4999 and len(set(lay.y)) == 1
+    fig = figures.lineage(cands, lin, "generation", None)
+    assert lin.generation[-1] == 4999 and len(lin.path) == 5000
+    assert len([a for a in fig["layout"]["annotations"]]) <= 20
 
 
 def test_table_columns() -> None:
@@ -301,10 +301,10 @@ def test_training_curves_of_the_path() -> None:
 
 def test_hover_labels_are_escaped() -> None:
     cands = small_run()
-    text = data.hover(cands[3], 1, -0.01, 0.001)
+    text = data.hover(cands[3], 1, -0.01, 0.001, "accepted")
     assert "&lt;b&gt;LR&lt;/b&gt;" in text and "<b>LR" not in text
     assert "#3" in text and "Δ vs parent -0.010000" in text and "(n=2; noise σ 0.001000)" in text
-    assert "± 0.002000 (n=2)" in data.hover(cand(8, 3, val_bpb=0.9, val_bpb_std=0.002, n_evals=2), 3, None, 0.001)
+    assert "± 0.002000 (n=2)" in data.hover(cand(8, 3, val_bpb=0.9, val_bpb_std=0.002, n_evals=2), 3, None, 0.001, "accepted")
 
 
 def test_place_labels_never_overlap() -> None:

@@ -29,6 +29,7 @@ from evo.storage import (ACTIVE, COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, R
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb
 from evo.core import acceptance, noise
+from evo.core.counts import ACCEPTED, HISTORY, candidate_outcome
 from evo.core.lineage import first_parents
 from evo.cli.view import UNRESPONSIVE, run_status
 from evo.core import format as fmt
@@ -352,7 +353,7 @@ def _header(archive: Archive, run_id: int, name: str, time_spent: dict[str, floa
     run_row = archive.run_by_id(run_id)
     best = archive.best(run_id)
     best_text = f"best #{best.number} {fmt.bpb(best.val_bpb)}" if best else "best: none yet"
-    return (f"evo run {name}: {archive.tally(run_id).total} candidates, {best_text}, "
+    return (f"evo run {name}: {archive.tally(run_id).children_line()}, {best_text}, "
             f"{fmt.busy(busy_share(archive.trained_seconds(run_id), time_spent['slot_seconds']))}\n"
             + _budget(archive, run_row, json.loads(run_row.config), time_spent["active_seconds"]))
 
@@ -441,17 +442,16 @@ def _print_diff(text: str) -> None:
 def status(name: RunName = None, storage: Storage = DEFAULT_STORAGE) -> None:
     """How a run is going; safe to call from another terminal while it runs."""
     archive, r, _ = open_run(storage, name)
-    tally = archive.tally(r.id)
+    counts = archive.tally(r.id)
     config = json.loads(r.config)
     best = archive.best(r.id)
     label, detail = run_status(r, *liveness(r))
     lines = [
         f"run {r.name}: {label}" + (f" ({detail})" if detail else ""),
-        f"preset {config['preset']}, population {tally.members}/{config['population']}, temperature "
+        f"preset {config['preset']}, population {counts.members}/{config['population']}, temperature "
         f"{config['temperature']} ({config['cooling']}), operator {config['operator']}",
         f"noise σ {fmt.bpb(r.sigma)}, T0 {fmt.bpb(r.temperature0)}" if r.sigma is not None and r.temperature0 is not None else "noise σ: not measured yet",
-        f"candidates {tally.total}: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.by_state.items()))
-        + f"; accepted {tally.accepted}",
+        counts.line(),
         f"active {r.active_seconds / 3600:.2f} h, {fmt.busy(busy_share(archive.trained_seconds(r.id), r.slot_seconds))}, "
         f"LLM spend ${archive.cost(r.id):.2f}",
         _budget(archive, r, config, live=label == ACTIVE),
@@ -473,8 +473,10 @@ def list_runs(storage: Storage = DEFAULT_STORAGE) -> None:
     for r in archive.runs():
         best = archive.best(r.id)
         label, _ = run_status(r, *liveness(r))
-        rows.append((r.name, label, str(archive.tally(r.id).total), short_bpb(best) if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}"))
-    _print_table(("run", "status", "candidates", "best val_bpb", "created"), rows)
+        counts = archive.tally(r.id)
+        rows.append((r.name, label, str(counts.total), str(counts.n_children), str(counts[ACCEPTED]),
+                     short_bpb(best) if best else "-", f"{r.created_at:%Y-%m-%d %H:%M}"))
+    _print_table(("run", "status", "candidates", "children", "accepted", "best val_bpb", "created"), rows)
 
 
 @app.command()
@@ -597,7 +599,9 @@ def show(
     typer.echo(f"hypothesis: {c.hypothesis}")
     if c.rationale:
         typer.echo(f"rationale: {c.rationale}")
-    typer.echo(f"state: {c.state}" + (f" ({c.fail_reason}: {c.fail_detail})" if c.fail_reason else ""))
+    role, outcome = candidate_outcome(c, r.seed_id)
+    typer.echo(f"state: {c.state}" + (f" ({c.fail_reason}: {c.fail_detail})" if c.fail_reason else "")
+               + f"; {outcome} {'imported history' if role == HISTORY else role}")
     evals = archive.evaluations(r.id, c.id)
     if acceptance.ignores_seed([ev.val_bpb for ev in evals if ev.state == COMPLETE]):
         typer.echo(f"val_bpb: {fmt.bpb(c.val_bpb, r.sigma)} (n={c.n_evals}; the run's σ: its own spread is not trusted)")

@@ -4,6 +4,7 @@ event when output is redirected (an overnight `nohup` log must be readable)."""
 from __future__ import annotations
 
 import sys
+import time
 from collections import deque
 from datetime import datetime, timezone
 from typing import Callable
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from evo.core import format as fmt
 from evo.storage import ACTIVE, STALE_AFTER_SECONDS, Event, Run
 
 STOPPED, UNRESPONSIVE = "STOPPED", "UNRESPONSIVE"
@@ -48,7 +50,7 @@ class RunView:
         self.live_enabled = self.console.is_terminal if live is None else live
         self.recent: deque[str] = deque(maxlen=12)
         self.header: Callable[[], str] = lambda: ""
-        self.slots: dict[str, str] = {}
+        self.slots: dict[str, tuple[str, float]] = {}   # slot -> (what runs there, since when: time.monotonic)
         self._live: Live | None = None
 
     def line(self, message: str, at: datetime | None = None) -> None:
@@ -65,9 +67,11 @@ class RunView:
     def _render(self) -> Group:
         table = Table(title=None, expand=False, show_edge=False)
         table.add_column("slot")
+        table.add_column("for", justify="right")
         table.add_column("running")
-        for slot, what in sorted(self.slots.items()):
-            table.add_row(escape(slot), escape(what))
+        now = time.monotonic()
+        for slot, (what, since) in sorted(self.slots.items()):
+            table.add_row(escape(slot), fmt.duration(now - since), escape(what))
         return Group(Text(self.header(), style="bold"), table, Text("\n".join(self.recent), style="dim"))
 
     def __enter__(self) -> "RunView":

@@ -87,7 +87,7 @@ class Engine:
         # `evaluate`: benchmarks and tests swap in a simulated evaluation with run_evaluation's signature
         self.pool = SlotPool(slots, evaluate, apparatus, self.limits, self.kill, clock)
         self.early = EarlyStopping(archive, run.id, apparatus.time_budget, config.early_stop)
-        self.status = self.pool.status            # slot name -> what it is doing, for the live view
+        self.status = self.pool.status            # slot name -> (what it is doing, since when), for the live view
         self._seed_startups: list[float] = []     # harness-clock start-ups of the seed's evaluations
         self._limit_training()                    # a resumed run's seed is measured already
         self._paused_until = 0.0

@@ -31,7 +31,8 @@ class SlotPool:
         self.slots, self.evaluate, self.apparatus, self.limits, self.kill = slots, evaluate, apparatus, limits, kill
         self.clock = clock
         self.running: dict[Future, Pending] = {}
-        self.status: dict[str, str] = {}  # slot name -> what it is doing, for the live view
+        # slot name -> what it is doing and since when (time.monotonic, for the live view's elapsed time)
+        self.status: dict[str, tuple[str, float]] = {}
         self._pool = ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="evo-slot")
 
     def free(self) -> list[Slot]:
@@ -51,7 +52,7 @@ class SlotPool:
                                 locked_hash=self.apparatus.locked_hash, slot=slot, seed=seed, limits=self.limits,
                                 preset=self.apparatus.preset, stop=self.kill, **rule)
         self.running[fut] = Pending(evaluation_id, candidate_id, slot, self.clock())
-        self.status[slot.name] = label
+        self.status[slot.name] = (label, time.monotonic())
 
     def collect(self, done: Iterable[Future]) -> list[tuple[Pending, Future]]:
         """The evaluations among `done` that ended; their slots are free again."""

@@ -87,7 +87,6 @@ def _figures(s, snap: load.Snapshot, tz: tzinfo | None) -> tuple:
     deltas = data.delta_vs_parent(cands, lin.parent)
     meta = data.summary(snap.run, snap.config, cands, evals, calls, lin, snap.now, snap.owner_alive)
     prog = data.progress(cands, lin)
-    lay = data.layout(cands, lin)
     timeline = data.timeline(evals, lin, snap.now)
     bins = data.acceptance_bins(cands, lin)
     fails = data.failures(cands)
@@ -95,14 +94,14 @@ def _figures(s, snap: load.Snapshot, tz: tzinfo | None) -> tuple:
     series = data.curves(cands, lin, points)
     table = data.table(cands, lin, deltas, evals, calls)
     numbers = table["number"]
-    hover = [data.hover(c, numbers[lin.parent[i]] if lin.parent[i] >= 0 else None, deltas[i], snap.run.sigma)
-             for i, c in enumerate(cands)]
+    hover = [data.hover(c, numbers[lin.parent[i]] if lin.parent[i] >= 0 else None, deltas[i], snap.run.sigma,
+                        lin.outcome[i], lin.role[i]) for i, c in enumerate(cands)]
     figs = {
         "progress:time": figures.progress(cands, lin, prog, "time", tz),
         "progress:number": figures.progress(cands, lin, prog, "number", tz),
-        "lineage:generation": figures.lineage(cands, lin, lay, "generation", tz),
-        "lineage:time": figures.lineage(cands, lin, lay, "time", tz),
-        "slots": figures.slots(cands, timeline, tz),
+        "lineage:generation": figures.lineage(cands, lin, "generation", tz),
+        "lineage:time": figures.lineage(cands, lin, "time", tz),
+        "slots": figures.slots(cands, lin, timeline, tz),
         "acceptance": figures.acceptance(bins, snap.run.temperature0),
         "failures": figures.failures(fails, tz),
         "curves": figures.curves(cands, series),

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from evo.storage import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, WAITING, busy_share
+from evo.storage import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, busy_share
+from evo.core import counts
 from evo.core import format as fmt
 from evo.core.lineage import best_index, line
 from evo.cli.view import run_status
@@ -71,6 +72,8 @@ class Lineage:
     best: int                           # position of the best candidate, -1 if none yet
     path: list[int]                     # positions from the first ancestor to the best, inclusive
     seed: int                           # position of the seed, -1 if none
+    role: list[str]                     # evo.core.counts: history, seed or child
+    outcome: list[str]                  # evo.core.counts: accepted, rejected, undecided, ..., failed, pruned
 
 
 def lineage(cands: Sequence[Any], seed_id: int | None) -> Lineage:
@@ -88,7 +91,10 @@ def lineage(cands: Sequence[Any], seed_id: int | None) -> Lineage:
         seed = next((i for i, c in enumerate(cands) if c.operator == "seed"), -1)
     shift = depth[seed] if seed >= 0 else 0
     best = best_position(cands)
-    return Lineage(pos, parent, parent2, [d - shift for d in depth], best, ancestry(parent, best), seed)
+    seed_id = cands[seed].id if seed >= 0 else None
+    roles, outcomes = zip(*(counts.candidate_outcome(c, seed_id) for c in cands)) if cands else ((), ())
+    return Lineage(pos, parent, parent2, [d - shift for d in depth], best, ancestry(parent, best), seed,
+                   list(roles), list(outcomes))
 
 
 def best_position(cands: Sequence[Any]) -> int:
@@ -110,35 +116,10 @@ def delta_vs_parent(cands: Sequence[Any], parent: Sequence[int]) -> list[float |
     return out
 
 
-def is_history(c: Any, i: int, lin: Lineage) -> bool:
+def is_history(i: int, lin: Lineage) -> bool:
     """Imported history (a greedy run's commits, another run's candidates): measured elsewhere,
     never here. The seed of a seeded run is an import too, but it is re-measured here."""
-    return c.operator == "import" and i != lin.seed
-
-
-def lineage_groups(cands: Sequence[Any], lin: Lineage) -> dict[str, list[int]]:
-    """How the lineage draws its nodes: by operator those measured here (coloured by val_bpb),
-    "imported" the history measured elsewhere (a colour of its own: those values are not this
-    machine's), "unmeasured" the failed, pruned and pending ones."""
-    groups: dict[str, list[int]] = {}
-    for i, c in enumerate(cands):
-        key = "imported" if is_history(c, i, lin) else "unmeasured" if c.val_bpb is None else c.operator
-        groups.setdefault(key, []).append(i)
-    return groups
-
-
-def outcome(c: Any) -> str:
-    """One word for how a candidate ended, as the figures colour it: accepted, rejected, failed,
-    pruned, or pending (waiting, running, or evaluated but not decided yet)."""
-    if c.state == FAIL:
-        return "failed"
-    if c.state == PRUNED:
-        return "pruned"
-    if c.state == COMPLETE and c.accepted is not None:
-        return "accepted" if c.accepted else "rejected"
-    if c.operator == "import" and c.accepted is not None:
-        return "accepted" if c.accepted else "rejected"
-    return "pending"
+    return lin.role[i] == counts.HISTORY
 
 
 # ---------------------------------------------------------------------------
@@ -148,10 +129,7 @@ def outcome(c: Any) -> str:
 def summary(run: Any, config: dict, cands: Sequence[Any], evals: Sequence[Any], calls: Sequence[Any],
             lin: Lineage, now: datetime, owner_alive: bool = False) -> dict:
     """The header: the run's settings and its totals, and its status as `evo status` shows it."""
-    by_state: dict[str, int] = defaultdict(int)
-    for c in cands:
-        by_state[c.state] += 1
-    children = [c for i, c in enumerate(cands) if i != lin.seed and c.operator != "import"]
+    tally = counts.count(cands, cands[lin.seed].id if lin.seed >= 0 else None)
     wall = sum(e.wall_seconds or 0.0 for e in evals)
     slots = sorted({e.slot for e in evals if e.slot})
     gpu = any(s.startswith("gpu") for s in slots) or not slots
@@ -194,11 +172,13 @@ def summary(run: Any, config: dict, cands: Sequence[Any], evals: Sequence[Any], 
         "sigma": sigma,
         "temperature0": run.temperature0,
         "slots": slots,
-        "candidates": len(cands),
-        "children": len(children),
-        "states": {k: by_state.get(k, 0) for k in (COMPLETE, FAIL, PRUNED, RUNNING, WAITING)},
-        "accepted": sum(1 for c in children if c.accepted),
-        "rejected": sum(1 for c in children if c.accepted is False and c.state == COMPLETE),
+        "candidates": tally.total,
+        "children": tally.n_children,
+        "outcomes": {o: tally[o] for o in counts.OUTCOMES},
+        "history": {"n": tally.n_history, "kept": tally.history.get(counts.ACCEPTED, 0),
+                    "discarded": tally.history.get(counts.REJECTED, 0), "crashed": tally.history.get(counts.FAILED, 0)},
+        "accepted": tally[counts.ACCEPTED],
+        "rejected": tally[counts.REJECTED],
         "evaluations": sum(1 for e in evals if e.state in (COMPLETE, FAIL)),
         "slot_hours": wall / 3600.0,
         "busy": busy_share(sum(e.trained_seconds or 0.0 for e in evals), run.slot_seconds or 0.0),
@@ -227,7 +207,10 @@ def summary(run: Any, config: dict, cands: Sequence[Any], evals: Sequence[Any], 
 
 @dataclass
 class Progress:
-    points: dict[str, list[int]]         # outcome -> positions (evaluated ones, and failed ones)
+    points: dict[str, list[int]]         # children by outcome: evaluated ones, and failed and pruned ones
+    seed: int                            # position of the seed if it was measured here, else -1
+    history: dict[str, list[int]]        # imported history by outcome (kept, discarded, crashed)
+    history_best: list[tuple[int, float, int]]      # the imported run's own running best over candidate number
     when: list[datetime | None]          # per candidate: when it was decided (finished_at)
     best_time: list[tuple[datetime, float, int]]    # running best steps over time: (t, value, position)
     best_number: list[tuple[int, float, int]]       # running best steps over candidate number
@@ -236,18 +219,31 @@ class Progress:
     temperature_number: list[tuple[int, float]]
 
 
+PROGRESS_OUTCOMES = (counts.ACCEPTED, counts.REJECTED, counts.UNDECIDED, counts.FAILED, counts.PRUNED)
+
+
 def progress(cands: Sequence[Any], lin: Lineage) -> Progress:
-    points: dict[str, list[int]] = {k: [] for k in ("accepted", "rejected", "pending", "failed")}
+    """What the progress figure draws. Its children's points by outcome are the header's counts
+    (those running or waiting have no point yet); the seed is a point of its own; imported history
+    is a series of its own with its own running best (autoresearch's progress view), on the
+    candidate-number axis only: it was measured elsewhere, before this run."""
+    points: dict[str, list[int]] = {k: [] for k in PROGRESS_OUTCOMES}
+    history: dict[str, list[int]] = {counts.ACCEPTED: [], counts.REJECTED: [], counts.FAILED: []}
     when = [utc(c.finished_at) for c in cands]
     for i, c in enumerate(cands):
-        if is_history(c, i, lin):
-            continue  # measured elsewhere, before this run (the seed of a seeded run is measured here)
-        kind = outcome(c)
-        if kind == "failed":
-            points["failed"].append(i)
-        elif c.val_bpb is not None and kind in points:
+        kind = lin.outcome[i]
+        if lin.role[i] == counts.CHILD and kind in points:
             points[kind].append(i)
-    accepted = [i for i, c in enumerate(cands) if c.accepted and c.val_bpb is not None and not is_history(c, i, lin)]
+        elif lin.role[i] == counts.HISTORY and kind in history:
+            history[kind].append(i)
+    history_best, current = [], math.inf
+    for i in history[counts.ACCEPTED]:
+        v = cands[i].imported_val_bpb
+        if v is not None and v < current:
+            current = v
+            history_best.append((cands[i].number, v, i))
+    seed = lin.seed if lin.seed >= 0 and cands[lin.seed].val_bpb is not None else -1
+    accepted = sorted(points[counts.ACCEPTED] + ([seed] if seed >= 0 and cands[seed].accepted else []))
     by_time = sorted((i for i in accepted if when[i] is not None), key=lambda i: (when[i], cands[i].number))
     best_time, improvements, current = [], [], math.inf
     for i in by_time:
@@ -256,101 +252,44 @@ def progress(cands: Sequence[Any], lin: Lineage) -> Progress:
             best_time.append((when[i], current, i))
             improvements.append(i)
     best_number, current = [], math.inf
-    for i in accepted:  # already in number order
+    for i in accepted:  # in number order
         if cands[i].val_bpb < current:
             current = cands[i].val_bpb
             best_number.append((cands[i].number, current, i))
     temps = [(i, c.accept_temperature) for i, c in enumerate(cands)
-             if c.accept_temperature is not None and i != lin.seed and c.operator != "import"]
+             if c.accept_temperature is not None and lin.role[i] == counts.CHILD]
     temperature_time = sorted((when[i], t) for i, t in temps if when[i] is not None)
     temperature_number = [(cands[i].number, t) for i, t in temps]
-    return Progress(points, when, best_time, best_number, improvements, temperature_time, temperature_number)
+    return Progress(points, seed, history, history_best, when, best_time, best_number, improvements,
+                    temperature_time, temperature_number)
 
 
 # ---------------------------------------------------------------------------
-# Lineage layout
+# Lineage
 # ---------------------------------------------------------------------------
 
-@dataclass
-class Layout:
-    y: list[float]                       # vertical position of each node
-    edges: list[tuple[int, int]]         # (parent, child) positions, primary parents
-    edges2: list[tuple[int, int]]        # second parents (crossover, merge)
-    path_edges: list[tuple[int, int]]    # the seed-to-best path
+def node_value(c: Any, i: int, lin: Lineage) -> float | None:
+    """Where a candidate sits on the lineage's val_bpb axis: its value measured here, or for
+    imported history the value measured where it ran; None for those without one (failed,
+    pruned, not evaluated yet)."""
+    return c.imported_val_bpb if lin.role[i] == counts.HISTORY else c.val_bpb
 
 
-def layout(cands: Sequence[Any], lin: Lineage, fan: float = 0.42) -> Layout:
-    """Rows for the lineage, drawn along spines.
-
-    Candidates with children get rows of their own in a tree over primary parents: every such
-    node continues the row of its main child (the one on the path to the best, else the one with
-    the largest subtree) and its other children's subtrees are stacked half above and half below,
-    so the path from the seed to the best is one straight line. Childless candidates (most of
-    them: the rejected and failed) take no row: they fan out within ±`fan` of their parent's
-    row, leaving its centre to the main child. x is chosen by the figure (generation or time)."""
-    n = len(cands)
-    children: list[list[int]] = [[] for _ in range(n)]
-    roots = []
-    for i in range(n):
-        p = lin.parent[i]
-        (children[p] if 0 <= p < i else roots).append(i)
-    size = [1] * n
-    for i in range(n - 1, -1, -1):
-        p = lin.parent[i]
-        if 0 <= p < i:
-            size[p] += size[i]
-    on_path = {a: b for a, b in zip(lin.path, lin.path[1:])}
-    if lin.path and lin.path[0] in roots:   # the path's root first
-        roots.remove(lin.path[0])
-        roots.insert(0, lin.path[0])
-    y = [0.0] * n
-    main = [-1] * n
-    row = 0
-    # Iterative (lineages can be thousands deep); a node's row is its main child's, known once
-    # the whole subtree is placed.
-    stack: list[tuple[int, bool]] = [(r, False) for r in reversed(roots)]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            y[node] = y[main[node]]
-            continue
-        inner = [k for k in children[node] if children[k] or on_path.get(node) == k]
-        if not inner:
-            y[node] = float(row)
-            row += 1
-            continue
-        m = on_path.get(node)
-        if m is None or m not in inner:
-            m = max(inner, key=lambda k: (size[k], -k))
-        main[node] = m
-        others = [k for k in inner if k != m]
-        half = len(others) // 2
-        stack.append((node, True))
-        stack.extend((k, False) for k in reversed(others[:half] + [m] + others[half:]))
-    for node in range(n):
-        leaves = [k for k in children[node] if not children[k] and on_path.get(node) != k]
-        if not leaves:
-            continue
-        if main[node] < 0:                  # only leaves: spread over the whole band
-            k = len(leaves)
-            offsets = [fan * (2 * (j + 0.5) / k - 1) if k > 1 else 0.0 for j in range(k)]
-        else:                               # keep clear of the main child on this row
-            per_side = (len(leaves) + 1) // 2
-            offsets = [(1 if j % 2 == 0 else -1) * (0.12 + (fan - 0.12) * ((j // 2) + 1) / per_side)
-                       for j in range(len(leaves))]
-        for leaf, off in zip(leaves, offsets):
-            y[leaf] = y[node] + off
-    edges = [(lin.parent[i], i) for i in range(n) if lin.parent[i] >= 0]
-    edges2 = [(lin.parent2[i], i) for i in range(n) if lin.parent2[i] >= 0]
-    path_edges = list(zip(lin.path, lin.path[1:]))
-    return Layout(y, edges, edges2, path_edges)
+def edges(lin: Lineage) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[tuple[int, int]]]:
+    """(parent, child) pairs: first parents, second parents (crossover, merge), the path to the best."""
+    return ([(p, i) for i, p in enumerate(lin.parent) if p >= 0],
+            [(p, i) for i, p in enumerate(lin.parent2) if p >= 0],
+            list(zip(lin.path, lin.path[1:])))
 
 
-def hover(c: Any, parent_number: int | None, delta: float | None, sigma: float | None) -> str:
+def hover(c: Any, parent_number: int | None, delta: float | None, sigma: float | None, outcome: str,
+          role: str = counts.CHILD) -> str:
     """One candidate's hover label (plotly's HTML subset, escaped)."""
+    word = {counts.ACCEPTED: "kept", counts.REJECTED: "discarded", counts.FAILED: "crashed"}.get(outcome, outcome) \
+        if role == counts.HISTORY else outcome
     lines = [f"<b>#{c.number}</b> {escape(c.operator)}"
              + (f" of #{parent_number}" if parent_number is not None else "")
-             + f" · {escape(outcome(c))}"]
+             + f" · {escape(word)}" + (" (imported history)" if role == counts.HISTORY else "")]
     if c.hypothesis:
         lines.append(escape(shorten(c.hypothesis, 90)))
     if c.val_bpb is not None and c.val_bpb_std is not None:
@@ -405,7 +344,8 @@ def table(cands: Sequence[Any], lin: Lineage, deltas: Sequence[float | None], ev
         "generation": list(lin.generation),
         "in_population": [bool(c.in_population) for c in cands],
         "on_path": [i in on_path for i in range(len(cands))],
-        "outcome": [outcome(c) for c in cands],
+        "outcome": list(lin.outcome),
+        "role": list(lin.role),
     }
 
 
@@ -553,16 +493,16 @@ def failures(cands: Sequence[Any], bins: int = 24) -> Failures:
     span = (hi - lo).total_seconds()
     k = bins if span > 0 else 1
     width = span / k if span > 0 else 1.0
-    edges = [lo + (hi - lo) * (j / k) for j in range(k + 1)]
+    bin_edges = [lo + (hi - lo) * (j / k) for j in range(k + 1)]
     totals = [0] * k
-    counts: dict[str, list[int]] = {}
+    by_reason: dict[str, list[int]] = {}
     for t, c in done:
         j = min(k - 1, int((t - lo).total_seconds() / width)) if span > 0 else 0
         totals[j] += 1
         if c.state in (FAIL, PRUNED):
             reason = c.fail_reason or ("duplicate" if c.state == PRUNED else "unknown")
-            counts.setdefault(reason, [0] * k)[j] += 1
-    return Failures(edges, dict(sorted(counts.items(), key=lambda kv: -sum(kv[1]))), totals)
+            by_reason.setdefault(reason, [0] * k)[j] += 1
+    return Failures(bin_edges, dict(sorted(by_reason.items(), key=lambda kv: -sum(kv[1]))), totals)
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from datetime import datetime, tzinfo
 from functools import lru_cache
 from typing import Any, Sequence
 
+from evo.core import counts
 from evo.core import format as fmt
 from evo.report import data
 from evo.report.data import Lineage
@@ -22,9 +23,9 @@ from evo.report.data import Lineage
 GL_THRESHOLD = 1500
 
 COLORS = {
-    "accepted": "#2a9d4b", "rejected": "#a8adb4", "failed": "#d1495b", "pruned": "#c9a227", "pending": "#3a7bd5",
+    "accepted": "#2a9d4b", "rejected": "#a8adb4", "failed": "#d1495b", "pruned": "#c9a227", "undecided": "#3a7bd5",
     "best": "#111827", "temperature": "#e07a1f", "path": "#f59e0b", "edge": "#c3c8cf", "edge2": "#8fb3e0",
-    "idle": "#f4b6bd", "running": "#3a7bd5", "imported": "#8d6a9f",
+    "idle": "#f4b6bd", "running": "#3a7bd5", "waiting": "#93b4e8", "imported": "#8d6a9f", "seed": "#111827",
 }
 REASON_COLORS = ["#d1495b", "#edae49", "#00798c", "#30638e", "#8d6a9f", "#66a182", "#c9a227", "#5c5c5c",
                  "#e07a1f", "#4f6d7a"]
@@ -90,40 +91,70 @@ def value_range(values: Sequence[float], anchor: float | None = None, q: float =
 # Progress
 # ---------------------------------------------------------------------------
 
+HISTORY_WORDS = {"accepted": "kept", "rejected": "discarded", "failed": "crashed"}
+
+
 def progress(cands: Sequence[Any], lin: Lineage, prog: data.Progress, axis: str, tz: tzinfo | None,
              max_labels: int = 25) -> dict:
-    """val_bpb of every evaluated candidate over wall time (axis="time") or candidate number
-    (axis="number"), with the running best, the temperature and labelled improvements."""
+    """val_bpb of every evaluated child over wall time (axis="time") or candidate number
+    (axis="number"), the seed, the running best, the temperature and labelled improvements; on
+    the number axis a seeded run's imported history comes first, as its own series with its own
+    running best, so the greedy run and evo read as one story. Legend counts are the header's."""
     by_time = axis == "time"
     x_of = (lambda i: clock(prog.when[i], tz)) if by_time else (lambda i: cands[i].number)
-    evaluated = [i for k in ("accepted", "rejected", "pending") for i in prog.points[k]]
-    if not evaluated and not prog.points["failed"]:
+    shown = (lambda i: prog.when[i] is not None) if by_time else (lambda i: True)
+    measured = [i for k in ("accepted", "rejected", "undecided") for i in prog.points[k]]
+    marks = prog.points["failed"] + prog.points["pruned"]
+    history = {k: v for k, v in prog.history.items() if v and not by_time}
+    if not measured and not marks and prog.seed < 0 and not history:
         return empty("no candidate evaluated yet")
     seed_value = cands[lin.seed].val_bpb if lin.seed >= 0 else None
-    lo, hi, clipped = value_range([cands[i].val_bpb for i in evaluated], seed_value)
+    values = [cands[i].val_bpb for i in measured + ([prog.seed] if prog.seed >= 0 else [])]
+    values += [cands[i].imported_val_bpb for i in history.get("accepted", []) + history.get("rejected", [])]
+    lo, hi, clipped = value_range(values, seed_value)
     lo -= (hi - lo) * 0.06  # room for the label under the lowest step
-    kind = scatter_type(len(evaluated) + len(prog.points["failed"]))
+    top = hi - (hi - lo) * 0.02   # the row of those without a value
+    kind = scatter_type(len(measured) + len(marks) + sum(map(len, history.values())))
     traces = []
+
+    def points(name: str, idx: list[int], y: list[float], marker: dict, **extra: Any) -> None:
+        idx_y = [(i, v) for i, v in zip(idx, y) if shown(i)]
+        if idx_y:
+            traces.append({"type": kind, "mode": "markers", "name": name, "meta": "hover",
+                           "x": [x_of(i) for i, _ in idx_y], "y": [v for _, v in idx_y],
+                           "customdata": [i for i, _ in idx_y], "marker": marker,
+                           "hovertemplate": "%{text}<extra></extra>", **extra})
+
+    for key, idx in history.items():
+        ys = [cands[i].imported_val_bpb if key != "failed" else top for i in idx]
+        style = {"accepted": {"color": COLORS["imported"], "size": 7, "symbol": "square"},
+                 "rejected": {"color": COLORS["imported"], "size": 6, "symbol": "square-open", "opacity": 0.6},
+                 "failed": {"color": COLORS["imported"], "size": 7, "symbol": "x-thin-open",
+                            "line": {"width": 1.5, "color": COLORS["imported"]}}}[key]
+        points(f"imported: {HISTORY_WORDS[key]} ({len(idx)})", idx, ys, style, legendgroup="history")
+    if prog.history_best and not by_time:
+        xs = [n for n, _, _ in prog.history_best]
+        ys = [v for _, v, _ in prog.history_best]
+        end = cands[lin.seed].number if lin.seed >= 0 else max(cands[i].number for i in prog.history["accepted"])
+        traces.append({"type": "scatter", "mode": "lines", "name": "imported run's best", "x": xs + [end],
+                       "y": ys + [ys[-1]], "legendgroup": "history",
+                       "line": {"shape": "hv", "color": COLORS["imported"], "width": 2, "dash": "dash"},
+                       "hoverinfo": "skip"})
     styles = {
         "rejected": {"color": COLORS["rejected"], "size": 6, "opacity": 0.65},
-        "pending": {"color": COLORS["pending"], "size": 7, "symbol": "circle-open"},
+        "undecided": {"color": COLORS["undecided"], "size": 7, "symbol": "circle-open"},
         "accepted": {"color": COLORS["accepted"], "size": 8, "line": {"width": 0.5, "color": "#ffffff"}},
     }
-    for key in ("rejected", "pending", "accepted"):
-        idx = [i for i in prog.points[key] if (prog.when[i] is not None or not by_time)]
-        if not idx:
-            continue
-        traces.append({"type": kind, "mode": "markers", "name": f"{key} ({len(idx)})", "meta": "hover",
-                       "x": [x_of(i) for i in idx], "y": [cands[i].val_bpb for i in idx], "customdata": idx,
-                       "marker": styles[key], "hovertemplate": "%{text}<extra></extra>"})
-    failed = [i for i in prog.points["failed"] if (prog.when[i] is not None or not by_time)]
-    if failed:
-        top = hi - (hi - lo) * 0.02
-        traces.append({"type": kind, "mode": "markers", "name": f"failed ({len(failed)})", "meta": "hover",
-                       "x": [x_of(i) for i in failed], "y": [top] * len(failed), "customdata": failed,
-                       "marker": {"color": COLORS["failed"], "symbol": "x-thin-open", "size": 7,
-                                  "line": {"width": 1.5, "color": COLORS["failed"]}},
-                       "hovertemplate": "%{text}<extra></extra>"})
+    for key in ("rejected", "undecided", "accepted"):
+        idx = prog.points[key]
+        points(f"{key} ({len(idx)})", idx, [cands[i].val_bpb for i in idx], styles[key])
+    for key, symbol in (("failed", "x-thin-open"), ("pruned", "line-ns-open")):
+        idx = prog.points[key]
+        points(f"{key} ({len(idx)})", idx, [top] * len(idx),
+               {"color": COLORS[key], "symbol": symbol, "size": 7, "line": {"width": 1.5, "color": COLORS[key]}})
+    if prog.seed >= 0:
+        points("seed", [prog.seed], [cands[prog.seed].val_bpb],
+               {"color": COLORS["seed"], "symbol": "star", "size": 13, "line": {"width": 1, "color": "#ffffff"}})
     steps = prog.best_time if by_time else prog.best_number
     if steps:
         xs = [clock(t, tz) if by_time else t for t, _, _ in steps]
@@ -140,25 +171,34 @@ def progress(cands: Sequence[Any], lin: Lineage, prog: data.Progress, axis: str,
                        "y": [t for _, t in temps], "yaxis": "y2",
                        "line": {"color": COLORS["temperature"], "width": 1.5, "dash": "dot"},
                        "hovertemplate": f"T %{{y:.{fmt.DECIMALS}f}}<extra></extra>"})
-    # Each improvement of the best, labelled with its hypothesis just under its step of the running
-    # best: the space below the staircase is empty (nothing accepted is below the best), so labels
-    # placed there without overlapping each other stay readable.
-    gains, previous = {}, None
+    # Each improvement of the best (and of the imported run's best), labelled with its hypothesis
+    # just under its step of the running best: the space below a staircase is empty (nothing kept
+    # is below its best), so labels placed there without overlapping each other stay readable.
+    items_of: list[tuple[int, float, str]] = []   # (position, value, colour)
+    previous = None
+    gains = {}
     for i in prog.improvements:
         v = cands[i].val_bpb
         gains[i] = (previous - v) if previous is not None else float("inf")
         previous = v
+        items_of.append((i, v, "#14532d"))
+    previous = None
+    for _, v, i in (prog.history_best if not by_time else []):
+        gains[i] = ((previous - v) if previous is not None else 0.0) / 2  # evo's own steps first
+        previous = v
+        items_of.append((i, v, "#5b3a6e"))
     xs_all = [x for t in traces if t.get("meta") == "hover" for x in t["x"]]
     annotations = []
-    if xs_all and prog.improvements:
+    if xs_all and items_of:
         num = (lambda x: datetime.fromisoformat(x).timestamp()) if by_time else float
         x_lo, x_hi = min(num(x) for x in xs_all), max(num(x) for x in xs_all)
-        items = []
-        for i in prog.improvements:
-            if by_time and prog.when[i] is None:
+        items, colour = [], {}
+        for i, v, c in items_of:
+            if not shown(i):
                 continue
             text = "seed" if i == lin.seed else f"#{cands[i].number} {data.shorten(cands[i].hypothesis, 48)}"
-            items.append((i, num(x_of(i)), cands[i].val_bpb, text, gains[i]))
+            items.append((i, num(x_of(i)), v, text, gains[i]))
+            colour[i] = c
         placed = place_labels(items, x_lo, x_hi, lo, hi, max_labels=max_labels)
         for i, x, y, text, _ in items:
             if i not in placed:
@@ -166,8 +206,13 @@ def progress(cands: Sequence[Any], lin: Lineage, prog: data.Progress, axis: str,
             side, row = placed[i]
             annotations.append({"x": x_of(i), "y": y, "text": data.escape(text), "showarrow": False,
                                 "xanchor": side, "yanchor": "top", "xshift": 4 if side == "left" else -4,
-                                "yshift": -3 - 15 * row, "font": {"size": 10.5, "color": "#14532d"},
+                                "yshift": -3 - 15 * row, "font": {"size": 10.5, "color": colour[i]},
                                 "bgcolor": "rgba(255,255,255,0.7)", "captureevents": False})
+    if by_time and any(prog.history.values()):
+        annotations.append({"text": f"{sum(map(len, prog.history.values()))} imported candidates: on the "
+                                    "candidate-number view", "showarrow": False, "xref": "paper", "yref": "paper",
+                            "x": 1, "y": 0, "xanchor": "right", "yanchor": "bottom",
+                            "font": {"size": 10.5, "color": COLORS["imported"]}})
     layout = base_layout(
         height=460, annotations=annotations,
         xaxis={"title": {"text": "wall time" + (f" ({_tzname(tz)})" if by_time else "")} if by_time
@@ -226,101 +271,127 @@ def _tzname(tz: tzinfo | None) -> str:
 # Lineage
 # ---------------------------------------------------------------------------
 
-def lineage(cands: Sequence[Any], lin: Lineage, lay: data.Layout, axis: str, tz: tzinfo | None) -> dict:
-    """The DAG of candidates: x is the generation (axis="generation") or the creation time
-    (axis="time"), y the tidy-tree row. Colour is val_bpb, the marker the operator (open when not
-    accepted), grey for failed and pruned, a colour of its own for imported history (its val_bpb was
-    measured elsewhere); the path from the seed to the best is drawn over it."""
+LINEAGE_STYLES = {   # outcome -> marker colour, filled or hollow
+    "accepted": (COLORS["accepted"], True), "rejected": (COLORS["rejected"], False),
+    "undecided": (COLORS["undecided"], False), "running": (COLORS["running"], False),
+    "waiting": (COLORS["waiting"], False), "failed": (COLORS["failed"], False), "pruned": (COLORS["pruned"], False),
+}
+
+
+def lineage(cands: Sequence[Any], lin: Lineage, axis: str, tz: tzinfo | None, max_labels: int = 20) -> dict:
+    """The family tree of candidates on the val_bpb axis (lower is better): x is the generation
+    (axis="generation") or the creation time (axis="time"), y the val_bpb, lines to parents
+    (dotted: second parents), the path from the seed to the best drawn over them and each
+    improvement of the best labelled with its hypothesis. Colour is the outcome (filled green:
+    accepted), the marker the operator; imported history has a colour of its own (measured
+    elsewhere); those without a value (failed, pruned, not evaluated yet) sit on a row above."""
     n = len(cands)
     if n == 0:
         return empty("no candidates yet", height=300)
     by_time = axis == "time"
     xs = [clock(c.created_at, tz) for c in cands] if by_time else list(lin.generation)
+    value = [data.node_value(c, i, lin) for i, c in enumerate(cands)]
+    seed_value = cands[lin.seed].val_bpb if lin.seed >= 0 else None
+    lo, hi, _ = value_range([v for v in value if v is not None], seed_value, q=0.95)
+    span = hi - lo
+    band = hi + 0.07 * span     # the row of those without a value
+    # Values off the top of the range are drawn at its edge (the hover label has the value).
+    ys = [band if v is None else min(v, hi) for v in value]
     kind = scatter_type(n)
+    size = 9 if n < 300 else 7 if n < 3000 else 5
 
     def edge_xy(pairs: Sequence[tuple[int, int]]) -> tuple[list, list]:
         ex, ey = [], []
         for a, b in pairs:
             ex += [xs[a], xs[b], None]
-            ey += [lay.y[a], lay.y[b], None]
+            ey += [ys[a], ys[b], None]
         return ex, ey
 
+    first, second, path = data.edges(lin)
     traces = []
-    ex, ey = edge_xy(lay.edges)
+    ex, ey = edge_xy(first)
     if ex:
-        traces.append({"type": scatter_type(len(lay.edges)), "mode": "lines", "name": "parent → child", "x": ex,
-                       "y": ey, "line": {"color": COLORS["edge"], "width": 0.8}, "hoverinfo": "skip",
-                       "showlegend": False})
-    ex, ey = edge_xy(lay.edges2)
+        traces.append({"type": scatter_type(len(first)), "mode": "lines", "name": "parent → child", "x": ex,
+                       "y": ey, "line": {"color": COLORS["edge"], "width": 0.7}, "opacity": 0.8,
+                       "hoverinfo": "skip", "showlegend": False})
+    ex, ey = edge_xy(second)
     if ex:
-        many = len(lay.edges2) > 150
-        traces.append({"type": scatter_type(len(lay.edges2)), "mode": "lines",
-                       "name": f"second parent ({len(lay.edges2)}{', click to show' if many else ''})", "x": ex,
+        many = len(second) > 150
+        traces.append({"type": scatter_type(len(second)), "mode": "lines",
+                       "name": f"second parent ({len(second)}{', click to show' if many else ''})", "x": ex,
                        "y": ey, "line": {"color": COLORS["edge2"], "width": 0.8, "dash": "dot"}, "opacity": 0.6,
                        "hoverinfo": "skip", **({"visible": "legendonly"} if many else {})})
-    evaluated = [c.val_bpb for c in cands if c.val_bpb is not None]
-    seed_value = cands[lin.seed].val_bpb if lin.seed >= 0 else None
-    lo, hi, _ = value_range(evaluated, seed_value)
-    colorbar_shown = False
-    groups = data.lineage_groups(cands, lin)
-    grey = groups.pop("unmeasured", [])
-    imported = groups.pop("imported", [])
-    for op, idx in groups.items():
-        idx.sort(key=lambda i: not cands[i].accepted)  # the legend shows the first point's symbol
-        symbol = data.operator_symbol(op)
-        marker = {"color": [cands[i].val_bpb for i in idx], "colorscale": "Viridis", "reversescale": True,
-                  "cmin": lo, "cmax": hi, "size": 9 if n < 300 else 7 if n < 3000 else 5,
-                  "symbol": [symbol if cands[i].accepted else symbol + "-open" for i in idx],
-                  "line": {"width": 0.4, "color": "#4b5563"}}
-        if not colorbar_shown:
-            marker["showscale"] = True
-            marker["colorbar"] = {"title": {"text": "val_bpb"}, "thickness": 12, "len": 0.8}
-            colorbar_shown = True
-        traces.append({"type": kind, "mode": "markers", "name": op, "meta": "hover", "customdata": idx,
-                       "x": [xs[i] for i in idx], "y": [lay.y[i] for i in idx], "marker": marker,
-                       "hovertemplate": "%{text}<extra></extra>"})
-    if imported:
-        # one colour, not the val_bpb scale: those values were measured on another machine
-        traces.append({"type": kind, "mode": "markers", "meta": "hover", "customdata": imported,
-                       "name": f"imported ({len(imported)}, val_bpb measured elsewhere)",
-                       "x": [xs[i] for i in imported], "y": [lay.y[i] for i in imported],
-                       "marker": {"color": COLORS["imported"], "size": 7 if n < 3000 else 5,
-                                  "symbol": ["square" if cands[i].accepted else "square-open" for i in imported],
-                                  "line": {"width": 1, "color": [COLORS["failed"] if cands[i].state == data.FAIL
-                                                                 else COLORS["imported"] for i in imported]}},
-                       "hovertemplate": "%{text}<extra></extra>"})
-    if grey:
-        traces.append({"type": kind, "mode": "markers", "name": "failed / pruned / pending", "meta": "hover",
-                       "customdata": grey, "x": [xs[i] for i in grey], "y": [lay.y[i] for i in grey],
-                       "marker": {"color": [COLORS["failed"] if cands[i].state == data.FAIL else "#9ca3af"
-                                            for i in grey],
-                                  "symbol": [data.operator_symbol(cands[i].operator) + "-open" for i in grey],
-                                  "size": 7 if n < 3000 else 5, "line": {"width": 1}},
-                       "hovertemplate": "%{text}<extra></extra>"})
-    if len(lin.path) > 1:
-        ex, ey = edge_xy(lay.path_edges)
+    if len(path) > 0:
+        ex, ey = edge_xy(path)
         traces.append({"type": "scatter", "mode": "lines", "name": "path to the best", "x": ex, "y": ey,
                        "line": {"color": COLORS["path"], "width": 3.5}, "hoverinfo": "skip"})
+    history = [i for i in range(n) if lin.role[i] == counts.HISTORY]
+    if history:
+        traces.append({"type": kind, "mode": "markers", "meta": "hover", "customdata": history,
+                       "name": f"imported ({len(history)}, measured elsewhere)", "x": [xs[i] for i in history],
+                       "y": [ys[i] for i in history],
+                       "marker": {"color": COLORS["imported"], "size": size - 1,
+                                  "symbol": ["square" if lin.outcome[i] == "accepted" else "x-thin-open"
+                                             if lin.outcome[i] == "failed" else "square-open" for i in history],
+                                  "line": {"width": 1, "color": COLORS["imported"]}},
+                       "hovertemplate": "%{text}<extra></extra>"})
+    for key, (colour, filled) in LINEAGE_STYLES.items():   # children: the header's counts
+        idx = [i for i in range(n) if lin.outcome[i] == key and lin.role[i] == counts.CHILD]
+        if not idx:
+            continue
+        symbols = [data.operator_symbol(cands[i].operator) + ("" if filled else "-open") for i in idx]
+        traces.append({"type": kind, "mode": "markers", "name": f"{key} ({len(idx)})", "meta": "hover",
+                       "customdata": idx, "x": [xs[i] for i in idx], "y": [ys[i] for i in idx],
+                       "marker": {"color": colour, "symbol": symbols, "size": size,
+                                  "line": {"width": 1.2 if not filled else 0.5,
+                                           "color": colour if not filled else "#ffffff"}},
+                       "hovertemplate": "%{text}<extra></extra>"})
+    if lin.seed >= 0:
+        colour = LINEAGE_STYLES.get(lin.outcome[lin.seed], (COLORS["seed"], True))[0]
+        traces.append({"type": "scatter", "mode": "markers", "name": f"seed ({lin.outcome[lin.seed]})", "meta": "hover",
+                       "customdata": [lin.seed], "x": [xs[lin.seed]], "y": [ys[lin.seed]],
+                       "marker": {"color": COLORS["seed"], "symbol": "star", "size": size + 6,
+                                  "line": {"width": 1.5, "color": colour}},
+                       "hovertemplate": "%{text}<extra></extra>"})
     if lin.path:
         traces.append({"type": "scatter", "mode": "markers", "name": "on the path", "meta": "hover",
-                       "customdata": list(lin.path), "x": [xs[i] for i in lin.path], "y": [lay.y[i] for i in lin.path],
-                       "marker": {"size": 13, "color": "rgba(0,0,0,0)", "symbol": "circle",
+                       "customdata": list(lin.path), "x": [xs[i] for i in lin.path], "y": [ys[i] for i in lin.path],
+                       "marker": {"size": size + 6, "color": "rgba(0,0,0,0)", "symbol": "circle",
                                   "line": {"width": 2.5, "color": COLORS["path"]}},
                        "hovertemplate": "%{text}<extra></extra>", "showlegend": False})
+    # Improvements of the best along the path, labelled as the progress figure labels them.
     annotations = []
-    if lin.best >= 0:
-        b = cands[lin.best]
-        annotations.append({"x": xs[lin.best], "y": lay.y[lin.best], "text": f"best #{b.number}", "showarrow": True,
-                            "arrowhead": 2, "ax": 30, "ay": -30, "font": {"size": 11, "color": "#92400e"},
-                            "bgcolor": "rgba(255,255,255,0.85)", "captureevents": False})
+    steps, current = [], math.inf
+    for i in lin.path:
+        v = value[i]
+        if v is not None and v < current and lin.role[i] != counts.HISTORY:
+            steps.append((i, (current - v) if current < math.inf else float("inf")))
+            current = v
+    if steps:
+        num = (lambda x: datetime.fromisoformat(x).timestamp()) if by_time else float
+        x_lo, x_hi = min(num(x) for x in xs), max(num(x) for x in xs)
+        items = [(i, num(xs[i]), ys[i], ("seed" if i == lin.seed else f"#{cands[i].number} "
+                                         + data.shorten(cands[i].hypothesis, 40)), gain) for i, gain in steps]
+        placed = place_labels(items, x_lo, x_hi, lo, band, height=480, max_labels=max_labels)
+        for i, x, y, text, _ in items:
+            if i in placed:
+                side, row = placed[i]
+                annotations.append({"x": xs[i], "y": y, "text": data.escape(text), "showarrow": False,
+                                    "xanchor": side, "yanchor": "top", "xshift": 5 if side == "left" else -5,
+                                    "yshift": -4 - 15 * row, "font": {"size": 10.5, "color": "#92400e"},
+                                    "bgcolor": "rgba(255,255,255,0.75)", "captureevents": False})
+    if any(v is None for v in value):
+        annotations.append({"text": "no val_bpb", "showarrow": False, "xref": "paper", "yref": "y", "x": 0,
+                            "y": band, "xanchor": "right", "xshift": -6, "font": {"size": 10, "color": "#6b7280"}})
     gens = lin.generation
     layout = base_layout(
         height=620 if n < 2000 else 820, annotations=annotations, dragmode="zoom",
         xaxis={"title": {"text": f"creation time ({_tzname(tz)})" if by_time else "generation (depth from the seed)"},
                **({"type": "date"} if by_time else {"dtick": _dtick(gens), "range": [min(gens) - 0.6, max(gens) + 0.6],
                                                      "zeroline": False})},
-        yaxis={"title": {"text": ""}, "showticklabels": False, "showgrid": False},
+        yaxis={"title": {"text": "val_bpb (lower is better)"}, "range": [lo - 0.03 * span, band + 0.04 * span]},
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "xanchor": "left"},
+        margin={"l": 76, "t": 48},
     )
     return {"data": traces, "layout": layout}
 
@@ -334,8 +405,9 @@ def _dtick(generations: Sequence[int]) -> int | None:
 # Slot timeline
 # ---------------------------------------------------------------------------
 
-def slots(cands: Sequence[Any], tl: data.Timeline, tz: tzinfo | None) -> dict:
-    """One row per slot, one bar per evaluation, coloured by outcome; idle gaps in pink."""
+def slots(cands: Sequence[Any], lin: Lineage, tl: data.Timeline, tz: tzinfo | None) -> dict:
+    """One row per slot, one bar per evaluation, coloured by its candidate's outcome (the legend
+    counts evaluations, not candidates); idle gaps in pink."""
     if not tl.segments:
         return empty("no evaluation has started yet")
     label = {s: f"{s} · {100 * tl.utilisation[s]:.0f}% busy" for s in tl.slots}
@@ -346,8 +418,8 @@ def slots(cands: Sequence[Any], tl: data.Timeline, tz: tzinfo | None) -> dict:
         elif seg.outcome == data.FAIL:
             key = "failed"
         else:
-            key = data.outcome(cands[seg.candidate]) if seg.candidate >= 0 else "pending"
-            key = key if key in ("accepted", "rejected") else "pending"
+            key = lin.outcome[seg.candidate] if seg.candidate >= 0 else "undecided"
+            key = key if key in ("accepted", "rejected", "pruned") else "undecided"
         groups.setdefault(key, []).append(seg)
     total = len(tl.segments)
     width = 16 if len(tl.slots) <= 8 else 9 if len(tl.slots) <= 16 else 5
@@ -364,7 +436,7 @@ def slots(cands: Sequence[Any], tl: data.Timeline, tz: tzinfo | None) -> dict:
                        "name": f"idle ({len(tl.idle)} gaps, {idle_total / 3600:.2f} slot-h)",
                        "x": ix, "y": iy, "text": it, "hovertemplate": "%{text}<extra></extra>",
                        "line": {"color": COLORS["idle"], "width": max(3, width // 3)}})
-    order = ("accepted", "rejected", "pending", "failed", "running")
+    order = ("accepted", "rejected", "undecided", "pruned", "failed", "running")
     for key in order:
         segs = groups.get(key)
         if not segs:
@@ -378,7 +450,8 @@ def slots(cands: Sequence[Any], tl: data.Timeline, tz: tzinfo | None) -> dict:
             sx += [clock(seg.start, tz), clock(end, tz), None]
             sy += [label[seg.slot], label[seg.slot], None]
             cd += [seg.candidate, seg.candidate, -1]
-        traces.append({"type": scatter_type(total * 2), "mode": "lines", "name": f"{key} ({len(segs)})",
+        noun = "evaluation" if len(segs) == 1 else "evaluations"
+        traces.append({"type": scatter_type(total * 2), "mode": "lines", "name": f"{key} ({len(segs)} {noun})",
                        "meta": "hover", "x": sx, "y": sy, "customdata": cd,
                        "line": {"color": COLORS[key], "width": width}, "hovertemplate": "%{text}<extra></extra>"})
     layout = base_layout(

@@ -49,6 +49,10 @@ def _local(iso: str | None, tz: tzinfo | None) -> str:
     return datetime.fromisoformat(iso).astimezone(tz).strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def header(meta: dict, tz: tzinfo | None) -> str:
     """The run's totals as cards, and its settings on one line."""
     e = escape
@@ -69,19 +73,26 @@ def header(meta: dict, tz: tzinfo | None) -> str:
             f'<div class="card best"><h3>Best · <a href="#c{best["number"]}" data-select="{best["i"]}">'
             f'#{best["number"]}</a> · {confirmed}</h3>'
             f'<div class="big">{fmt.bpb(best["val_bpb"])}<span class="sub">{e(spread)}{e(note)}</span></div>'
-            f'<div class="sub">{e(gain)}path of {best["path_length"]} candidates</div>'
+            f'<div class="sub">{e(gain)}{_plural(best["path_length"], "candidate")} on its path from the seed</div>'
             f'<div class="hyp">{e(best["hypothesis"] or "")}</div></div>')
     else:
         cards.append('<div class="card best"><h3>Best</h3><div class="big">–</div>'
                      '<div class="sub">no candidate evaluated and accepted yet</div></div>')
-    states = meta["states"]
+    out = meta["outcomes"]
+    history = meta["history"]
+    parts = [f"{out[o]:,} {o}" for o in ("accepted", "rejected", "failed", "pruned") if out[o]]
+    in_flight = out["undecided"] + out["running"] + out["waiting"]
+    if in_flight:
+        parts.append(f"{in_flight:,} in flight")
+    whole = [f"of {meta['candidates']:,} candidates: the seed"] if seed else [f"of {meta['candidates']:,} candidates"]
+    if history["n"]:
+        whole.append(f"{history['n']:,} imported ({history['kept']:,} kept)")
     cards.append(
-        f'<div class="card"><h3>Candidates</h3><div class="big">{meta["candidates"]:,}</div>'
-        f'<div class="sub">{states["COMPLETE"]:,} complete · {states["FAIL"]:,} failed · {states["PRUNED"]:,} pruned'
-        + (f' · {states["RUNNING"] + states["WAITING"]:,} in flight' if states["RUNNING"] + states["WAITING"] else "")
-        + '</div></div>')
+        f'<div class="card"><h3>Children</h3><div class="big">{meta["children"]:,}</div>'
+        f'<div class="sub">{" · ".join(parts) or "none decided yet"}</div>'
+        f'<div class="sub">{e(", ".join(whole))}</div></div>')
     judged = meta["accepted"] + meta["rejected"]
-    rate = f"{100 * meta['accepted'] / judged:.0f}% of {judged:,} judged" if judged else "none judged yet"
+    rate = f"{100 * meta['accepted'] / judged:.0f}% of {judged:,} judged children" if judged else "no child judged yet"
     cards.append(f'<div class="card"><h3>Accepted</h3><div class="big">{meta["accepted"]:,}</div>'
                  f'<div class="sub">{rate}</div></div>')
     cards.append(f'<div class="card"><h3>{meta["slot_kind"]}-hours</h3><div class="big">{meta["slot_hours"]:.2f}</div>'
@@ -99,7 +110,7 @@ def header(meta: dict, tz: tzinfo | None) -> str:
     temp = meta["temperature"]
     temp_text = f"{temp} (= 2σ)" if temp == "auto" else f"{temp}"
     budget = [f"{meta['hours']} h" if meta["hours"] else None,
-              f"{meta['max_candidates']:,} candidates" if meta["max_candidates"] else None,
+              f"{meta['max_candidates']:,} children" if meta["max_candidates"] else None,
               f"${meta['max_cost']}" if meta["max_cost"] else None]
     items = [
         ("preset", meta["preset"]), ("operator", meta["operator"]), ("population", meta["population"]),
@@ -142,14 +153,16 @@ def page(meta: dict, payload: str, chunks: list[str], cdn: bool, tz: tzinfo | No
                                         + (f' data-variant="{variant}"' if variant else "") + "></div>")
     body = [
         section("progress", "Progress",
-                "val_bpb of every evaluated candidate; the running best as a step line, the temperature on the right "
-                "axis, each improvement of the best labelled with its hypothesis. Click a point for its details.",
+                "val_bpb of every evaluated child and the seed (★); the running best as a step line, the temperature on "
+                "the right axis, each improvement of the best labelled with its hypothesis; failed and pruned on the "
+                "top row. A seeded run's imported history is on the candidate-number view. Click a point for details.",
                 figure("progress", "time"),
                 tabs("progress", [("time", "wall time"), ("number", "candidate number")])),
         section("lineage", "Lineage",
-                "parent → child (dotted: second parent). Colour: val_bpb (bright is better); marker: operator, hollow "
-                "when not accepted; grey or red: pruned or failed. The ringed line is the path from the seed to the "
-                "best. Drag to zoom, double-click to reset, click a node for its diff.",
+                "each candidate at its val_bpb (lower is better), joined to its parent (dotted: second parent). "
+                "Filled green: accepted; hollow: rejected (grey), undecided (blue); the marker is the operator; failed "
+                "(red) and pruned (yellow) on the top row; purple: imported history; the star is the seed. The thick line is the path from the seed to the best, its "
+                "improvements labelled. Drag to zoom, double-click to reset, click a node for its diff.",
                 figure("lineage", "generation"),
                 tabs("lineage", [("generation", "by generation"), ("time", "by time")])),
         section("candidates", "Candidates", "click a column to sort, a row for details",
@@ -157,7 +170,8 @@ def page(meta: dict, payload: str, chunks: list[str], cdn: bool, tz: tzinfo | No
                 'operator, state, reason, model, #number">'
                 '<select id="f-state"><option value="">any outcome</option><option value="accepted">accepted</option>'
                 '<option value="rejected">rejected</option><option value="failed">failed</option>'
-                '<option value="pruned">pruned</option><option value="pending">pending</option></select>'
+                '<option value="pruned">pruned</option><option value="undecided">undecided</option>'
+                '<option value="running">running</option><option value="waiting">waiting</option></select>'
                 '<select id="f-op"><option value="">any operator</option></select>'
                 '<label><input type="checkbox" id="f-path"> best path</label>'
                 '<label><input type="checkbox" id="f-pop"> in population</label>'

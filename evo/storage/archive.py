@@ -18,14 +18,15 @@ import json
 import os
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from sqlalchemy import case, delete, event, func, insert, inspect, text, update
+from sqlalchemy import case, delete, event, func, insert, inspect, literal, text, update
 from sqlmodel import Session, SQLModel, select
 
+from evo.core import counts
+from evo.core.counts import Counts
 from evo.core.diff import unified_diff
 from evo.core.lineage import best as best_of
 from evo.storage.db import (DEFAULT_STORAGE, RESTORE, ArchiveError, StorageError, check_not_cut_short, files_dir,
@@ -78,18 +79,6 @@ READ_AS_CURRENT: dict[int, dict[str, tuple[str, ...]]] = {
 READ_AS_EMPTY: dict[int, str] = {
     3: "CREATE TEMP TABLE IF NOT EXISTS candidatediff (candidate_id INTEGER PRIMARY KEY, text TEXT NOT NULL)",
 }
-
-
-@dataclass(frozen=True)
-class Tally:
-    """A run's candidates counted: by state, how many were ever accepted, how many are members now."""
-    by_state: dict[str, int]
-    accepted: int
-    members: int
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_state.values())
 
 
 class OwnershipLost(ArchiveError):
@@ -401,7 +390,7 @@ class Archive:
                 if not here and age is not None and age < stale_after:
                     raise ArchiveError(f"run {run.name!r} is being run by process {pid} on host {host} ({beat}); "
                                        f"stop it there first, or wait {stale_after - age:.0f}s if it died.")
-            run.owner, run.heartbeat_at, run.status = owner, self.clock(), ACTIVE
+            run.owner, run.heartbeat_at, run.status, run.finished_at = owner, self.clock(), ACTIVE, None
             s.add(run)
             self._event(s, run_id, "run", f"run claimed by {owner}")
         self._claim = (run_id, owner)
@@ -435,6 +424,8 @@ class Archive:
             run = s.get(Run, run_id)
             for key, value in fields.items():
                 setattr(run, key, value)
+            if "status" in fields:   # when it ended (the last time: a resumed run ends again)
+                run.finished_at = None if fields["status"] == ACTIVE else self.clock()
             s.add(run)
             if message:
                 self._event(s, run_id, "run", message)
@@ -725,15 +716,22 @@ class Archive:
             return 0
         return self.count_candidates(run_id, after_number=self.candidate_by_id(run.seed_id).number)
 
-    def tally(self, run_id: int) -> "Tally":
-        """The run's candidate counts by state, accepted and in the population, counted in SQL (the
-        live header asks twice a second)."""
+    def tally(self, run_id: int) -> Counts:
+        """The run's candidates counted by role and outcome (evo.core.counts, the rule every view
+        shows), grouped in SQL: the live header asks twice a second."""
+        seed_id = self.run_by_id(run_id).seed_id
+        is_seed = case((Candidate.id == seed_id, 1), else_=0) if seed_id is not None else literal(0)
+        is_import = case((Candidate.operator == "import", 1), else_=0)
         with self.read() as s:
-            rows = s.exec(select(Candidate.state, func.count(), func.sum(case((Candidate.accepted == True, 1), else_=0)),  # noqa: E712
+            rows = s.exec(select(Candidate.state, Candidate.accepted, is_import, is_seed, func.count(),
                                  func.sum(case((Candidate.in_population == True, 1), else_=0)))  # noqa: E712
-                          .where(Candidate.run_id == run_id).group_by(Candidate.state)).all()
-        return Tally({state: int(n) for state, n, _, _ in rows}, sum(int(a or 0) for *_, a, _ in rows),
-                     sum(int(p or 0) for *_, p in rows))
+                          .where(Candidate.run_id == run_id)
+                          .group_by(Candidate.state, Candidate.accepted, is_import, is_seed)).all()
+        groups = []
+        for state, accepted, imported, seed, n, members in rows:
+            r = counts.role("import" if imported else "", bool(seed))
+            groups.append((r, counts.outcome(state, accepted, r == counts.HISTORY), int(n), int(members or 0)))
+        return counts.tally(groups)
 
     def best(self, run_id: int) -> Candidate | None:
         """THE best candidate (core.lineage.best) among the run's contenders, which SQL picks out."""

@@ -185,14 +185,16 @@ def failed(reason: str, detail: str, **rest) -> EvalResult:
 
 
 def simulated_engine(archive: Archive, config: RunConfig, seed_code: str, evaluate: SimulatedEvaluation, *,
-                     operator: Operator | None = None, slots: list[str] | None = None) -> Engine:
+                     operator: Operator | None = None, slots: list[str] | None = None,
+                     plan: SeedPlan | None = None) -> Engine:
     """A new run named config.name in `archive`, with the real Engine over `slots` (names; one
     "cpu" slot by default) evaluating through `evaluate`, on the clock of `evaluate`'s night if it
-    has one; the surrogate apparatus (smoke preset)."""
+    has one; the surrogate apparatus (smoke preset). `plan`: where the run starts (default: a seed of
+    `seed_code` without history)."""
     run = archive.create_run(config.name, config.to_dict())
     app = apparatus.load(SURROGATE / "prepare.py", "smoke")
     engine = Engine(archive, run, config, operator or TweakOperator(), [Slot(s) for s in slots or ["cpu"]], app,
-                    SeedPlan(seed_code), evaluate=evaluate,
+                    plan or SeedPlan(seed_code), evaluate=evaluate,
                     clock=evaluate.night.seconds if evaluate.night is not None else time.monotonic)
     evaluate.engine = engine
     return engine

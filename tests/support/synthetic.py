@@ -23,6 +23,7 @@ from datetime import timedelta
 from hashlib import sha256
 
 from evo.config import RunConfig
+from evo.engine.seeding import Imported, SeedPlan
 from evo.launch.logs import Outcome
 from evo.launch.runner import EvalResult
 from evo.operators.tweak import find_constants
@@ -105,10 +106,11 @@ class _Frozen(BaseException):
 
 def synthesize(archive: Archive, n: int, *, name: str = "synthetic", seed: int = 0, code: str | None = None,
                slots: int = 4, population: int = 8, budget: float = 300.0, live: bool = False,
-               fail_rate: float = 0.08, curve_points: int = 30) -> Run:
+               fail_rate: float = 0.08, curve_points: int = 30, history: tuple[Imported, ...] = ()) -> Run:
     """Run the engine for a run named `name` with a seed and `n` children in `archive` (a SQLite
     file: the engine writes through its own connection on the night's clock); `budget` is the
-    simulated training time of an evaluation (its curve, wall seconds, summary)."""
+    simulated training time of an evaluation (its curve, wall seconds, summary). `history`: imported
+    candidates archived before the seed, as `--seed-from` brings them (the seed is `code`)."""
     seed_code = code if code is not None else default_code()
     landscape = Landscape(seed_code, seed, fail_rate, budget, curve_points)
     config = RunConfig(name=name, preset="smoke", population=population, temperature="auto", cooling="exp",
@@ -127,7 +129,8 @@ def synthesize(archive: Archive, n: int, *, name: str = "synthetic", seed: int =
     evaluate = SimulatedEvaluation(measure, night=night)
     writer = NightArchive(archive.url, night)
     try:
-        engine = simulated_engine(writer, config, seed_code, evaluate, slots=[f"gpu{s}" for s in range(slots)])
+        plan = SeedPlan(seed_code, history=history) if history else None
+        engine = simulated_engine(writer, config, seed_code, evaluate, slots=[f"gpu{s}" for s in range(slots)], plan=plan)
         holder.append(engine)
         writer.claim_run(engine.run.id, owner_id(), STALE_AFTER_SECONDS)  # as `evo run` does
         try:

@@ -64,8 +64,8 @@ function report(D) {
     return el("a", {href: "#c" + number, onclick: function (ev) { ev.preventDefault(); select(posOf(number)); }, text: "#" + number});
   }
   function decisionText(i) {
-    if (C.accepted[i] === null) return C.outcome[i] === "pending" ? "pending" : "–";
-    var t = C.accepted[i] ? "accepted" : "rejected";
+    if (C.accepted[i] === null) return ["undecided", "running", "waiting"].indexOf(C.outcome[i]) >= 0 ? C.outcome[i] : "–";
+    var t = C.role[i] === "history" ? (C.accepted[i] ? "kept" : "discarded") + " (imported)" : C.accepted[i] ? "accepted" : "rejected";
     if (C.probability[i] !== null && C.temperature[i] !== null) t += " · p " + C.probability[i].toFixed(2) + " · T " + fe(C.temperature[i]);
     return t;
   }
