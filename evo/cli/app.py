@@ -730,13 +730,22 @@ def report(
     name: RunName = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output file or folder (default reports/<run>.html).")] = None,
     cdn: Annotated[bool, typer.Option("--cdn", help="Load plotly.js from its CDN: a small file that needs the network.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Serve the report on this machine and keep it current while the run writes (the page reloads itself).")] = False,
+    port: Annotated[int, typer.Option(help="With --watch: the port to serve on (0: any free one).", min=0, max=65535)] = 8765,
+    host: Annotated[str, typer.Option(help="With --watch: the address to listen on (anything but loopback shows your code to the network).")] = "127.0.0.1",
+    every: Annotated[float, typer.Option(help="With --watch: seconds between two looks at the archive.", min=0.5)] = 5.0,
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
-    """Write a self-contained HTML report of a run: progress, lineage, candidates, diffs. Works mid-run."""
+    """Write a self-contained HTML report of a run: progress, lineage, candidates, diffs. Works mid-run;
+    --watch serves one that follows the run."""
     from evo.report import write_report
 
     archive = open_archive(storage)
     try:
+        if watch:
+            from evo.report.watch import serve
+            serve(archive, name, out, host=host, port=port, every=every, say=lambda m: typer.echo(m))
+            return
         path = write_report(archive, name, out, cdn)
     except ArchiveError as e:
         raise fail(str(e), e.code)

@@ -22,7 +22,7 @@ from evo.storage import Archive, ArchiveError
 from evo.core import format as fmt
 from evo.report import data, figures, html, load
 
-__all__ = ["ReportError", "write_report", "build_report", "default_path"]
+__all__ = ["ReportError", "write_report", "build_report", "save", "default_path"]
 
 CHUNK_SIZE = 200   # candidates per compressed details chunk: one click inflates one chunk
 
@@ -38,6 +38,7 @@ class Built:
     run: str
     candidates: int
     seconds: dict[str, float]
+    revision: str | None = None   # the archive's revision it shows (with `watch`)
 
 
 def default_path(run_name: str) -> Path:
@@ -46,10 +47,11 @@ def default_path(run_name: str) -> Path:
 
 
 def build_report(archive: Archive, run_name: str | None = None, *, cdn: bool = False, tz: tzinfo | None = None,
-                 now: datetime | None = None, workers: int | None = None) -> Built:
+                 now: datetime | None = None, workers: int | None = None, watch: float | None = None) -> Built:
     """The report of a run (the most recent when `run_name` is None) as an HTML string. Raises
     ArchiveError for an unknown run or an archive without runs. `workers`: processes that make
-    the details (default: one per core, up to 4, for runs of 2,000 candidates or more)."""
+    the details (default: one per core, up to 4, for runs of 2,000 candidates or more). `watch`:
+    the page is served by `evo report --watch` and asks for the archive's revision every `watch` s."""
     import time
 
     times: dict[str, float] = {}
@@ -57,6 +59,7 @@ def build_report(archive: Archive, run_name: str | None = None, *, cdn: bool = F
     tz = tz if tz is not None else datetime.now().astimezone().tzinfo
     with load.reader(archive) as (view, s):
         run = view.find_run(run_name)
+        revision = view.revision(run.id) if watch else None   # before the snapshot: a write between is seen next time
         snap = load.snapshot(s, run.id)
         if now is not None:
             snap.now = now
@@ -65,6 +68,8 @@ def build_report(archive: Archive, run_name: str | None = None, *, cdn: bool = F
         details = load.Details(view, s, snap, CHUNK_SIZE, workers)   # helpers start on a big run's details now
         try:
             figs, meta, table, hover, lin = _figures(s, snap, tz)
+            if watch:
+                meta.update(watch=watch, revision=revision)
             times["figures"] = time.perf_counter() - t
             t = time.perf_counter()
             chunks = details.finish()
@@ -77,7 +82,7 @@ def build_report(archive: Archive, run_name: str | None = None, *, cdn: bool = F
                             "bpb_decimals": fmt.DECIMALS})
     text = html.page(meta, payload, chunks, cdn, tz)
     times["page"] = time.perf_counter() - t
-    return Built(text, snap.run.name, len(snap.cands), times)
+    return Built(text, snap.run.name, len(snap.cands), times, revision)
 
 
 def _figures(s, snap: load.Snapshot, tz: tzinfo | None) -> tuple:
@@ -115,9 +120,17 @@ def write_report(archive: Archive, run_name: str | None = None, out: Path | None
     reloading it never sees half a report. Raises ArchiveError for an unknown run (or an
     archive without runs) and ReportError (an ArchiveError) when `out` cannot be written."""
     built = build_report(archive, run_name, cdn=cdn)
-    target = Path(out) if out is not None else default_path(built.run)
-    if target.is_dir():
-        target = target / default_path(built.run).name
+    return save(built, out)
+
+
+def target_path(run_name: str, out: Path | None) -> Path:
+    target = Path(out) if out is not None else default_path(run_name)
+    return target / default_path(run_name).name if target.is_dir() else target
+
+
+def save(built: Built, out: Path | None) -> Path:
+    """Write a built report to `out` (a file or a folder; default reports/<run>.html), atomically."""
+    target = target_path(built.run, out)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

@@ -30,8 +30,32 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
-def plotly_script(cdn: bool) -> str:
+SERVED_PLOTLY = "/plotly.js"   # where `evo report --watch` serves plotly.js (once per browser, not per reload)
+
+# What a watched page adds: it asks the server for the archive's revision every few seconds and
+# reloads when it changed, keeping the reader's place (scroll position; the open candidate is in
+# the URL's #c<number>).
+LIVE_SCRIPT = """(function () {
+  var revision = document.querySelector('meta[name="evo-revision"]').content;
+  var every = +document.querySelector('meta[name="evo-watch"]').content * 1000;
+  var y = sessionStorage.getItem("evo-scroll");
+  if ("scrollRestoration" in history) history.scrollRestoration = "manual";
+  if (y !== null) {   // back to where the reader was once the figures are drawn (the page is full height then)
+    sessionStorage.removeItem("evo-scroll");
+    var back = setInterval(function () { if (window.evoReady) { clearInterval(back); window.scrollTo(0, +y); } }, 50);
+  }
+  setInterval(function () {
+    fetch("/revision", {cache: "no-store"}).then(function (r) { return r.ok ? r.text() : revision; }).then(function (t) {
+      if (t.trim() !== revision) { sessionStorage.setItem("evo-scroll", String(window.scrollY)); location.reload(); }
+    }).catch(function () {});
+  }, every);
+})();"""
+
+
+def plotly_script(cdn: bool, served: bool = False) -> str:
     from plotly.offline import get_plotlyjs_version
+    if served:
+        return f'<script charset="utf-8" src="{SERVED_PLOTLY}"></script>'
     if not cdn:
         return f"<script>{plotly_js()}</script>"
     url = f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
@@ -124,8 +148,11 @@ def header(meta: dict, tz: tzinfo | None) -> str:
     if meta["live"]:
         age = meta["heartbeat_age"]
         beat = f" (heartbeat {age:.0f} s before this report)" if age is not None else ""
+        again = (f"This page reloads itself within {meta['watch']:g} s of the run writing." if meta.get("watch")
+                 else "Run <code>evo report</code> again for a fresh one, or <code>evo report --watch</code> for a page "
+                      "that follows the run.")
         banner = (f'<div class="banner">This run is still going{e(beat)}: the report is a snapshot taken at '
-                  f'{e(_local(meta["generated"], tz))}. Run <code>evo report</code> again for a fresh one.</div>')
+                  f'{e(_local(meta["generated"], tz))}. {again}</div>')
     elif meta["status_note"]:  # stopped or unresponsive: nobody is running it, or nobody can tell
         banner = (f'<div class="banner warn">This run is {e(meta["status"].lower())}: {e(meta["status_note"])}.</div>')
     elif meta["status"] == FAILED:
@@ -196,14 +223,19 @@ def page(meta: dict, payload: str, chunks: list[str], cdn: bool, tz: tzinfo | No
                 "against the seed", figure("curves")),
     ]
     chunk_json = "[" + ",".join(f'"{c}"' for c in chunks) + "]"
+    watched = live = ""
+    if meta.get("watch"):
+        watched = (f'\n<meta name="evo-revision" content="{escape(meta["revision"])}">'
+                   f'\n<meta name="evo-watch" content="{meta["watch"]:g}">')
+        live = f"\n<script>{LIVE_SCRIPT}</script>"
     generated = _local(meta["generated"], tz)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="evo {escape(__version__)}">
+<meta name="generator" content="evo {escape(__version__)}">{watched}
 <title>evo report · {name}</title>
 <style>{(ASSETS / "report.css").read_text()}</style>
-{plotly_script(cdn)}
+{plotly_script(cdn, served=bool(meta.get("watch")))}
 </head><body>
 <div class="topbar"><span class="brand">evo report</span><span class="run">{name}</span>
 <span class="badge {escape(meta['status'])}">{escape(meta['status'])}</span><nav>{nav}</nav></div>
@@ -219,6 +251,6 @@ makes it again</footer>
 <div class="dbody" id="d-body"></div></aside>
 <script type="application/octet-stream" id="evo-data">{data.compress(payload)}</script>
 <script type="application/json" id="evo-chunks">{chunk_json}</script>
-<script>{(ASSETS / "report.js").read_text()}</script>
+<script>{(ASSETS / "report.js").read_text()}</script>{live}
 </body></html>
 """
