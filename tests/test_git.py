@@ -563,4 +563,19 @@ def test_cli_seed_from_greedy_repo_then_export(tmp_path: Path) -> None:
     graph = project.git.log("--graph", "--all", "--format=%s")
     assert "x1 up" in graph
     assert project.head.commit.hexsha == before, "the user's checkout is untouched"
+    # results.tsv's commit column: the exported commit of every candidate in the lineage, the code hash of the rest
+    tsv = [line.split("\t") for line in evo("candidates", "-f", "tsv", "--repo", str(tmp_path / "proj")).stdout.splitlines()[1:]]
+    commit_of = {}
+    for sha in project.git.log("--format=%H", "--all").split():
+        trailers = project.git.log("-1", "--format=%(trailers:key=Evo-Candidate,valueonly)", sha).strip()
+        if trailers:
+            commit_of[int(trailers)] = sha[:7]
+    archive = Archive(env["EVO_STORAGE"], writer=False)
+    rows = [c for c in archive.candidates(archive.find_run("g").id) if c.state in ("COMPLETE", "FAIL")]
+    assert len(tsv) == len(rows) and commit_of
+    for row, c in zip(tsv, rows):
+        assert row[0] == commit_of.get(c.number, c.code_hash[:7]), (row, c.number)
+    assert sum(row[0] in commit_of.values() for row in tsv) == len(commit_of)
+    unexported = evo("candidates", "-f", "tsv", "--repo", str(tmp_path / "ar")).stdout.splitlines()[1:]
+    assert [line.split("\t")[0] for line in unexported] == [c.code_hash[:7] for c in rows], "not exported there"
     assert evo("export", "best").returncode == 2  # no target given

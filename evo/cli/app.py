@@ -539,6 +539,7 @@ def delete(name: Annotated[str, typer.Option("--name", "-n", help="The run to de
 def candidates(
     name: RunName = None,
     output_format: Annotated[str, typer.Option("--format", "-f", help="table, json, or tsv (autoresearch's results.tsv).")] = "table",
+    repo: Annotated[Path, typer.Option(help="With -f tsv: the repository `evo export --lineage` wrote the run to; its commits fill the commit column.")] = Path("."),
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """Every candidate of a run."""
@@ -550,7 +551,8 @@ def candidates(
     if output_format == "json":
         typer.echo(json.dumps(queries.candidate_records(archive, r.id, cands), indent=1))
     elif output_format == "tsv":
-        typer.echo(results_tsv(archive, r.id, cands), nl=False)
+        from evo.gitio.export import exported_commits
+        typer.echo(results_tsv(archive, r.id, cands, exported_commits(repo, r.name)), nl=False)
     else:
         rows = []
         for c in cands:
@@ -562,8 +564,10 @@ def candidates(
         _print_table(("#", "parent", "operator", "state", "val_bpb", "accepted", "hypothesis"), rows, wrap_last=True)
 
 
-def results_tsv(archive: Archive, run_id: int, cands: list[Candidate]) -> str:
-    """autoresearch's results.tsv: commit, val_bpb, memory_gb, status (keep/discard/crash), description."""
+def results_tsv(archive: Archive, run_id: int, cands: list[Candidate], commits: dict[int, str] | None = None) -> str:
+    """autoresearch's results.tsv: commit, val_bpb, memory_gb, status (keep/discard/crash), description.
+    The commit is the candidate's exported git commit (`commits`: number -> sha) where it has one,
+    else the first 7 characters of its code hash (rejected candidates are never committed)."""
     peak = {}
     for ev in archive.evaluations(run_id):
         if ev.peak_vram_mb is not None:
@@ -580,7 +584,8 @@ def results_tsv(archive: Archive, run_id: int, cands: list[Candidate]) -> str:
         else:
             continue
         description = (c.hypothesis or c.operator).replace("\t", " ").replace("\n", " ")
-        writer.writerow([c.code_hash[:7], f"{fmt.bpb(bpb)}", f"{peak.get(c.id, 0.0) / 1024:.1f}", status_, description])
+        commit = (commits or {}).get(c.number)
+        writer.writerow([commit[:7] if commit else c.code_hash[:7], f"{fmt.bpb(bpb)}", f"{peak.get(c.id, 0.0) / 1024:.1f}", status_, description])
     return out.getvalue()
 
 

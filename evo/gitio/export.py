@@ -107,6 +107,30 @@ def _trailer_block(run_name: str, c: Candidate) -> str:
     return "\n".join(lines)
 
 
+def exported_commits(repo_path: Path, run_name: str) -> dict[int, str]:
+    """{candidate number: commit} of a run's lineage as `evo export --lineage` wrote it to the
+    repository at `repo_path` (read from the commits' Evo-Run and Evo-Candidate trailers); empty
+    when there is no repository there or the run was never exported to it."""
+    try:
+        repo = open_repo(Path(repo_path), search_parents=True)
+    except GitError:
+        return {}
+    with repo:
+        if ref_sha(repo, f"refs/heads/evo/{run_name}") is None:
+            return {}
+        fields = "%H%x09%(trailers:key=Evo-Run,valueonly,separator=%x2C)%x09%(trailers:key=Evo-Candidate,valueonly,separator=%x2C)"
+        try:
+            log = repo.git.log(f"--format={fields}", f"refs/heads/evo/{run_name}", f"--glob=refs/evo/{run_name}/*")
+        except GitCommandError:
+            return {}
+    commits: dict[int, str] = {}
+    for line in log.splitlines():
+        sha, run, number = (line.split("\t") + ["", ""])[:3]
+        if run.strip() == run_name and number.strip().isdigit():
+            commits.setdefault(int(number.strip()), sha)
+    return commits
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
