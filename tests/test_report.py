@@ -954,3 +954,26 @@ def test_chromium_live_and_empty_reports(night: Archive, browser: Chromium, tmp_
         browser.open(out.resolve().as_uri())
         assert browser.errors() == [] and browser.js("window.evoErrors") == []
         assert browser.js("document.querySelectorAll('.fig.js-plotly-plot .main-svg').length") >= 6
+
+
+def test_noise_is_shown_beside_the_values_it_makes_doubtful() -> None:
+    cands = small_run()
+    evals = [ev(1, 0, 0, num_steps=19, total_tokens_M=0.5, training_seconds=8.0),
+             ev(2, 0, 1, num_steps=168, total_tokens_M=4.4, training_seconds=8.0),   # the loaded CPU of the issue
+             ev(3, 1, 0, num_steps=100, total_tokens_M=2.0, training_seconds=8.0, load_avg=9.0, cores=4),
+             ev(4, 3, 0, num_steps=100, total_tokens_M=2.0, training_seconds=8.0, load_avg=9.0, cores=16)]
+    speed = data.speeds(cands, evals, cores=2)
+    assert speed.steps[:2] == [19, 100] and speed.tokens_per_second[1] == pytest.approx(250_000)
+    assert "19 to 168 steps" in speed.warnings[0][0]
+    assert "load 9.0 on 4 cores" in speed.warnings[1][0], "judged against the cores it ran on"
+    assert speed.warnings[3] == [], "9 on 16 cores is a busy machine, not a crowded one"
+    text = data.hover(cands[0], None, None, 0.001, "accepted", "seed", speed.steps[0], speed.tokens_per_second[0],
+                      speed.warnings[0])
+    assert "19 steps · 62,500 tok/s" in text and "⚠ its replicates trained 19 to 168 steps" in text
+    lin = data.lineage(cands, 1)
+    meta = data.summary(run_row(), {}, cands, evals, [], lin, now=at(30))
+    meta["noisy"] = [c.number for c, w in zip(cands, speed.warnings) if w]
+    header = html.header(meta, None)
+    assert 'Noise: 2 candidates ran while' in header and '<a href="#c0">#0</a>, <a href="#c1">#1</a>' in header
+    table = data.table(cands, lin, data.delta_vs_parent(cands, lin.parent), evals, [], speed)
+    assert table["steps"][:2] == [19, 100] and table["tok_s"][1] == 250_000 and table["warnings"][3] == []

@@ -34,7 +34,9 @@ def speed_warning(evaluations: Iterable[Any]) -> str | None:
 
 
 def load_warning(e: Any, cores: int) -> str | None:
-    """The sentence for an evaluation that started with the 1-minute load well above the core count."""
+    """The sentence for an evaluation that started with the 1-minute load well above the core count
+    (the evaluation's own `cores` where it recorded them, else `cores`)."""
+    cores = getattr(e, "cores", None) or cores
     if e.load_avg is None or e.load_avg <= LOAD_RATIO * cores:
         return None
     return (f"evaluation {e.replicate} started at load {e.load_avg:.1f} on {cores} cores: it shared the CPU, "
@@ -42,6 +44,7 @@ def load_warning(e: Any, cores: int) -> str | None:
 
 
 def warnings(evaluations: list[Any], cores: int) -> list[str]:
-    """Every noise warning for one candidate's evaluations: speed first, then load, by replicate."""
+    """Every noise warning for one candidate's evaluations: speed first, then load, by replicate
+    (`cores`: for evaluations that did not record the machine's core count)."""
     found = [speed_warning(evaluations)] + [load_warning(e, cores) for e in evaluations]
     return [w for w in found if w is not None]

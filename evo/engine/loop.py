@@ -367,7 +367,7 @@ class Engine:
         for slot, ev in zip(self.pool.free(), waiting):
             cand = self.archive.candidate_by_id(ev.candidate_id)
             workdir = (self.archive.files / "runs" / self.run.name / f"c{cand.number:05d}" / f"r{ev.replicate}").resolve()
-            self.archive.start_evaluation(ev.id, slot.name, str(workdir), _load_average())
+            self.archive.start_evaluation(ev.id, slot.name, str(workdir), _load_average(), os.cpu_count())
             self.pool.start(slot, ev.id, cand.id, self.archive.code(cand.code_hash), workdir, ev.seed,
                             f"candidate {cand.number} r{ev.replicate}", self.early.rule(cand, self._is_seed(cand)))
 

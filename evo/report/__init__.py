@@ -97,10 +97,13 @@ def _figures(s, snap: load.Snapshot, tz: tzinfo | None) -> tuple:
     fails = data.failures(cands)
     points = load.curve_points(s, data.curve_evaluations(cands, lin, evals))
     series = data.curves(cands, lin, points)
-    table = data.table(cands, lin, deltas, evals, calls)
+    speed = data.speeds(cands, evals, os.cpu_count() or 1)
+    meta["noisy"] = [c.number for c, w in zip(cands, speed.warnings) if w]
+    table = data.table(cands, lin, deltas, evals, calls, speed)
     numbers = table["number"]
     hover = [data.hover(c, numbers[lin.parent[i]] if lin.parent[i] >= 0 else None, deltas[i], snap.run.sigma,
-                        lin.outcome[i], lin.role[i]) for i, c in enumerate(cands)]
+                        lin.outcome[i], lin.role[i], speed.steps[i], speed.tokens_per_second[i], speed.warnings[i])
+             for i, c in enumerate(cands)]
     figs = {
         "progress:time": figures.progress(cands, lin, prog, "time", tz),
         "progress:number": figures.progress(cands, lin, prog, "number", tz),

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from evo.storage import ACTIVE, COMPLETE, FAIL, PRUNED, RUNNING, busy_share
-from evo.core import counts
+from evo.core import counts, noise
 from evo.core import format as fmt
 from evo.core.lineage import best_index, line
 from evo.cli.view import run_status
@@ -283,7 +283,8 @@ def edges(lin: Lineage) -> tuple[list[tuple[int, int]], list[tuple[int, int]], l
 
 
 def hover(c: Any, parent_number: int | None, delta: float | None, sigma: float | None, outcome: str,
-          role: str = counts.CHILD) -> str:
+          role: str = counts.CHILD, steps: int | None = None, tokens_per_second: float | None = None,
+          warnings: Sequence[str] = ()) -> str:
     """One candidate's hover label (plotly's HTML subset, escaped)."""
     word = {counts.ACCEPTED: "kept", counts.REJECTED: "discarded", counts.FAILED: "crashed"}.get(outcome, outcome) \
         if role == counts.HISTORY else outcome
@@ -298,11 +299,41 @@ def hover(c: Any, parent_number: int | None, delta: float | None, sigma: float |
         lines.append(f"val_bpb {fmt.bpb(c.val_bpb)} (n={c.n_evals}" + (f"; noise σ {fmt.bpb(sigma)})" if sigma else ")"))
     elif c.imported_val_bpb is not None:
         lines.append(f"val_bpb {fmt.bpb(c.imported_val_bpb)} (imported)")
+    if steps is not None:
+        lines.append(f"{steps:,} steps" + (f" · {tokens_per_second:,.0f} tok/s" if tokens_per_second else ""))
     if delta is not None:
         lines.append(f"Δ vs parent {fmt.delta(delta)}")
+    lines += [f"⚠ {escape(shorten(w, 110))}" for w in warnings]
     if c.state in (FAIL, PRUNED):
         lines.append(f"{c.state}: {escape(c.fail_reason or '')}")
     return "<br>".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Noise: how fast each candidate trained, and when the machine says more than the code
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Speed:
+    steps: list[int | None]              # per candidate: steps of its first complete evaluation
+    tokens_per_second: list[float | None]
+    warnings: list[list[str]]            # per candidate: evo.core.noise's sentences
+
+
+def speeds(cands: Sequence[Any], evals: Sequence[Any], cores: int) -> Speed:
+    """Steps and tokens per second beside every val_bpb (a wall-clock budget measures the
+    machine's speed too), and the noise warnings of each candidate's evaluations."""
+    by_candidate: dict[int, list[Any]] = defaultdict(list)
+    for e in evals:
+        by_candidate[e.candidate_id].append(e)
+    steps, rates, warnings = [], [], []
+    for c in cands:
+        mine = sorted(by_candidate.get(c.id, ()), key=lambda e: e.replicate)
+        first = next((e for e in mine if e.state == COMPLETE), None)
+        steps.append(first.num_steps if first is not None else None)
+        rates.append(noise.tokens_per_second(first) if first is not None else None)
+        warnings.append(noise.warnings(mine, cores))
+    return Speed(steps, rates, warnings)
 
 
 # ---------------------------------------------------------------------------
@@ -310,7 +341,7 @@ def hover(c: Any, parent_number: int | None, delta: float | None, sigma: float |
 # ---------------------------------------------------------------------------
 
 def table(cands: Sequence[Any], lin: Lineage, deltas: Sequence[float | None], evals: Sequence[Any],
-          calls: Sequence[Any]) -> dict[str, list]:
+          calls: Sequence[Any], speed: Speed | None = None) -> dict[str, list]:
     """Columns of the candidate table, one list per column, one entry per candidate."""
     duration: dict[int, float] = defaultdict(float)
     for e in evals:
@@ -344,6 +375,9 @@ def table(cands: Sequence[Any], lin: Lineage, deltas: Sequence[float | None], ev
         "generation": list(lin.generation),
         "in_population": [bool(c.in_population) for c in cands],
         "on_path": [i in on_path for i in range(len(cands))],
+        "steps": list(speed.steps) if speed else [None] * len(cands),
+        "tok_s": [round(r) if r else None for r in speed.tokens_per_second] if speed else [None] * len(cands),
+        "warnings": list(speed.warnings) if speed else [[] for _ in cands],
         "outcome": list(lin.outcome),
         "role": list(lin.role),
     }
@@ -578,7 +612,8 @@ def detail(c: Any, parent: Any | None, parent2: Any | None, diff: str, evals: Se
             "replicate": e.replicate, "seed": e.seed, "slot": e.slot, "state": e.state,
             "fail_reason": e.fail_reason, "val_bpb": e.val_bpb, "wall": e.wall_seconds,
             "steps": e.num_steps, "vram": e.peak_vram_mb, "mfu": e.mfu_percent,
-            "params": e.num_params_M, "tokens": e.total_tokens_M,
+            "params": e.num_params_M, "tokens": e.total_tokens_M, "tok_s": noise.tokens_per_second(e),
+            "load": e.load_avg, "cores": e.cores,
         } for e in evals],
         "calls": [{"model": k.model, "purpose": k.purpose, "in": k.tokens_in, "out": k.tokens_out,
                    "latency": k.latency_s, "cost": k.cost_usd, "error": k.error} for k in calls],

@@ -157,6 +157,13 @@ def header(meta: dict, tz: tzinfo | None) -> str:
         banner = (f'<div class="banner warn">This run is {e(meta["status"].lower())}: {e(meta["status_note"])}.</div>')
     elif meta["status"] == FAILED:
         banner = '<div class="banner warn">This run failed: its seed cannot run here (see the seed\'s log tail below).</div>'
+    noisy = meta.get("noisy") or []
+    if noisy:
+        shown = ", ".join(f'<a href="#c{n}">#{n}</a>' for n in noisy[:12]) + (f" and {len(noisy) - 12} more" if len(noisy) > 12 else "")
+        banner += (f'<div class="banner warn">Noise: {_plural(len(noisy), "candidate")} ran while the machine\'s speed '
+                   f'changed (replicates more than 2× apart in steps or tokens per second) or its load was above its '
+                   f'cores: {shown}. A wall-clock budget then measures the machine as much as the code; discount '
+                   f'their val_bpb (the ⚠ in their labels and details says why).</div>')
     return f'{banner}<div class="cards">{"".join(cards)}</div><div class="config">{config}</div>'
 
 

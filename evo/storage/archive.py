@@ -66,6 +66,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS ix_evaluation_run_state_values ON evaluation (run_id, state, candidate_id, val_bpb)",
         "CREATE INDEX IF NOT EXISTS ix_candidate_run_population ON candidate (run_id, in_population, number)",
         "CREATE INDEX IF NOT EXISTS ix_candidate_run_judged ON candidate (run_id, number, accepted, operator)"),
+    # Step 5 -> 6: the core count beside the load (unknown for older evaluations: their load is
+    # judged against the reading machine's cores).
+    5: ("ALTER TABLE evaluation ADD COLUMN cores INTEGER",),
 }
 # The columns a step added, per table, as expressions over an older table: a reader sees them
 # through one temporary view per table.
@@ -74,6 +77,7 @@ READ_AS_CURRENT: dict[int, dict[str, tuple[str, ...]]] = {
     2: {"candidate": (f"{_POST_FROM_EVALUATIONS} AS val_bpb_post",)},
     4: {"evaluation": ("NULL AS startup_seconds", "NULL AS trained_seconds", "NULL AS load_avg"),
         "run": ("0.0 AS slot_seconds",)},
+    5: {"evaluation": ("NULL AS cores",)},
 }
 # Tables a step added, as a reader of an older archive sees them: empty.
 READ_AS_EMPTY: dict[int, str] = {
@@ -573,10 +577,12 @@ class Archive:
             return list(s.exec(select(Evaluation).where(Evaluation.run_id == run_id, Evaluation.state == WAITING)
                                .order_by(Evaluation.id)))
 
-    def start_evaluation(self, evaluation_id: int, slot: str, workdir: str, load_avg: float | None = None) -> None:
+    def start_evaluation(self, evaluation_id: int, slot: str, workdir: str, load_avg: float | None = None,
+                         cores: int | None = None) -> None:
         with self.session() as s:
             ev = s.get(Evaluation, evaluation_id)
             ev.state, ev.slot, ev.workdir, ev.started_at, ev.load_avg = RUNNING, slot, workdir, self.clock(), load_avg
+            ev.cores = cores
             s.add(ev)
             cand = s.get(Candidate, ev.candidate_id)
             s.flush()

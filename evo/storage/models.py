@@ -21,7 +21,7 @@ from evo.launch.logs import SUMMARY_KEYS
 # 5: the harness's start-up and training seconds per evaluation, a run's slot-seconds (the "busy"
 #    figure's parts), the load an evaluation started under; the engine's per-decision reads (σ̂'s
 #    groups, the population, the judged count) by covering index.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Lifecycle states (Optuna's names)
 WAITING, RUNNING, COMPLETE, FAIL, PRUNED = "WAITING", "RUNNING", "COMPLETE", "FAIL", "PRUNED"
@@ -218,6 +218,7 @@ class Evaluation(SQLModel, table=True):
     startup_seconds: Optional[float] = None    # process start to the training clock, by the harness's clock
     trained_seconds: Optional[float] = None    # training by the harness's clock (training_seconds is the candidate's word)
     load_avg: Optional[float] = None           # the machine's 1-minute load average when it started
+    cores: Optional[int] = None                # the machine's CPU count then (what the load is measured against)
     workdir: Optional[str] = None
     log_tail: Optional[str] = Field(default=None, sa_column=Column(Text))
     started_at: Optional[datetime] = None

@@ -27,6 +27,7 @@ from evo.storage.models import FAIL, METRICS, NO_PROPOSAL, Candidate, CandidateD
 EVAL_COLUMNS = (Evaluation.id, Evaluation.candidate_id, Evaluation.replicate, Evaluation.seed, Evaluation.state,
                 Evaluation.fail_reason, Evaluation.slot, Evaluation.wall_seconds, Evaluation.started_at,
                 Evaluation.finished_at, Evaluation.startup_seconds, Evaluation.trained_seconds, Evaluation.load_avg,
+                Evaluation.cores,
                 *(getattr(Evaluation, key) for key in METRICS))
 CALL_COLUMNS = (LLMCall.id, LLMCall.candidate_id, LLMCall.at, LLMCall.model, LLMCall.purpose, LLMCall.tokens_in,
                 LLMCall.tokens_out, LLMCall.latency_s, LLMCall.cost_usd, LLMCall.error)
@@ -112,7 +113,7 @@ def evaluation_record(e: Any) -> dict:
             "val_bpb": e.val_bpb, "num_steps": e.num_steps, "started_at": _iso(e.started_at),
             "training_start": _iso(training_start), "startup_seconds": e.startup_seconds,
             "trained_seconds": e.trained_seconds, "finished_at": _iso(e.finished_at), "wall_seconds": e.wall_seconds,
-            "load_avg": e.load_avg}
+            "load_avg": e.load_avg, "cores": e.cores}
 
 
 def candidate_records(archive: Archive, run_id: int, cands: list[Candidate]) -> list[dict]:

@@ -23,6 +23,7 @@ UNDO: dict[int, tuple[str, ...]] = {
         "ALTER TABLE evaluation DROP COLUMN trained_seconds",
         "ALTER TABLE evaluation DROP COLUMN load_avg",
         "ALTER TABLE run DROP COLUMN slot_seconds"),
+    5: ("ALTER TABLE evaluation DROP COLUMN cores",),
 }
 
 

@@ -123,7 +123,8 @@ class NightArchive(Archive):
         self.night = night
         self._workdirs: dict[int, str] = {}
 
-    def start_evaluation(self, evaluation_id: int, slot: str, workdir: str, load_avg: float | None = None) -> None:
+    def start_evaluation(self, evaluation_id: int, slot: str, workdir: str, load_avg: float | None = None,
+                         cores: int | None = None) -> None:
         with self.read() as s:
             number = self.candidate_by_id(s.get(Evaluation, evaluation_id).candidate_id).number
         self._workdirs[evaluation_id] = workdir

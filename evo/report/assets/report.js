@@ -207,6 +207,8 @@ function report(D) {
     dbody.appendChild(kv([
       ["state", C.state[i] + (C.fail_reason[i] ? " (" + C.fail_reason[i] + ")" : "") + (i === D.best ? "  ★ best" : "") + (C.on_path[i] && i !== D.best ? "  · on the path to the best" : "") + (C.in_population[i] ? "  · in the population" : "")],
       ["val_bpb", valText],
+      C.steps[i] !== null ? ["speed", C.steps[i].toLocaleString("en") + " steps" + (C.tok_s[i] ? " · " + C.tok_s[i].toLocaleString("en") + " tok/s (first evaluation)" : "")] : null,
+      C.warnings[i].length ? ["noise", el("span", {cls: "warnline", text: "⚠ " + C.warnings[i].join("; ⚠ ")})] : null,
       ["Δ vs parent", deltaNode],
       ["decision", decisionText(i)],
       ["parents", parents.length ? parents : "none (a root)"],
@@ -230,9 +232,11 @@ function report(D) {
       }
       if (d.evals && d.evals.length) {
         slot.appendChild(el("h4", {text: "evaluations"}));
-        slot.appendChild(table(["rep", "seed", "slot", "state", "val_bpb", "wall", "steps", "peak VRAM", "MFU"], d.evals.map(function (e) {
+        slot.appendChild(table(["rep", "seed", "slot", "state", "val_bpb", "wall", "steps", "tok/s", "load", "peak VRAM", "MFU"], d.evals.map(function (e) {
           return [e.replicate, e.seed, e.slot || "–", e.state + (e.fail_reason ? " (" + e.fail_reason + ")" : ""), f6(e.val_bpb), dur(e.wall),
-                  e.steps === null ? "–" : e.steps, e.vram === null ? "–" : (e.vram / 1024).toFixed(1) + " GB", e.mfu === null ? "–" : e.mfu.toFixed(1) + "%"]; })));
+                  e.steps === null ? "–" : e.steps, e.tok_s ? Math.round(e.tok_s).toLocaleString("en") : "–",
+                  e.load === null || e.load === undefined ? "–" : e.load.toFixed(1) + (e.cores ? " / " + e.cores : ""),
+                  e.vram === null ? "–" : (e.vram / 1024).toFixed(1) + " GB", e.mfu === null ? "–" : e.mfu.toFixed(1) + "%"]; })));
       }
       if (d.vs !== null) {
         var h = el("h4", null, ["diff vs parent #" + d.vs]); h.appendChild(diffStat(d.diff));
