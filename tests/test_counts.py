@@ -4,7 +4,11 @@ list` and `evo show`."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from typer.testing import CliRunner
 from evo.cli.app import app
 from evo.core import counts
 from evo.engine.seeding import Imported
-from evo.report import _figures, html
+from evo.report import _figures, html, write_report
 from evo.storage import Archive, Candidate
 from evo.storage.queries import reader, snapshot
 from tests.support.synthetic import default_code, synthesize
@@ -125,3 +129,70 @@ def test_every_view_counts_a_run_alike(every_state: tuple[str, int]) -> None:
         assert shown.exit_code == 0, shown.output
         word = outcome_of[c.number]
         assert re.search(rf"^state: .*; {word} ", shown.output, re.M), shown.output
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_chromium_shows_the_counts_of_a_seeded_run_with_every_outcome(every_state: tuple[str, int], tmp_path: Path) -> None:
+    from test_report import ARTIFACTS, Chromium, check_page
+    url, run_id = every_state
+    archive = Archive(url, writer=False)
+    tally = archive.tally(run_id)
+    out = write_report(archive, "every", tmp_path / "every.html")
+    browser = Chromium(1400, 2200)
+    try:
+        browser.open(out.resolve().as_uri())
+        check_page(browser)
+        legends = browser.js("""Object.fromEntries(['progress', 'lineage', 'slots'].map(k => [k,
+            Array.from(document.querySelectorAll(`.fig[data-fig="${k}"] .legendtext`)).map(e => e.textContent)]))""")
+        for o in ("accepted", "rejected", "failed"):
+            assert f"{o} ({tally[o]})" in legends["progress"] and f"{o} ({tally[o]})" in legends["lineage"], legends
+        assert "imported (4, measured elsewhere)" in legends["lineage"] and "seed (accepted)" in legends["lineage"]
+        assert all(t.endswith("evaluations)") or t.endswith("evaluation)") or "idle" in t for t in legends["slots"]), legends
+        assert browser.js("Array.from(document.querySelectorAll('.card')).find(c => c.querySelector('h3').textContent "
+                          "=== 'Children').querySelector('.big').textContent") == str(tally.n_children)
+        browser.js("document.querySelector('.tabs[data-for=\"progress\"] button[data-variant=\"number\"]').click()")
+        browser.wait("Array.from(document.querySelectorAll('.fig[data-fig=\"progress\"] .legendtext'))"
+                     ".some(e => e.textContent.startsWith('imported: kept'))", 20)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.screenshot(ARTIFACTS / "report-seeded-every-outcome.png")
+    finally:
+        browser.close()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_counts_its_children_against_its_budget(tmp_path: Path) -> None:
+    """The issue's resumed run showed "Candidates 10" beside "budget 6": children and budget now
+    read the same count, in the report (Chromium, when installed), `evo status` and `evo list`."""
+    from test_report import ARTIFACTS, SURROGATE, Chromium, check_page, embedded
+    url = f"sqlite:///{tmp_path}/evo.db"
+    base = [sys.executable, "-m", "evo", "run", "--prepare", str(SURROGATE / "prepare.py"), "--seed-train",
+            str(SURROGATE / "train.py"), "--preset", "smoke", "--operator", "tweak", "--name", "again"]
+    env = {**os.environ, "EVO_STORAGE": url}
+    first = subprocess.run(base + ["--max-candidates", "3"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    resumed = subprocess.run(base + ["--resume", "--max-candidates", "6"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    archive = Archive(url, writer=False)
+    run = archive.find_run("again")
+    tally = archive.tally(run.id)
+    assert tally.n_children == 6 and tally.total == 7
+    status = CliRunner().invoke(app, ["status", "--name", "again", "--storage", url]).output
+    assert tally.line() in status and "6/6 children" in status, status
+    out = write_report(archive, "again", tmp_path / "again.html")
+    d = embedded(out.read_text())[0]
+    assert (d["meta"]["children"], d["meta"]["max_candidates"], d["meta"]["status"]) == (6, 6, "FINISHED")
+    assert d["meta"]["finished"] is not None, "an ended run says when it ended"
+    header = html.header(d["meta"], None)
+    assert '<h3>Children</h3><div class="big">6</div>' in header and "<b>budget</b>6 children" in header
+    if shutil.which("chromium") is None:
+        return
+    browser = Chromium(1400, 1400)
+    try:
+        browser.open(out.resolve().as_uri())
+        check_page(browser)
+        assert "finished–" not in browser.js("document.querySelector('.config').textContent").replace(" ", "")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        browser.screenshot(ARTIFACTS / "report-resumed.png")
+    finally:
+        browser.close()

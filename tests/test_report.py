@@ -977,3 +977,18 @@ def test_noise_is_shown_beside_the_values_it_makes_doubtful() -> None:
     assert 'Noise: 2 candidates ran while' in header and '<a href="#c0">#0</a>, <a href="#c1">#1</a>' in header
     table = data.table(cands, lin, data.delta_vs_parent(cands, lin.parent), evals, [], speed)
     assert table["steps"][:2] == [19, 100] and table["tok_s"][1] == 250_000 and table["warnings"][3] == []
+
+
+def test_candidates_sit_on_the_time_axis_when_first_judged() -> None:
+    """The seed is re-measured at the end of a run (and a best confirmed later): its finished_at
+    moves, the moment it was judged does not."""
+    cands = small_run()
+    cands[0].finished_at = at(90)   # the final re-measure
+    lin = data.lineage(cands, 1)
+    evals = [ev(1, 0, 0, start=0), ev(2, 0, 1, "gpu1", start=0, minutes=6), ev(3, 0, 2, start=5),
+             ev(4, 0, 3, start=85), ev(5, 1, 0, start=12), ev(6, 1, 1, start=40)]
+    when = data.decided_at(cands, lin, evals, seed_replicates=3)
+    assert when[0] == at(10) and when[1] == at(17), "the seed after its 3 replicates; a child after its first"
+    assert when[2] == cands[2].finished_at, "no evaluation rows: its finished_at"
+    prog = data.progress(cands, lin, when)
+    assert prog.when[0] == at(10) and prog.when[1] == at(17)

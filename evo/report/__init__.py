@@ -91,7 +91,7 @@ def _figures(s, snap: load.Snapshot, tz: tzinfo | None) -> tuple:
     lin = data.lineage(cands, snap.run.seed_id)
     deltas = data.delta_vs_parent(cands, lin.parent)
     meta = data.summary(snap.run, snap.config, cands, evals, calls, lin, snap.now, snap.owner_alive)
-    prog = data.progress(cands, lin)
+    prog = data.progress(cands, lin, data.decided_at(cands, lin, evals, snap.config.get("replicates") or 1))
     timeline = data.timeline(evals, lin, snap.now)
     bins = data.acceptance_bins(cands, lin)
     fails = data.failures(cands)

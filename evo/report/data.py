@@ -222,14 +222,32 @@ class Progress:
 PROGRESS_OUTCOMES = (counts.ACCEPTED, counts.REJECTED, counts.UNDECIDED, counts.FAILED, counts.PRUNED)
 
 
-def progress(cands: Sequence[Any], lin: Lineage) -> Progress:
+def decided_at(cands: Sequence[Any], lin: Lineage, evals: Sequence[Any], seed_replicates: int) -> list[datetime | None]:
+    """When each candidate was first judged: the end of its first evaluation (the seed: of its
+    first `seed_replicates`). A candidate's finished_at moves on with each confirmation and
+    re-measure, so it would put the seed, re-measured at the end of a run, after its children."""
+    ends: dict[int, list[tuple[int, datetime]]] = defaultdict(list)
+    for e in evals:
+        end = utc(e.finished_at)
+        if end is not None and e.state in (COMPLETE, FAIL):
+            ends[e.candidate_id].append((e.replicate, end))
+    out = []
+    for i, c in enumerate(cands):
+        mine = sorted(ends.get(c.id, ()))
+        first = [t for r, t in mine if r < (seed_replicates if i == lin.seed else 1)] or [t for _, t in mine[:1]]
+        out.append(max(first) if first else utc(c.finished_at))
+    return out
+
+
+def progress(cands: Sequence[Any], lin: Lineage, when: Sequence[datetime | None] | None = None) -> Progress:
     """What the progress figure draws. Its children's points by outcome are the header's counts
     (those running or waiting have no point yet); the seed is a point of its own; imported history
     is a series of its own with its own running best (autoresearch's progress view), on the
-    candidate-number axis only: it was measured elsewhere, before this run."""
+    candidate-number axis only: it was measured elsewhere, before this run. `when`: each
+    candidate's time on the time axis (`decided_at`; default its finished_at)."""
     points: dict[str, list[int]] = {k: [] for k in PROGRESS_OUTCOMES}
     history: dict[str, list[int]] = {counts.ACCEPTED: [], counts.REJECTED: [], counts.FAILED: []}
-    when = [utc(c.finished_at) for c in cands]
+    when = list(when) if when is not None else [utc(c.finished_at) for c in cands]
     for i, c in enumerate(cands):
         kind = lin.outcome[i]
         if lin.role[i] == counts.CHILD and kind in points:
