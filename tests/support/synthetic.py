@@ -92,7 +92,8 @@ class Landscape:
                    "total_tokens_M": 480.0, "num_steps": 950, "num_params_M": 124.5, "depth": 8}
         lines += ["---"] + [f"{key + ':':<18}{v:.6f}" if isinstance(v, float) else f"{key + ':':<18}{v}"
                             for key, v in metrics.items()]
-        return EvalResult(Outcome(COMPLETE, summary=metrics), curve, 0, wall, 1.5, "\n".join(lines))
+        return EvalResult(Outcome(COMPLETE, summary=metrics), curve, 0, wall, 1.5, "\n".join(lines),
+                          startup_seconds=rng.uniform(4.0, 9.0), trained_seconds=trained)
 
 
 def _log(value: float) -> float:
