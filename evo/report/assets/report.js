@@ -330,12 +330,16 @@ function report(D) {
       if (C.val_bpb[i] === null) return C.imported[i] !== null ? f6(C.imported[i]) + "*" : "–";
       return f6(C.val_bpb[i]) + (C.std[i] !== null ? " ± " + f6(C.std[i]) : "") + (i === D.best ? " ★" : "");
     }},
+    {key: "steps", label: "steps", w: 84, num: true, title: "steps of the first evaluation; ⚠: noise warning (details)",
+     fmt: function (i) { return (C.steps[i] === null ? "–" : C.steps[i].toLocaleString("en")) + (C.warnings[i].length ? " ⚠" : ""); }},
     {key: "delta", label: "Δ parent", w: 96, num: true, html: function (i, td) { td.textContent = fd(C.delta[i]); td.className += " " + cls(C.delta[i]); }},
     {key: "accepted", label: "decision", w: 190, fmt: decisionText, sort: function (i) { return C.accepted[i] === null ? null : (C.accepted[i] ? 1 : 0) + (C.probability[i] || 0) / 10; }},
     {key: "duration", label: "slot time", w: 80, num: true, fmt: function (i) { return dur(C.duration[i]); }},
     {key: "model", label: "model", w: 130, fmt: function (i) { return C.model[i] || "–"; }},
     {key: "cost", label: "cost", w: 70, num: true, fmt: function (i) { return money(C.cost[i]); }},
-  ];
+  ].filter(function (c) {   // a column with nothing in it (no LLM: model, cost) leaves its room to the hypothesis
+    return !(c.key === "model" || c.key === "cost" || c.key === "steps") || C[c.key].some(function (v) { return v !== null; });
+  });
   var ROW_H = 28;
   var tscroll = document.getElementById("t-scroll");
   var tbody = document.getElementById("t-body");
@@ -347,7 +351,7 @@ function report(D) {
     COLS.forEach(function (c) { cg.appendChild(el("col", c.w ? {style: "width:" + c.w + "px"} : null)); });
     var tr = el("tr");
     COLS.forEach(function (c) {
-      var th = el("th", {cls: c.num ? "num" : "", text: c.label, title: "sort by " + c.label, "data-key": c.key});
+      var th = el("th", {cls: c.num ? "num" : "", text: c.label, title: (c.title ? c.title + "; " : "") + "sort by " + c.label, "data-key": c.key});
       th.addEventListener("click", function () {
         if (sortKey === c.key) sortDesc = !sortDesc; else { sortKey = c.key; sortDesc = false; }
         applyFilter();
