@@ -308,6 +308,10 @@ def lineage(cands: Sequence[Any], lin: Lineage, axis: str, tz: tzinfo | None, ma
         return ex, ey
 
     first, second, path = data.edges(lin)
+    # Edges into the row of those without a value would cross the whole figure: their parent is in
+    # their hover label and details instead.
+    first = [(a, b) for a, b in first if value[b] is not None]
+    second = [(a, b) for a, b in second if value[b] is not None]
     traces = []
     ex, ey = edge_xy(first)
     if ex:
