@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -41,7 +42,7 @@ from evo.engine.proposals import Asked, Proposals
 from evo.engine.seeding import SeedPlan
 from evo.engine.slots import Pending, SlotPool
 from evo.launch.apparatus import Apparatus
-from evo.launch.runner import (EvalResult, Limits, Slot, file_hash, kill_orphan, run_evaluation, startup_limit,
+from evo.launch.runner import (COMPILE_CACHE, EvalResult, Limits, Slot, file_hash, kill_orphan, run_evaluation, startup_limit,
                                training_limit)
 from evo.operators import Operator, OperatorUnavailable, Parent, Proposal
 from evo.storage import (CHOOSING_REPLICATE, COMPLETE, FAIL, FAILED, FINISHED, INTERRUPTED, PRUNED, REPORTING_REPLICATE,
@@ -369,7 +370,20 @@ class Engine:
             workdir = (self.archive.files / "runs" / self.run.name / f"c{cand.number:05d}" / f"r{ev.replicate}").resolve()
             self.archive.start_evaluation(ev.id, slot.name, str(workdir), _load_average(), os.cpu_count())
             self.pool.start(slot, ev.id, cand.id, self.archive.code(cand.code_hash), workdir, ev.seed,
-                            f"candidate {cand.number} r{ev.replicate}", self.early.rule(cand, self._is_seed(cand)))
+                            f"candidate {cand.number} r{ev.replicate}", self.early.rule(cand, self._is_seed(cand)),
+                            self._compile_cache_for(cand))
+
+    def _compile_cache_for(self, cand: Candidate) -> Path | None:
+        """The compile cache an evaluation of `cand` starts from: a finished evaluation's of the
+        same code (a replicate, a confirmation), else of its first parent's. Only its own line of
+        descent: what one candidate's code wrote there reaches its descendants, never a rival."""
+        for candidate_id in (cand.id, cand.parent_id):
+            if candidate_id is None:
+                continue
+            for ev in self.archive.evaluations(self.run.id, candidate_id):
+                if ev.state == COMPLETE and ev.workdir and (Path(ev.workdir) / COMPILE_CACHE).is_dir():
+                    return Path(ev.workdir) / COMPILE_CACHE
+        return None
 
     def _finish(self, pending: Pending, fut: Future) -> None:
         fail_reason = self._settle(pending, fut)
@@ -380,8 +394,27 @@ class Engine:
             # The same code on the same machine fails the same way: replicating it only wastes slots.
             self.archive.cancel_waiting(cand.id, f"the seed failed ({fail_reason}); it would fail again")
             cand = self.archive.candidate_by_id(cand.id)
+        members = {c.id for c in self.archive.population(self.run.id)}
         if cand.state in (COMPLETE, FAIL, PRUNED) and cand.accepted is None:
             self._decide(cand)
+        left = members - {c.id for c in self.archive.population(self.run.id)}
+        for candidate_id in {cand.id, *left}:
+            self._prune_compile_caches(candidate_id)
+
+    def _prune_compile_caches(self, candidate_id: int) -> None:
+        """Keep one compile cache per candidate that may still be a parent or be measured again
+        (undecided, or in the population), none of the rest: a night's evaluation folders would
+        otherwise each hold a copy (tens to hundreds of MB on a GPU)."""
+        cand = self.archive.candidate_by_id(candidate_id)
+        keep = cand.in_population or cand.accepted is None
+        for ev in self.archive.evaluations(self.run.id, candidate_id):
+            cache = Path(ev.workdir) / COMPILE_CACHE if ev.workdir else None
+            if cache is None or ev.state in (RUNNING, WAITING) or not cache.is_dir():
+                continue
+            if keep and ev.state == COMPLETE:
+                keep = False   # the first finished one stays
+                continue
+            shutil.rmtree(cache, ignore_errors=True)
 
     def _settle(self, pending: Pending, fut: Future) -> str | None:
         """Record how an evaluation ended, whatever went wrong on the way (the runner, the log

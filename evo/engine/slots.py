@@ -43,11 +43,13 @@ class SlotPool:
         return {p.evaluation_id for p in self.running.values()}
 
     def start(self, slot: Slot, evaluation_id: int, candidate_id: int, code: str, workdir: Path, seed: int,
-              label: str, early_stop: EarlyStop | None = None) -> None:
+              label: str, early_stop: EarlyStop | None = None, compile_cache: Path | None = None) -> None:
         """Evaluate `code` in `slot` (its evaluation already marked RUNNING in the archive), stopped
-        early when the rule `early_stop` says so."""
-        # Passed only when there is a rule: evaluate functions that predate it (benchmarks' stand-ins) still work.
+        early when the rule `early_stop` says so, starting from a copy of `compile_cache`."""
+        # Passed only when given: evaluate functions that predate them (benchmarks' stand-ins) still work.
         rule = {} if early_stop is None else {"early_stop": early_stop}
+        if compile_cache is not None:
+            rule["compile_cache"] = compile_cache
         fut = self._pool.submit(self.evaluate, code=code, workdir=workdir, prepare_src=self.apparatus.prepare_path,
                                 locked_hash=self.apparatus.locked_hash, slot=slot, seed=seed, limits=self.limits,
                                 preset=self.apparatus.preset, stop=self.kill, **rule)

@@ -43,6 +43,11 @@ WATCHDOG = Path(__file__).with_name("watchdog.py")  # started by path; kill_orph
 HAND_OVER = "model.pt2"          # in the candidate's folder: what evaluate_bpb hands over
 HAND_OVER_ENV = "EVO_HAND_OVER"  # prepare.py's name for it
 HARNESS_SUFFIX = ".harness"      # beside the candidate's folder: the locked prepare.py and the evaluation's log
+# In an evaluation's folder: its Inductor and Triton caches. An evaluation starts from a copy of an
+# earlier one's (its own candidate's earlier replicate, else its parent's), so an unchanged model
+# (a hyperparameter-only child) compiles nothing again, and a changed one compiles what changed.
+COMPILE_CACHE = ".compile-cache"
+COMPILE_CACHE_MAX_BYTES = 4 << 30   # an inherited cache larger than this is not copied (a disk-filling candidate)
 
 # Environment variables a candidate may see. Everything else is dropped, and so is anything that
 # looks like a credential even when a prefix below would admit it.
@@ -578,6 +583,39 @@ class _Scorer:
         self._log.close()
 
 
+def compile_cache_env(folder: Path) -> dict[str, str]:
+    """Where torch.compile keeps its kernels for a process whose cache is `folder`."""
+    return {"TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor"), "TRITON_CACHE_DIR": str(folder / "triton")}
+
+
+def inherit_compile_cache(source: Path | None, target: Path, max_bytes: int = COMPILE_CACHE_MAX_BYTES) -> int:
+    """Copy the compile cache `source` (an earlier evaluation's, written by candidate code) into
+    `target`, an evaluation's own folder; returns the bytes copied. Regular files only: a link
+    left there could name any file of the harness's user, and a copy (not a hard link) keeps
+    what this evaluation writes out of the cache its source and siblings read. Nothing is copied
+    when `source` holds more than `max_bytes`."""
+    if source is None or not source.is_dir() or source.is_symlink():
+        return 0
+    files = []
+    for root, dirs, names in os.walk(source):   # os.walk does not follow links to folders
+        for name in names:
+            path = Path(root) / name
+            if path.is_file() and not path.is_symlink():
+                files.append((path, path.stat().st_size))
+    if sum(size for _, size in files) > max_bytes:
+        return 0
+    copied = 0
+    for path, size in files:
+        dest = target / path.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(path, dest)
+        except FileNotFoundError:   # the engine pruned the source meanwhile: a smaller head start
+            continue
+        copied += size
+    return copied
+
+
 def _sandboxes(confine: Confinement, workdir: Path, harness: Path, gpu: bool) -> tuple[Sandbox, Sandbox]:
     """The training process's sandbox and the evaluation process's: training sees no validation
     data and cannot write its prepare.py; the evaluation reads the validation data and writes only
@@ -594,17 +632,19 @@ def _sandboxes(confine: Confinement, workdir: Path, harness: Path, gpu: bool) ->
 def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: str, slot: Slot, seed: int,
                    limits: Limits, preset: str, stop: threading.Event | None = None,
                    confine: Confinement | None = None, python: str = sys.executable,
-                   early_stop: EarlyStop | None = None) -> EvalResult:
+                   early_stop: EarlyStop | None = None, compile_cache: Path | None = None) -> EvalResult:
     """Train one candidate in `workdir`, then score what it handed over in a process of the harness's
     own; both sandboxed when `confine` is given. `stop` set means: kill it now (second Ctrl-C).
     `early_stop` is asked with the curve so far whenever progress points arrive; its sentence
-    kills the candidate like a timeout, and the evaluation ends PRUNED(early_stop), curve kept."""
+    kills the candidate like a timeout, and the evaluation ends PRUNED(early_stop), curve kept.
+    `compile_cache`: an earlier evaluation's compile cache, copied for this one to start from."""
     t0 = time.monotonic()
     harness = workdir.with_name(workdir.name + HARNESS_SUFFIX)
     for folder in (workdir, harness):  # a re-queued evaluation starts clean
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
     (workdir / "train.py").write_text(code)
+    inherit_compile_cache(compile_cache, workdir / COMPILE_CACHE)
     prepare = workdir / "prepare.py"
     for copy in (prepare, harness / "prepare.py"):
         shutil.copyfile(prepare_src, copy)
@@ -619,9 +659,11 @@ def run_evaluation(*, code: str, workdir: Path, prepare_src: Path, locked_hash: 
         home = Path(env.get("HOME") or "/nonexistent").resolve()
         boxes = _sandboxes(confine, workdir, harness, gpu=slot.name.startswith("gpu"))
         train_argv, score_argv = wrap(train_argv, boxes[0], home), wrap(score_argv, boxes[1], home)
-    scorer = _Scorer(python, score_argv, harness, env)
+    # The scorer compiles nothing from a cache candidate code wrote: its own, in the harness's folder.
+    scorer = _Scorer(python, score_argv, harness, {**env, **compile_cache_env(harness / COMPILE_CACHE)})
     try:
-        training = _train(python, train_argv, workdir, {**env, "EVO_SEED": str(seed), HAND_OVER_ENV: str(hand_over)},
+        training = _train(python, train_argv, workdir, {**env, **compile_cache_env(workdir / COMPILE_CACHE),
+                                                        "EVO_SEED": str(seed), HAND_OVER_ENV: str(hand_over)},
                           limits, stop, early_stop, on_clock=scorer.pause)
         prepare_changed = (not prepare.exists() or file_hash(prepare) != locked_hash
                            or file_hash(prepare_src) != locked_hash)
