@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from sqlalchemy import case, delete, event, func, insert, inspect, literal, text, update
+from sqlalchemy import case, delete, event, func, insert, inspect, text, update
 from sqlmodel import Session, SQLModel, select
 
 from evo.core import counts
@@ -726,7 +726,7 @@ class Archive:
         """The run's candidates counted by role and outcome (evo.core.counts, the rule every view
         shows), grouped in SQL: the live header asks twice a second."""
         seed_id = self.run_by_id(run_id).seed_id
-        is_seed = case((Candidate.id == seed_id, 1), else_=0) if seed_id is not None else literal(0)
+        is_seed = case((Candidate.id == (seed_id if seed_id is not None else -1), 1), else_=0)
         is_import = case((Candidate.operator == "import", 1), else_=0)
         with self.read() as s:
             rows = s.exec(select(Candidate.state, Candidate.accepted, is_import, is_seed, func.count(),
