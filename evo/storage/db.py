@@ -48,10 +48,27 @@ _STORAGE_PROBLEMS = (
 )
 
 
-def storage_error(where: str, error: BaseException) -> StorageError:
+# A database server that cannot be used as given (PostgreSQL's messages): the URL is wrong, or the
+# server is not up. Bad input (exit status 2), not a failing archive.
+_SERVER_PROBLEMS = (
+    ("does not exist", "the database does not exist on the server",
+     "create it first (`createdb NAME`), or fix the database name in --storage"),
+    ("Connection refused", "no server answers there", "start the server, or fix the host and port in --storage"),
+    ("authentication failed", "the server refused the login", "check the user and password in --storage"),
+    ("translate host name", "the host name is unknown", "fix the host in --storage"),
+    ("Name or service not known", "the host name is unknown", "fix the host in --storage"),
+    ("timeout expired", "the server did not answer in time", "check that it is up and reachable from here"),
+)
+
+
+def storage_error(where: str, error: BaseException) -> ArchiveError:
     """The one sentence for a database failure."""
     name = getattr(error, "sqlite_errorname", "") or ""
-    detail = str(error).strip().rstrip(".") or type(error).__name__
+    detail = " ".join(str(error).split()).rstrip(".") or type(error).__name__
+    if not name:
+        for fragment, meaning, step in _SERVER_PROBLEMS:
+            if fragment in detail:
+                return ArchiveError(f"the archive {where} cannot be reached: {meaning} ({detail}); {step}.")
     for code, fragment, meaning, step in _STORAGE_PROBLEMS:
         if name == code or name.startswith(code + "_") or fragment in detail:
             return StorageError(f"the archive {where} cannot be used: {meaning} ({detail}); {step}.")
