@@ -29,7 +29,7 @@ from evo.storage import (ACTIVE, COMPLETE, DEFAULT_STORAGE, FAIL, INTERRUPTED, R
 from evo.config import ConfigError, RunConfig, pyproject_defaults
 from evo.core.format import candidate_bpb, short_bpb
 from evo.core import acceptance, noise
-from evo.core.counts import ACCEPTED, HISTORY, candidate_outcome
+from evo.core.counts import ACCEPTED, HISTORY, candidate_outcome, word
 from evo.core.lineage import first_parents
 from evo.cli.view import UNRESPONSIVE, run_status
 from evo.core import format as fmt
@@ -606,7 +606,7 @@ def show(
         typer.echo(f"rationale: {c.rationale}")
     role, outcome = candidate_outcome(c, r.seed_id)
     typer.echo(f"state: {c.state}" + (f" ({c.fail_reason}: {c.fail_detail})" if c.fail_reason else "")
-               + f"; {outcome} {'imported history' if role == HISTORY else role}")
+               + f"; {word(outcome, role)} {'(imported history)' if role == HISTORY else role}")
     evals = archive.evaluations(r.id, c.id)
     if acceptance.ignores_seed([ev.val_bpb for ev in evals if ev.state == COMPLETE]):
         typer.echo(f"val_bpb: {fmt.bpb(c.val_bpb, r.sigma)} (n={c.n_evals}; the run's σ: its own spread is not trusted)")

@@ -37,6 +37,15 @@ def outcome(state: str, accepted: bool | None, imported: bool = False) -> str:
     return UNDECIDED
 
 
+# How imported history's outcomes read: the words of the run it came from (autoresearch's results.tsv).
+HISTORY_WORDS = {ACCEPTED: "kept", REJECTED: "discarded", FAILED: "crashed"}
+
+
+def word(outcome_: str, role_: str) -> str:
+    """The outcome as a person reads it for this role: history was kept, discarded or crashed."""
+    return HISTORY_WORDS.get(outcome_, outcome_) if role_ == HISTORY else outcome_
+
+
 def role(operator: str, is_seed: bool) -> str:
     return SEED if is_seed else HISTORY if operator == "import" else CHILD
 

@@ -175,8 +175,7 @@ def summary(run: Any, config: dict, cands: Sequence[Any], evals: Sequence[Any], 
         "candidates": tally.total,
         "children": tally.n_children,
         "outcomes": {o: tally[o] for o in counts.OUTCOMES},
-        "history": {"n": tally.n_history, "kept": tally.history.get(counts.ACCEPTED, 0),
-                    "discarded": tally.history.get(counts.REJECTED, 0), "crashed": tally.history.get(counts.FAILED, 0)},
+        "history": {"n": tally.n_history, **{w: tally.history.get(o, 0) for o, w in counts.HISTORY_WORDS.items()}},
         "accepted": tally[counts.ACCEPTED],
         "rejected": tally[counts.REJECTED],
         "evaluations": sum(1 for e in evals if e.state in (COMPLETE, FAIL)),
@@ -304,8 +303,7 @@ def hover(c: Any, parent_number: int | None, delta: float | None, sigma: float |
           role: str = counts.CHILD, steps: int | None = None, tokens_per_second: float | None = None,
           warnings: Sequence[str] = ()) -> str:
     """One candidate's hover label (plotly's HTML subset, escaped)."""
-    word = {counts.ACCEPTED: "kept", counts.REJECTED: "discarded", counts.FAILED: "crashed"}.get(outcome, outcome) \
-        if role == counts.HISTORY else outcome
+    word = counts.word(outcome, role)
     lines = [f"<b>#{c.number}</b> {escape(c.operator)}"
              + (f" of #{parent_number}" if parent_number is not None else "")
              + f" · {escape(word)}" + (" (imported history)" if role == counts.HISTORY else "")]

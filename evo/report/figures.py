@@ -91,9 +91,6 @@ def value_range(values: Sequence[float], anchor: float | None = None, q: float =
 # Progress
 # ---------------------------------------------------------------------------
 
-HISTORY_WORDS = {"accepted": "kept", "rejected": "discarded", "failed": "crashed"}
-
-
 def progress(cands: Sequence[Any], lin: Lineage, prog: data.Progress, axis: str, tz: tzinfo | None,
              max_labels: int = 25) -> dict:
     """val_bpb of every evaluated child over wall time (axis="time") or candidate number
@@ -131,7 +128,7 @@ def progress(cands: Sequence[Any], lin: Lineage, prog: data.Progress, axis: str,
                  "rejected": {"color": COLORS["imported"], "size": 6, "symbol": "square-open", "opacity": 0.6},
                  "failed": {"color": COLORS["imported"], "size": 7, "symbol": "x-thin-open",
                             "line": {"width": 1.5, "color": COLORS["imported"]}}}[key]
-        points(f"imported: {HISTORY_WORDS[key]} ({len(idx)})", idx, ys, style, legendgroup="history")
+        points(f"imported: {counts.word(key, counts.HISTORY)} ({len(idx)})", idx, ys, style, legendgroup="history")
     if prog.history_best and not by_time:
         xs = [n for n, _, _ in prog.history_best]
         ys = [v for _, v, _ in prog.history_best]
