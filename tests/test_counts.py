@@ -49,6 +49,7 @@ def test_counts_split_seed_children_and_history() -> None:
     assert (c.total, c.n_children, c.n_history, c.seed, c.members) == (5, 2, 2, "accepted", 2)
     assert c[counts.ACCEPTED] == 1 and c[counts.WAITING] == 1 and c[counts.REJECTED] == 0
     assert c.children_line() == "2 children: 1 accepted, 1 waiting"
+    assert c.children_line(inline=True) == "2 children (1 accepted, 1 waiting)"
     assert c.line() == "candidates 5: seed accepted; 2 children: 1 accepted, 1 waiting; 2 imported (1 kept)"
     assert counts.count([], None).line() == "candidates 0: no seed yet; 0 children"
 

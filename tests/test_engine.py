@@ -386,7 +386,10 @@ def test_the_live_header_counts_candidates_busy_share_and_budget(tmp_path: Path)
     archive = Archive(f"sqlite:///{tmp_path}/archive/evo.db", writer=False)
     run = archive.find_run("h")
     first, second = _header(archive, run.id, "h", {"active_seconds": 60.0, "slot_seconds": 60.0}).splitlines()
-    assert first.startswith("evo run h: 3 candidates, best #") and first.endswith("busy training 0 % of slot time")
+    counts = archive.tally(run.id)
+    assert counts.n_children == 2 and counts.judged == 2
+    assert first.startswith(f"evo run h: {counts.children_line(inline=True)}, best #"), first
+    assert "2 children (" in first and first.endswith("busy training 0 % of slot time")
     assert second == "budget 2/2 children; about 0 s left at this pace"
 
 

@@ -353,7 +353,7 @@ def _header(archive: Archive, run_id: int, name: str, time_spent: dict[str, floa
     run_row = archive.run_by_id(run_id)
     best = archive.best(run_id)
     best_text = f"best #{best.number} {fmt.bpb(best.val_bpb)}" if best else "best: none yet"
-    return (f"evo run {name}: {archive.tally(run_id).children_line()}, {best_text}, "
+    return (f"evo run {name}: {archive.tally(run_id).children_line(inline=True)}, {best_text}, "
             f"{fmt.busy(busy_share(archive.trained_seconds(run_id), time_spent['slot_seconds']))}\n"
             + _budget(archive, run_row, json.loads(run_row.config), time_spent["active_seconds"]))
 

@@ -88,11 +88,12 @@ class Counts:
     def in_flight(self) -> int:
         return self[RUNNING] + self[WAITING] + self[UNDECIDED]
 
-    def children_line(self) -> str:
-        """'12 children: 3 accepted, 6 rejected, 2 failed, 1 running' (outcomes with none left out)."""
-        parts = [f"{self[o]} {o}" for o in OUTCOMES if self[o]]
+    def children_line(self, inline: bool = False) -> str:
+        """'12 children: 3 accepted, 6 rejected, 2 failed, 1 running' (outcomes with none left out);
+        `inline`: '12 children (3 accepted, ...)', for a line that goes on."""
+        parts = ", ".join(f"{self[o]} {o}" for o in OUTCOMES if self[o])
         noun = "child" if self.n_children == 1 else "children"
-        return f"{self.n_children} {noun}" + (": " + ", ".join(parts) if parts else "")
+        return f"{self.n_children} {noun}" + ((f" ({parts})" if inline else f": {parts}") if parts else "")
 
     def line(self) -> str:
         """The whole count in one line, as `evo status` prints it."""
