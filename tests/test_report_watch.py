@@ -18,14 +18,18 @@ from pathlib import Path
 import pytest
 
 from evo.storage import Archive, ArchiveError
+from test_engine import slow_surrogate
 from test_report import SURROGATE, Chromium, chromium_binary, embedded
 
 pytestmark = pytest.mark.slow
 
 
-def start_run(tmp_path: Path, url: str, candidates: int) -> subprocess.Popen:
+def start_run(tmp_path: Path, url: str, candidates: int, seconds: float) -> subprocess.Popen:
+    """A run of `candidates` children, each training `seconds` (a run that writes for a while
+    however fast the machine)."""
+    seed = slow_surrogate(tmp_path, seconds)
     proc = subprocess.Popen([sys.executable, "-m", "evo", "run", "--prepare", str(SURROGATE / "prepare.py"),
-                             "--seed-train", str(SURROGATE / "train.py"), "--preset", "smoke", "--operator", "tweak",
+                             "--seed-train", str(seed), "--preset", "smoke", "--operator", "tweak",
                              "--name", "live", "--population", "4", "--max-candidates", str(candidates), "--slots", "2"],
                             cwd=tmp_path, env={**os.environ, "EVO_STORAGE": url}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -65,7 +69,7 @@ def stop(proc: subprocess.Popen) -> str:
 
 def test_the_watched_report_follows_a_run(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/evo.db"
-    run = start_run(tmp_path, url, 30)
+    run = start_run(tmp_path, url, 30, 0.3)
     watch, address = start_watch(tmp_path, url)
     pages: dict[str, int] = {}   # revision -> candidates in the page served with it
     try:
@@ -114,7 +118,7 @@ def test_a_port_in_use_is_one_sentence(tmp_path: Path) -> None:
 @pytest.mark.skipif(chromium_binary() is None, reason="chromium is not installed (Debian: apt-get install chromium)")
 def test_chromium_reloads_the_watched_page_and_keeps_its_place(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/evo.db"
-    run = start_run(tmp_path, url, 40)
+    run = start_run(tmp_path, url, 30, 1.0)
     watch, address = start_watch(tmp_path, url, "--every", "3")
     browser = Chromium()
     revision = 'document.querySelector(\'meta[name="evo-revision"]\').content'
